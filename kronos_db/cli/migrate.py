@@ -1,0 +1,281 @@
+"""Commands that move the schema: migrate, downgrade, status, history, check, revision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from kronos_db import db, migrations, schema
+from kronos_db.cli.common import (
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    duration_option,
+    emit_json,
+    notify,
+    settings_for,
+    stdout,
+    target_for,
+)
+from kronos_db.config import Settings
+from kronos_db.errors import ConnectionFailedError, ExitCode
+
+LockTimeoutOption = Annotated[
+    str | None,
+    typer.Option("--lock-timeout", help="lock_timeout for DDL, e.g. 5s (default: from the "
+                 "configuration, 5s).", show_default=False, rich_help_panel="Safety"),
+]
+LockWaitOption = Annotated[
+    str | None,
+    typer.Option("--lock-wait", help="How long to wait for another run's migration lock, "
+                 "e.g. 5m.", show_default=False, rich_help_panel="Safety"),
+]
+RetriesOption = Annotated[
+    int | None,
+    typer.Option("--retries", min=0, help="Retry a migration that hit lock_timeout this many "
+                 "times, with back-off.", show_default=False, rich_help_panel="Safety"),
+]
+
+
+def _settings(
+    config: Path | None,
+    *,
+    lock_timeout: str | None = None,
+    lock_wait: str | None = None,
+    retries: int | None = None,
+) -> Settings:
+    overrides: dict[str, tuple[Any, str]] = {
+        "migrations.lock_timeout": (lock_timeout, "option --lock-timeout"),
+        "migrations.lock_wait": (lock_wait, "option --lock-wait"),
+        "migrations.retries": (retries, "option --retries"),
+    }
+    # validate the durations as options first, so that the error names the option
+    duration_option(lock_timeout)
+    duration_option(lock_wait)
+    return settings_for(config, overrides)
+
+
+def _print_steps(result: migrations.MigrationResult) -> None:
+    for step in result.steps:
+        arrow = "↑" if step.direction == "upgrade" else "↓"
+        stdout.print(f"  {arrow} {step.revision}  {step.description}  "
+                     f"[dim]({step.seconds * 1000:.0f} ms)[/dim]")
+
+
+def _at(revisions: tuple[str, ...]) -> str:
+    return ", ".join(revisions) or "base (empty)"
+
+
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision: head, an id, or +N.")] = "head",
+    create_db: Annotated[
+        bool, typer.Option("--create-db", help="Create the database when it does not exist.")
+    ] = False,
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the SQL instead of running it (offline mode).")
+    ] = False,
+    from_revision: Annotated[
+        str | None,
+        typer.Option("--from", help="With --sql: the revision to start from (default: the "
+                     "database's current revision when it is reachable, else base).",
+                     show_default=False),
+    ] = None,
+    lock_timeout: LockTimeoutOption = None,
+    lock_wait: LockWaitOption = None,
+    retries: RetriesOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Apply migrations up to REVISION (head by default), under the migration lock.
+
+    Example: kronos-db migrate --create-db
+    """
+    settings = _settings(config, lock_timeout=lock_timeout, lock_wait=lock_wait, retries=retries)
+    if sql:
+        start = from_revision
+        if start is None:
+            target = target_for(database_url, settings)
+            try:
+                with db.connection(target) as conn:
+                    current = migrations.current_revisions(conn)
+                start = current[-1] if current else "base"
+            except ConnectionFailedError as exc:
+                notify(f"{exc.message}: rendering from base")
+                start = "base"
+        typer.echo(migrations.render_sql(settings, revision, from_revision=start), nl=False)
+        return
+    target = target_for(database_url, settings)
+    result = migrations.upgrade(settings, target, revision, create_database=create_db,
+                                notify=notify)
+    if json:
+        emit_json(result)
+        return
+    if result.created_database:
+        stdout.print(f"created database {target.dbname}")
+    if not result.steps:
+        stdout.print(f"{result.database}: already at {_at(result.after)}, nothing to do")
+        return
+    stdout.print(f"{result.database}: {_at(result.before)} → {_at(result.after)}")
+    _print_steps(result)
+
+
+def downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision: an id, -N, or base.")],
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the SQL instead of running it (needs --from).")
+    ] = False,
+    from_revision: Annotated[
+        str | None, typer.Option("--from", help="With --sql: the revision to start from.",
+                                 show_default=False),
+    ] = None,
+    lock_timeout: LockTimeoutOption = None,
+    lock_wait: LockWaitOption = None,
+    retries: RetriesOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Revert migrations down to REVISION; `base` removes every Kronos object.
+
+    Example: kronos-db downgrade -1
+    """
+    settings = _settings(config, lock_timeout=lock_timeout, lock_wait=lock_wait, retries=retries)
+    if sql:
+        if from_revision is None:
+            raise typer.BadParameter("--sql needs --from REVISION", param_hint="--from")
+        typer.echo(migrations.render_sql(settings, revision, from_revision=from_revision,
+                                         downgrade_to=True), nl=False)
+        return
+    target = target_for(database_url, settings)
+    result = migrations.downgrade(settings, target, revision, notify=notify)
+    if json:
+        emit_json(result)
+        return
+    if not result.steps:
+        stdout.print(f"{result.database}: already at {_at(result.after)}, nothing to do")
+        return
+    stdout.print(f"{result.database}: {_at(result.before)} → {_at(result.after)}")
+    _print_steps(result)
+
+
+def status(
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Show the current revision and the pending ones.
+
+    Exits 5 when revisions are pending (so CI can gate on it) and 7 when an applied
+    migration's SQL file was edited afterwards.
+
+    Example: kronos-db status --json
+    """
+    settings = settings_for(config)
+    target = target_for(database_url, settings)
+    result = migrations.status(settings, target)
+    if json:
+        emit_json({**_asdict(result), "up_to_date": result.up_to_date})
+    else:
+        stdout.print(f"database: {result.database}")
+        stdout.print(f"current:  {_at(result.current)}")
+        stdout.print(f"head:     {result.head}")
+        if result.pending:
+            stdout.print(f"pending:  {len(result.pending)} revision(s)")
+            for info in result.pending:
+                stdout.print(f"  · {info.revision}  {info.description}")
+        else:
+            stdout.print("pending:  none, the database is at head")
+    for problem in result.checksum_problems:
+        notify(f"error: {problem.describe()}")
+    if result.checksum_problems:
+        raise typer.Exit(ExitCode.CHECKSUM)
+    if result.pending:
+        raise typer.Exit(ExitCode.PENDING)
+
+
+def _asdict(value: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(value)
+
+
+def history(
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """List every revision, oldest first, and whether the database has it.
+
+    Example: kronos-db history
+    """
+    settings = settings_for(config)
+    target = target_for(database_url, settings)
+    revisions = migrations.history(settings, target)
+    if json:
+        emit_json(revisions)
+        return
+    table = Table("revision", "applied", "description", "SQL file")
+    for info in revisions:
+        applied = (info.applied_at.strftime("%Y-%m-%d %H:%M") if info.applied_at else "yes") \
+            if info.applied else "—"
+        table.add_row(info.revision, applied, info.description, info.sql_file)
+    stdout.print(table)
+
+
+def check(
+    reference_url: Annotated[
+        str | None,
+        typer.Option("--reference-url", help="Build head's schema in this (empty, scratch) "
+                     "database instead of a temporary one on the same server.",
+                     show_default=False),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Compare the live schema with what head defines; exit 6 listing each difference.
+
+    Head's schema is built by migrating a temporary database on the same server (dropped
+    afterwards), so the connecting role needs CREATEDB, or pass --reference-url.
+
+    Example: kronos-db check
+    """
+    settings = settings_for(config)
+    target = target_for(database_url, settings)
+    reference = target_for(reference_url, settings) if reference_url else None
+    report = schema.check(settings, target, reference=reference, notify=notify)
+    if json:
+        emit_json(report)
+    elif report.differences:
+        stdout.print(f"{report.database}: {len(report.differences)} difference(s) from head "
+                     f"({report.head}):")
+        for difference in report.differences:
+            stdout.print(f"  · {difference.describe()}", markup=False)
+    else:
+        stdout.print(f"{report.database}: the schema matches head ({report.head})")
+    if report.differences:
+        raise typer.Exit(ExitCode.DRIFT)
+
+
+def revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the revision does.")],
+    config: ConfigOption = None,
+) -> None:
+    """Write a new revision: its Alembic file and an empty upgrade/downgrade SQL pair.
+
+    Example: kronos-db revision -m "add last_active_at to sessions"
+    """
+    settings = settings_for(config)
+    created = migrations.create_revision(settings, message)
+    stdout.print(f"revision {created.revision} (after {created.down_revision or 'base'}):")
+    for path in created.files:
+        stdout.print(f"  {path}")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (migrate, downgrade, status, history, check, revision):
+        app.command(rich_help_panel="Migrations")(command)

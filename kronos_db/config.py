@@ -1,0 +1,274 @@
+"""The configuration: one TOML file, every setting with a documented default.
+
+The file is ``--config``, else ``$KRONOS_CONFIG``, else ``./kronos.toml`` when present. Each
+section is a frozen dataclass; each field carries its documentation in ``metadata["doc"]``,
+which ``kronos-db config show`` and ``docs/configuration.md`` print. Values are validated on load
+and an error names the key and the file. Later capabilities add their own sections here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from kronos_db.durations import format_duration, parse_duration
+from kronos_db.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "kronos.toml"
+CONFIG_ENV = "KRONOS_CONFIG"
+
+
+def setting(
+    default: Any, doc: str, *, minimum: float | None = None, secret: bool = False
+) -> Any:
+    """Declare a setting: its default, one line of documentation, and its validation."""
+    return dataclasses.field(
+        default=default, metadata={"doc": doc, "minimum": minimum, "secret": secret}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = setting(
+        "",
+        "Connection URL or libpq string, used when neither --database-url, KRONOS_DATABASE_URL "
+        "nor DATABASE_URL is set. Empty: the libpq defaults and PG* variables.",
+        secret=True,
+    )
+    dbname: str = setting("kronos", "Database name used when the connection names none.")
+    connect_timeout: timedelta = setting(
+        timedelta(seconds=10), "How long to wait for the server to accept a connection."
+    )
+    application_name: str = setting(
+        "kronos-db", "application_name reported in pg_stat_activity."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationSettings:
+    lock_timeout: timedelta = setting(
+        timedelta(seconds=5),
+        "lock_timeout for migration DDL: give up instead of queueing behind a long transaction.",
+    )
+    statement_timeout: timedelta = setting(
+        timedelta(0), "statement_timeout for migration statements (0: none)."
+    )
+    lock_wait: timedelta = setting(
+        timedelta(minutes=5),
+        "How long a run waits for another run's migration lock before giving up.",
+    )
+    retries: int = setting(
+        0, "How many times a migration that hit lock_timeout is retried.", minimum=0
+    )
+    retry_delay: timedelta = setting(
+        timedelta(seconds=2), "First back-off before a retry; doubles each time, at most 60s."
+    )
+    directory: str = setting(
+        "",
+        "Migration tree (holding migrations/ and sql/) that `kronos-db revision` writes to "
+        "and every command reads. Empty: the tree shipped with kronos-db.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
+    # "section.key" -> where the value came from: "default", a file path, an option, a variable.
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    path: Path | None = None
+
+
+SectionT = TypeVar("SectionT")
+
+
+def section_types() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(Settings)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(Settings)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def _convert(value: Any, kind: Any, key: str, origin: str) -> Any:
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(f"{origin}: {key}: {reason}")
+
+    if kind is timedelta:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise fail(f"expected a duration such as \"5s\", got {value!r}")
+        if isinstance(value, int):
+            if value != 0:
+                raise fail(f"a duration needs a unit, e.g. \"{value}s\"")
+            return timedelta(0)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise fail(f"expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail(f"expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise fail(f"expected a string, got {value!r}")
+        return value
+    origin_type = typing.get_origin(kind)
+    if origin_type is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise fail(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin_type is tuple:
+        (item_kind, _ellipsis) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise fail(f"expected a list, got {value!r}")
+        return tuple(_convert(item, item_kind, key, origin) for item in value)
+    if origin_type in (typing.Union, types.UnionType):
+        # Optional settings: ``None`` is spelled by leaving the key out.
+        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return _convert(value, inner, key, origin)
+    raise TypeError(f"unsupported setting type {kind!r} for {key}")
+
+
+def _build_section(
+    cls: type[SectionT],
+    name: str,
+    values: Mapping[str, tuple[Any, str]],
+    sources: dict[str, str],
+) -> SectionT:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = f"{name}.{field.name}"
+        if field.name not in values:
+            sources[key] = "default"
+            continue
+        raw, origin = values[field.name]
+        value = _convert(raw, hints[field.name], key, origin)
+        minimum = field.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{origin}: {key}: must be at least {minimum}, got {raw!r}")
+        kwargs[field.name] = value
+        sources[key] = origin
+    return cls(**kwargs)
+
+
+def find_config_file(explicit: str | Path | None) -> Path | None:
+    """``--config``, else ``$KRONOS_CONFIG``, else ``./kronos.toml`` when present."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        return path
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found (from ${CONFIG_ENV})")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, tuple[Any, str]] | None = None,
+) -> Settings:
+    """Load and validate the configuration.
+
+    ``overrides`` maps ``"section.key"`` to ``(value, origin)``, for command-line options; they
+    win over the file.
+    """
+    path = find_config_file(config_file)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    sections = section_types()
+    per_section: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in sections}
+    for section_name, table in data.items():
+        if section_name not in sections:
+            raise ConfigError(
+                f"{path}: unknown section [{section_name}] "
+                f"(known: {', '.join(sorted(sections))})"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section_name}: expected a table [{section_name}]")
+        known = {f.name for f in dataclasses.fields(sections[section_name])}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{path}: unknown key {section_name}.{key} "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+            per_section[section_name][key] = (value, str(path))
+    for dotted, (value, origin) in (overrides or {}).items():
+        if value is None:
+            continue
+        section_name, _, key = dotted.partition(".")
+        per_section[section_name][key] = (value, origin)
+    sources: dict[str, str] = {}
+    built = {
+        name: _build_section(cls, name, per_section[name], sources)
+        for name, cls in sections.items()
+    }
+    return Settings(**built, sources=sources, path=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class EffectiveSetting:
+    key: str
+    value: str
+    source: str
+    doc: str
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def effective_settings(settings: Settings) -> list[EffectiveSetting]:
+    """Every setting with its value (secrets masked), where it came from, and its meaning."""
+    rows: list[EffectiveSetting] = []
+    for name in section_types():
+        section = getattr(settings, name)
+        for field in dataclasses.fields(section):
+            key = f"{name}.{field.name}"
+            value = getattr(section, field.name)
+            shown = describe(value)
+            if field.metadata.get("secret") and shown:
+                from kronos_db.db import mask_conninfo
+
+                shown = mask_conninfo(shown)
+            rows.append(
+                EffectiveSetting(key, shown, settings.sources.get(key, "default"),
+                                 field.metadata.get("doc", ""))
+            )
+    return rows

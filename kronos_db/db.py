@@ -1,0 +1,164 @@
+"""Connections: which database to talk to, how to reach it, and keeping its password secret.
+
+The target is ``--database-url``, else ``$KRONOS_DATABASE_URL``, else ``$DATABASE_URL``, else the
+configuration's ``database.url``, else the libpq defaults and ``PG*`` variables (so ``.pgpass``
+and service files work). The database name defaults to ``kronos``. A password never leaves this
+module: every description of a target is built from its parts, with the password left out, and
+:func:`redact` scrubs it from any text that might echo it (libpq parse errors do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from kronos_db.config import Settings
+from kronos_db.errors import UsageError, translate_database_error
+
+URL_ENVIRONMENT = ("KRONOS_DATABASE_URL", "DATABASE_URL")
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)", re.I)
+_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_URL_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]+)", re.I)
+MASK = "****"
+
+
+def mask_conninfo(text: str) -> str:
+    """Hide anything that looks like a password in a URL or a libpq keyword string."""
+    for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD, _URL_QUERY_PASSWORD):
+        text = pattern.sub(lambda m: m.group("head") + MASK, text)
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A database to connect to. ``conninfo`` may hold a password: never print it."""
+
+    conninfo: str = dataclasses.field(repr=False)
+    source: str
+    secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return conninfo_to_dict(self.conninfo)
+
+    @property
+    def dbname(self) -> str:
+        return str(self.params.get("dbname") or os.environ.get("PGDATABASE") or "")
+
+    def describe(self) -> str:
+        """``host=… port=… dbname=… user=…``, never the password."""
+        params = self.params
+        parts = []
+        for key, variable in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"),
+                              ("user", "PGUSER")):
+            value = params.get(key) or os.environ.get(variable)
+            if value:
+                parts.append(f"{key}={value}")
+        return " ".join(parts) or "libpq defaults"
+
+    def with_dbname(self, dbname: str) -> Target:
+        return dataclasses.replace(self, conninfo=make_conninfo(self.conninfo, dbname=dbname))
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    return mask_conninfo(text)
+
+
+def _normalise_url(raw: str) -> str:
+    # SQLAlchemy-style URLs are common in .env files; libpq knows only postgres(ql)://.
+    return re.sub(r"^postgres(?:ql)?\+[a-z0-9]+://", "postgresql://", raw.strip(), flags=re.I)
+
+
+def resolve_target(database_url: str | None, settings: Settings) -> Target:
+    """Pick the database from the option, the environment, the configuration or libpq."""
+    candidates: list[tuple[str | None, str]] = [(database_url, "option --database-url")]
+    candidates += [(os.environ.get(name), f"${name}") for name in URL_ENVIRONMENT]
+    candidates.append((settings.database.url, settings.sources.get("database.url", "default")))
+    raw, source = next(((value, origin) for value, origin in candidates if value), ("", "libpq"))
+    raw = _normalise_url(raw)
+    secrets = [raw] if raw else []
+    try:
+        params: dict[str, Any] = conninfo_to_dict(raw)
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the whole string back, password included.
+        message = redact(str(exc), secrets).strip().splitlines()[0]
+        raise UsageError(f"invalid database URL from {source}: {message}") from None
+    if params.get("password"):
+        secrets.append(str(params["password"]))
+    if not params.get("dbname") and not params.get("service") and not os.environ.get("PGDATABASE"):
+        params["dbname"] = settings.database.dbname
+    params.setdefault("connect_timeout", max(1, int(settings.database.connect_timeout.total_seconds())))
+    params.setdefault("application_name", settings.database.application_name)
+    return Target(conninfo=make_conninfo(**params), source=source, secrets=tuple(secrets))
+
+
+def connect(target: Target, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a psycopg connection, translating failures into ``KronosError``."""
+    try:
+        return psycopg.connect(target.conninfo, autocommit=autocommit, **kwargs)
+    except psycopg.Error as exc:
+        error = translate_database_error(exc, target=target.describe())
+        raise type(error)(target.redact(error.message)) from None
+
+
+@contextmanager
+def connection(target: Target, *, autocommit: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    """A connection that is closed on exit; database errors inside become ``KronosError``."""
+    conn = connect(target, autocommit=autocommit)
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        error = translate_database_error(exc, target=target.describe())
+        raise type(error)(target.redact(error.message)) from exc
+
+
+def database_exists(target: Target) -> bool:
+    with connection(maintenance_target(target)) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %(name)s::text", {"name": target.dbname}
+        ).fetchone()
+        return row is not None
+
+
+def maintenance_target(target: Target) -> Target:
+    """The same server and credentials, on the ``postgres`` maintenance database."""
+    return target.with_dbname("postgres")
+
+
+def create_database(target: Target) -> bool:
+    """Create the target's database when it does not exist. True when this call created it."""
+    name = target.dbname
+    if not name:
+        raise UsageError("cannot create a database: the connection names no database")
+    with connection(maintenance_target(target)) as conn:
+        if conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %(name)s::text", {"name": name}
+        ).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except (pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
+            return False  # another run created it between our check and our CREATE
+    return True
+
+
+def drop_database(target: Target, *, force: bool = True) -> None:
+    with connection(maintenance_target(target)) as conn:
+        statement = "DROP DATABASE IF EXISTS {} WITH (FORCE)" if force else "DROP DATABASE IF EXISTS {}"
+        conn.execute(sql.SQL(statement).format(sql.Identifier(target.dbname)))  # type: ignore[arg-type]

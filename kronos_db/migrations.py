@@ -1,0 +1,641 @@
+"""Migrations: versioned raw SQL, driven by Alembic, made safe to run against production.
+
+Alembic keeps the version table and the revision graph; each revision file runs its SQL pair
+(:mod:`kronos_db.migration_sql`). On top of Alembic, every run here:
+
+* holds a session-level advisory lock on a connection of its own, taken by polling with a
+  bounded wait (:mod:`kronos_db.locks`), so concurrent runs apply each revision once;
+* runs each revision in its own transaction, so a run killed half-way leaves the database at
+  the previous revision;
+* sets ``lock_timeout`` on the migration session, names the blocking session when it fires,
+  and retries with back-off when asked to;
+* records a checksum of each applied revision's SQL and refuses to go on when one was edited.
+
+The same environment code (:func:`run_env`) serves ``kronos-db`` and plain ``alembic`` with the
+project's ``alembic.ini``, so both give the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.pool import NullPool
+
+from kronos_db import db, locks
+from kronos_db.config import Settings, load_settings
+from kronos_db.durations import postgres_interval
+from kronos_db.errors import (
+    ChecksumMismatchError,
+    KronosError,
+    LockBusyError,
+    LockTimeoutError,
+    UnknownRevisionError,
+    translate_database_error,
+)
+from kronos_db.migration_sql import checksum, sql_path
+from kronos_db.resources import query, render_with_literals, resource_root
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_LOCK = "migrations"
+MAX_RETRY_DELAY = 60.0
+Notify = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- the tree
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationTree:
+    """A directory holding ``migrations/`` (Alembic) and ``sql/migrations/`` (the SQL pairs)."""
+
+    root: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MigrationTree:
+        directory = settings.migrations.directory
+        return cls(Path(directory).resolve() if directory else resource_root())
+
+    @property
+    def migrations_dir(self) -> Path:
+        return self.root / "migrations"
+
+    @property
+    def sql_dir(self) -> Path:
+        return self.root / "sql" / "migrations"
+
+    def alembic_config(self, run: MigrationRun | None = None, *, stdout: Any = None) -> Config:
+        config = Config(stdout=stdout) if stdout is not None else Config()
+        config.set_main_option("script_location", str(self.migrations_dir).replace("%", "%%"))
+        config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+        config.set_main_option("truncate_slug_length", "40")
+        config.attributes["kronos_run"] = run
+        return config
+
+    def script_directory(self) -> ScriptDirectory:
+        if not (self.migrations_dir / "env.py").is_file():
+            raise UnknownRevisionError(f"{self.migrations_dir}: not a migration tree (no env.py)")
+        return ScriptDirectory.from_config(self.alembic_config())
+
+    def revisions(self) -> list[Script]:
+        """Every revision, oldest first."""
+        return list(reversed(list(self.script_directory().walk_revisions())))
+
+    def upgrade_sql(self, script: Script) -> Path:
+        return sql_path(script.path, "upgrade")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass(frozen=True)
+class AppliedStep:
+    revision: str
+    direction: str  # "upgrade" or "downgrade"
+    description: str
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationResult:
+    database: str
+    created_database: bool
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    steps: tuple[AppliedStep, ...]
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionInfo:
+    revision: str
+    down_revision: str | None
+    description: str
+    applied: bool
+    applied_at: datetime | None
+    sql_file: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChecksumProblem:
+    revision: str
+    sql_file: str
+    recorded: str
+    current: str | None  # None: the file is gone
+
+    def describe(self) -> str:
+        if self.current is None:
+            return f"revision {self.revision} is applied but {self.sql_file} is missing"
+        return (
+            f"{self.sql_file} was edited after revision {self.revision} was applied "
+            f"(recorded sha256 {self.recorded[:12]}…, file now {self.current[:12]}…); "
+            "restore it and put the change in a new revision"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationStatus:
+    database: str
+    current: tuple[str, ...]
+    head: str
+    pending: tuple[RevisionInfo, ...]
+    checksum_problems: tuple[ChecksumProblem, ...]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending
+
+
+# --------------------------------------------------------------------------- the Alembic environment
+
+
+@dataclasses.dataclass
+class MigrationRun:
+    """What a kronos-db run hands to the Alembic environment, and what it gets back."""
+
+    settings: Settings
+    target: db.Target
+    tree: MigrationTree
+    verify_checksums: bool = True
+    lock_held: bool = False
+    steps: list[AppliedStep] = dataclasses.field(default_factory=list)
+    backend_pid: int | None = None
+    _step_started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def on_version_apply(
+        self, *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
+    ) -> None:
+        """Alembic callback, inside the revision's transaction: record (or forget) its checksum."""
+        if step.is_stamp or step.up_revision is None:
+            return
+        revision = step.up_revision_id
+        if step.is_upgrade:
+            statement = query("migrations", "upsert_migration_checksum")
+            params = {"revision": revision,
+                      "checksum": checksum(sql_path(step.up_revision.path, "upgrade"))}
+        else:
+            statement = query("migrations", "delete_migration_checksum")
+            params = {"revision": revision}
+        if ctx.as_sql:
+            ctx.impl.static_output(render_with_literals(statement, params) + ";")
+        else:
+            assert ctx.connection is not None
+            ctx.connection.exec_driver_sql(statement, params)
+        now = time.monotonic()
+        self.steps.append(AppliedStep(
+            revision=str(revision),
+            direction="upgrade" if step.is_upgrade else "downgrade",
+            description=(step.up_revision.doc or "").strip(),
+            seconds=now - self._step_started,
+        ))
+        self._step_started = now
+
+
+def sqlalchemy_engine(target: db.Target) -> sqlalchemy.Engine:
+    """An engine whose connections come from :func:`kronos_db.db.connect` (libpq resolution)."""
+    return sqlalchemy.create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: db.connect(target, autocommit=False),
+        poolclass=NullPool,
+    )
+
+
+def run_env() -> None:
+    """The body of ``migrations/env.py``, for kronos-db and plain ``alembic`` alike."""
+    from alembic import context
+
+    run = context.config.attributes.get("kronos_run")
+    if run is None:
+        # plain `alembic` with the project's alembic.ini: resolve everything as kronos-db does
+        settings = load_settings()
+        script_location = Path(context.config.get_main_option("script_location") or "migrations")
+        run = MigrationRun(settings=settings, target=db.resolve_target(None, settings),
+                           tree=MigrationTree(script_location.resolve().parent))
+    if context.is_offline_mode():
+        _run_offline(run)
+    elif run.lock_held:
+        _run_online(run)
+    else:
+        with migration_lock(run.settings, run.target):
+            _run_online(run)
+
+
+def _timeouts(settings: Settings) -> dict[str, str]:
+    return {
+        "lock_timeout": postgres_interval(settings.migrations.lock_timeout),
+        "statement_timeout": postgres_interval(settings.migrations.statement_timeout),
+    }
+
+
+def _run_offline(run: MigrationRun) -> None:
+    from alembic import context
+
+    context.configure(
+        url="postgresql+psycopg://",
+        dialect_name="postgresql",
+        literal_binds=True,
+        transaction_per_migration=True,
+        on_version_apply=run.on_version_apply,
+    )
+    impl = context.get_context().impl
+    impl.static_output(render_with_literals(
+        query("migrations", "set_migration_timeouts"), dict(_timeouts(run.settings))) + ";")
+    impl.static_output(query("migrations", "create_migration_checksums") + ";")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_online(run: MigrationRun) -> None:
+    from alembic import context
+
+    engine = sqlalchemy_engine(run.target)
+    try:
+        with engine.connect() as connection:
+            run.backend_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            connection.exec_driver_sql(
+                query("migrations", "set_migration_timeouts"), _timeouts(run.settings))
+            connection.exec_driver_sql(query("migrations", "create_migration_checksums"))
+            connection.commit()
+            if run.verify_checksums:
+                problems = _checksum_problems(connection, run.tree)
+                connection.commit()
+                if problems:
+                    raise ChecksumMismatchError("; ".join(p.describe() for p in problems))
+            context.configure(
+                connection=connection,
+                transaction_per_migration=True,
+                on_version_apply=run.on_version_apply,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+def _checksum_problems(
+    connection: sqlalchemy.Connection | psycopg.Connection[Any], tree: MigrationTree
+) -> list[ChecksumProblem]:
+    statement = query("migrations", "select_migration_checksums")
+    if isinstance(connection, sqlalchemy.Connection):
+        rows = connection.exec_driver_sql(statement).fetchall()
+    else:
+        rows = connection.execute(statement).fetchall()
+    script = tree.script_directory()
+    problems = []
+    for revision, recorded, _applied_at in rows:
+        try:
+            revision_script = script.get_revision(revision)
+        except CommandError:
+            revision_script = None
+        if revision_script is None:
+            problems.append(ChecksumProblem(revision, f"revision {revision}", recorded, None))
+            continue
+        path = tree.upgrade_sql(revision_script)
+        shown = _relative(path, tree.root)
+        if not path.is_file():
+            problems.append(ChecksumProblem(revision, shown, recorded, None))
+            continue
+        current = checksum(path)
+        if current != recorded.strip():
+            problems.append(ChecksumProblem(revision, shown, recorded, current))
+    return problems
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextmanager
+def migration_lock(
+    settings: Settings, target: db.Target, notify: Notify = _quiet
+) -> Iterator[psycopg.Connection[Any]]:
+    """Hold the migration lock on a connection of its own; yield that (idle) connection."""
+
+    def report(holders: list[locks.LockHolder]) -> None:
+        who = "; ".join(h.describe() for h in holders) or "another session"
+        notify(f"waiting for the migration lock, held by {who}")
+
+    with db.connection(target) as conn, locks.advisory_lock(
+        conn, MIGRATION_LOCK, wait=settings.migrations.lock_wait, on_wait=report
+    ):
+        yield conn
+
+
+class _BlockerWatcher:
+    """Remembers who blocks the migration session, to name them if lock_timeout fires."""
+
+    def __init__(self, conn: psycopg.Connection[Any], run: MigrationRun) -> None:
+        self._conn = conn
+        self._run = run
+        self._stop = threading.Event()
+        self.blockers: list[locks.BlockingSession] = []
+        self._thread = threading.Thread(target=self._watch, name="kronos-blockers", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            pid = self._run.backend_pid
+            if pid is None:
+                continue
+            try:
+                found = locks.blocking_sessions(self._conn, pid)
+            except psycopg.Error:
+                return
+            if found:
+                self.blockers = found
+
+    def __enter__(self) -> _BlockerWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _translate(exc: BaseException, target: db.Target) -> KronosError:
+    if isinstance(exc, KronosError):
+        return exc
+    if isinstance(exc, CommandError):
+        text = str(exc)
+        if "Can't locate revision" in text or "No such revision" in text or "Relative revision" in text:
+            return UnknownRevisionError(text)
+        return KronosError(f"alembic: {text}")
+    error = translate_database_error(exc, target=target.describe())
+    return type(error)(target.redact(error.message))
+
+
+def validate_revision(tree: MigrationTree, revision: str) -> None:
+    """Raise ``UnknownRevisionError`` unless ``revision`` names something in the tree."""
+    if revision in {"head", "heads", "base"} or re.fullmatch(r"[+-]\d+", revision):
+        return
+    script = tree.script_directory()
+    try:
+        found = script.get_revisions(re.sub(r"[+-]\d+$", "", revision))
+    except CommandError as exc:
+        raise UnknownRevisionError(f"unknown revision {revision!r}: {exc}") from None
+    if not found:
+        raise UnknownRevisionError(f"unknown revision {revision!r}")
+
+
+def current_revisions(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
+    has_versions, _has_checksums = conn.execute(query("migrations", "select_tool_tables")).fetchone() or (False, False)
+    if not has_versions:
+        return ()
+    return tuple(row[0] for row in conn.execute(query("migrations", "select_current_revisions")))
+
+
+def _read_current(target: db.Target) -> tuple[str, ...]:
+    with db.connection(target) as conn:
+        return current_revisions(conn)
+
+
+def _migrate(
+    settings: Settings,
+    target: db.Target,
+    revision: str,
+    *,
+    upgrade: bool,
+    create_database: bool = False,
+    notify: Notify = _quiet,
+) -> MigrationResult:
+    tree = MigrationTree.from_settings(settings)
+    validate_revision(tree, revision)
+    created = db.create_database(target) if create_database else False
+    if created:
+        notify(f"created database {target.dbname}")
+    retries = settings.migrations.retries
+    delay = settings.migrations.retry_delay.total_seconds()
+    with migration_lock(settings, target, notify) as lock_conn:
+        before = current_revisions(lock_conn)
+        run = MigrationRun(settings=settings, target=target, tree=tree,
+                           verify_checksums=upgrade, lock_held=True)
+        config = tree.alembic_config(run)
+        attempts = 0
+        while True:
+            attempts += 1
+            watcher = _BlockerWatcher(lock_conn, run)
+            try:
+                with watcher:
+                    if upgrade:
+                        command.upgrade(config, revision)
+                    else:
+                        command.downgrade(config, revision)
+                break
+            except Exception as exc:
+                error = _translate(exc, target)
+                if not isinstance(error, LockTimeoutError) or isinstance(error, LockBusyError):
+                    raise error from exc
+                who = "; ".join(b.describe() for b in watcher.blockers)
+                blocked = f"blocked by {who}" if who else "the blocking session had already gone"
+                failing = _next_revision_name(run, tree, lock_conn)
+                if attempts > retries:
+                    hint = "" if retries else "; retry later or pass --retries"
+                    raise LockTimeoutError(
+                        f"lock timeout ({postgres_interval(settings.migrations.lock_timeout)}) "
+                        f"applying {failing}: {blocked}{hint}"
+                    ) from exc
+                wait = min(delay * 2 ** (attempts - 1), MAX_RETRY_DELAY) * random.uniform(0.8, 1.2)
+                notify(f"lock timeout applying {failing}: {blocked}; "
+                       f"retry {attempts}/{retries} in {wait:.1f}s")
+                time.sleep(wait)
+        after = current_revisions(lock_conn)
+    return MigrationResult(
+        database=target.describe(), created_database=created, before=before, after=after,
+        steps=tuple(run.steps), attempts=attempts,
+    )
+
+
+def _next_revision_name(run: MigrationRun, tree: MigrationTree, conn: psycopg.Connection[Any]) -> str:
+    current = current_revisions(conn)
+    script = tree.script_directory()
+    for candidate in script.walk_revisions():
+        down = candidate.down_revision
+        downs = (down,) if isinstance(down, str) else tuple(down or ())
+        if set(downs) == set(current) or (not downs and not current):
+            return f"revision {candidate.revision} ({(candidate.doc or '').strip()})"
+    return "the next revision"
+
+
+def upgrade(
+    settings: Settings,
+    target: db.Target,
+    revision: str = "head",
+    *,
+    create_database: bool = False,
+    notify: Notify = _quiet,
+) -> MigrationResult:
+    """Apply revisions up to ``revision`` (head by default)."""
+    return _migrate(settings, target, revision, upgrade=True,
+                    create_database=create_database, notify=notify)
+
+
+def downgrade(
+    settings: Settings, target: db.Target, revision: str, *, notify: Notify = _quiet
+) -> MigrationResult:
+    """Revert revisions down to ``revision`` (``base`` removes every Kronos object)."""
+    return _migrate(settings, target, revision, upgrade=False, notify=notify)
+
+
+def _revision_info(tree: MigrationTree, script: Script, applied: dict[str, datetime],
+                   current_chain: set[str]) -> RevisionInfo:
+    down = script.down_revision
+    return RevisionInfo(
+        revision=script.revision,
+        down_revision=down if isinstance(down, str) or down is None else ",".join(down),
+        description=(script.doc or "").strip(),
+        applied=script.revision in current_chain,
+        applied_at=applied.get(script.revision),
+        sql_file=_relative(tree.upgrade_sql(script), tree.root),
+    )
+
+
+def _applied_chain(script_dir: ScriptDirectory, current: Sequence[str]) -> set[str]:
+    chain: set[str] = set()
+    for head in current:
+        try:
+            chain.update(s.revision for s in script_dir.iterate_revisions(head, "base"))
+        except CommandError as exc:
+            raise UnknownRevisionError(
+                f"the database is at revision {head}, which this migration tree does not have "
+                f"({exc}); run a kronos-db that has it"
+            ) from None
+    return chain
+
+
+def _applied_at(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
+    _has_versions, has_checksums = conn.execute(query("migrations", "select_tool_tables")).fetchone() or (False, False)
+    if not has_checksums:
+        return {}
+    rows = conn.execute(query("migrations", "select_migration_checksums")).fetchall()
+    return {revision: applied_at for revision, _checksum, applied_at in rows}
+
+
+def history(settings: Settings, target: db.Target) -> list[RevisionInfo]:
+    """Every revision, oldest first, marked applied or not in the target database."""
+    tree = MigrationTree.from_settings(settings)
+    script_dir = tree.script_directory()
+    with db.connection(target) as conn:
+        current = current_revisions(conn)
+        applied = _applied_at(conn)
+    chain = _applied_chain(script_dir, current)
+    return [_revision_info(tree, s, applied, chain) for s in tree.revisions()]
+
+
+def status(settings: Settings, target: db.Target) -> MigrationStatus:
+    """Where the database stands: current revision, pending ones, edited applied files."""
+    tree = MigrationTree.from_settings(settings)
+    script_dir = tree.script_directory()
+    heads = script_dir.get_heads()
+    with db.connection(target) as conn:
+        current = current_revisions(conn)
+        applied = _applied_at(conn)
+        _has_versions, has_checksums = conn.execute(query("migrations", "select_tool_tables")).fetchone() or (False, False)
+        problems = _checksum_problems(conn, tree) if has_checksums else []
+    chain = _applied_chain(script_dir, current)
+    pending = tuple(
+        _revision_info(tree, s, applied, chain)
+        for s in tree.revisions() if s.revision not in chain
+    )
+    return MigrationStatus(
+        database=target.describe(), current=current, head=",".join(heads), pending=pending,
+        checksum_problems=tuple(problems),
+    )
+
+
+def render_sql(
+    settings: Settings, revision: str = "head", *, from_revision: str = "base",
+    downgrade_to: bool = False,
+) -> str:
+    """The SQL an upgrade from ``from_revision`` to ``revision`` would run (offline mode)."""
+    tree = MigrationTree.from_settings(settings)
+    validate_revision(tree, revision)
+    validate_revision(tree, from_revision)
+    buffer = io.StringIO()
+    run = MigrationRun(settings=settings, target=db.Target("", "offline"), tree=tree)
+    config = tree.alembic_config(run, stdout=buffer)
+    config.output_buffer = buffer
+    span = f"{from_revision}:{revision}"
+    try:
+        if downgrade_to:
+            command.downgrade(config, span, sql=True)
+        else:
+            command.upgrade(config, span, sql=True)
+    except CommandError as exc:
+        raise _translate(exc, run.target) from exc
+    return buffer.getvalue()
+
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class NewRevision:
+    revision: str
+    down_revision: str | None
+    files: tuple[Path, ...]
+
+
+def create_revision(settings: Settings, message: str) -> NewRevision:
+    """Write a new revision: the Alembic file and its empty upgrade/downgrade SQL pair."""
+    if not _SLUG.sub("", message.lower()):
+        raise UnknownRevisionError("the revision message needs at least one letter or digit")
+    tree = MigrationTree.from_settings(settings)
+    script_dir = tree.script_directory()
+    heads = script_dir.get_heads()
+    if len(heads) > 1:
+        raise KronosError(f"the migration tree has several heads ({', '.join(heads)}): merge them first")
+    numbers = [int(s.revision) for s in script_dir.walk_revisions() if s.revision.isdigit()]
+    revision_id = f"{max(numbers, default=0) + 1:04d}"
+    config = tree.alembic_config()
+    script = command.revision(config, message=message, rev_id=revision_id)
+    assert isinstance(script, Script)
+    upgrade_path = sql_path(script.path, "upgrade")
+    downgrade_path = sql_path(script.path, "downgrade")
+    upgrade_path.parent.mkdir(parents=True, exist_ok=True)
+    upgrade_path.write_text(
+        f"-- {message}\n"
+        "-- Runs in the revision's transaction. For CREATE INDEX CONCURRENTLY, put the\n"
+        "-- directive `-- kronos: no-transaction` on a line of its own, one statement each.\n",
+        encoding="utf-8",
+    )
+    downgrade_path.write_text(f"-- undo: {message}\n", encoding="utf-8")
+    return NewRevision(revision_id, heads[0] if heads else None,
+                       (Path(script.path), upgrade_path, downgrade_path))
+
+
+__all__ = [
+    "AppliedStep", "ChecksumProblem", "MigrationResult", "MigrationRun", "MigrationStatus",
+    "MigrationTree", "NewRevision", "RevisionInfo", "create_revision", "downgrade", "history",
+    "render_sql", "run_env", "status", "upgrade",
+]

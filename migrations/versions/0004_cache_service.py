@@ -1,0 +1,21 @@
+"""cache-service: cache
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-25 00:00:00
+"""
+
+from kronos_db.migration_sql import run_sql
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql(__file__, "upgrade")
+
+
+def downgrade() -> None:
+    run_sql(__file__, "downgrade")

@@ -1,0 +1,21 @@
+"""messaging-service: message_queue
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-25 00:00:00
+"""
+
+from kronos_db.migration_sql import run_sql
+
+revision = '0006'
+down_revision = '0005'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql(__file__, "upgrade")
+
+
+def downgrade() -> None:
+    run_sql(__file__, "downgrade")

@@ -1,0 +1,2 @@
+-- dropping the parent drops every partition with it
+DROP TABLE logs;

@@ -1,0 +1,2 @@
+DROP TABLE message_queue;
+DROP FUNCTION message_queue_notify();
