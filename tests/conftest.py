@@ -55,7 +55,7 @@ class Database:
 
 def _janitor(name: str, template: str | None = None) -> DatabaseJanitor:
     return DatabaseJanitor(user=USER, host=HOST, port=PORT, dbname=name,
-                           template_dbname=template, version=15)
+                           template_dbname=template)
 
 
 @pytest.fixture(scope="session")
