@@ -277,5 +277,9 @@ def revision(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (migrate, downgrade, status, history, check, revision):
+    # relative revisions (-1) look like options: let them through as the argument
+    relative = {"ignore_unknown_options": True}
+    app.command(rich_help_panel="Migrations", context_settings=relative)(migrate)
+    app.command(rich_help_panel="Migrations", context_settings=relative)(downgrade)
+    for command in (status, history, check, revision):
         app.command(rich_help_panel="Migrations")(command)

@@ -1,0 +1,154 @@
+"""Safe against production: concurrent runs, a run killed half-way, lock timeouts, the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import REPO, Database, run_cli
+
+from kronos_db import locks, migrations
+from kronos_db.config import Settings
+
+HEAD = migrations.MigrationTree(REPO).script_directory().get_heads()[0]
+REVISION_COUNT = len(migrations.MigrationTree(REPO).revisions())
+
+
+def _wait_for(predicate: Any, timeout: float = 20.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.05)
+
+
+def _environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "PG"))}
+
+
+@pytest.mark.slow
+def test_ten_concurrent_migrations_apply_each_revision_once(empty_database: Database) -> None:
+    def run(_: int) -> Any:
+        return run_cli("migrate", "--json", "--lock-wait", "120s",
+                       "--database-url", empty_database.url)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(run, range(10)))
+    assert [r.code for r in results] == [0] * 10, [r.stderr for r in results]
+    applied = [step["revision"] for r in results for step in json.loads(r.stdout)["steps"]]
+    assert sorted(applied) == sorted({*applied}), "a revision was applied twice"
+    assert len(applied) == REVISION_COUNT
+    with empty_database.connect() as conn:
+        assert migrations.current_revisions(conn) == (HEAD,)
+        assert conn.execute("SELECT count(*) FROM kronos_migrations").fetchone() == (REVISION_COUNT,)
+
+
+def _waiting_backend(conn: psycopg.Connection[Any]) -> int | None:
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'kronos-db' AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+@pytest.mark.slow
+def test_a_run_killed_half_way_leaves_the_previous_revision(empty_database: Database) -> None:
+    settings = Settings()
+    migrations.upgrade(settings, empty_database.target, "0004")
+    with empty_database.connect() as observer, empty_database.connect(autocommit=False) as blocker:
+        # 0005 creates routes, then rate_limits with a foreign key to users: it waits there
+        blocker.execute("LOCK TABLE users IN EXCLUSIVE MODE")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kronos_db", "migrate", "--lock-timeout", "60s",
+             "--database-url", empty_database.url],
+            cwd=REPO, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            _wait_for(lambda: _waiting_backend(observer) is not None,
+                      message="the migration to wait on the lock")
+            orphan = _waiting_backend(observer)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+        blocker.rollback()
+        # the orphaned backend finishes its statement, finds its client gone, and rolls back
+        _wait_for(lambda: observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (orphan,)
+        ).fetchone() == (0,), message="the orphaned backend to end")
+        assert migrations.current_revisions(observer) == ("0004",)
+        assert observer.execute("SELECT to_regclass('routes')").fetchone() == (None,)
+    result = run_cli("migrate", "--database-url", empty_database.url)
+    assert result.code == 0, result.stderr
+    with empty_database.connect() as conn:
+        assert migrations.current_revisions(conn) == (HEAD,)
+
+
+def test_lock_timeout_gives_up_quickly_and_names_the_blocker(empty_database: Database) -> None:
+    migrations.upgrade(Settings(), empty_database.target, "0004")
+    with empty_database.connect(autocommit=False) as blocker:
+        blocker.execute("SET application_name = 'long-report'")
+        blocker.execute("LOCK TABLE users IN EXCLUSIVE MODE")
+        blocker_pid = blocker.info.backend_pid
+        started = time.monotonic()
+        result = run_cli("migrate", "--lock-timeout", "1s", "--database-url", empty_database.url)
+        elapsed = time.monotonic() - started
+        blocker.rollback()
+    assert result.code == 4, result.output
+    assert f"pid {blocker_pid}" in result.stderr
+    assert "long-report" in result.stderr
+    assert "0005" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert elapsed < 15
+    with empty_database.connect() as conn:
+        assert migrations.current_revisions(conn) == ("0004",)
+
+
+def test_retries_wait_out_a_short_blocker(empty_database: Database) -> None:
+    migrations.upgrade(Settings(), empty_database.target, "0004")
+    blocker = empty_database.connect(autocommit=False)
+    blocker.execute("LOCK TABLE users IN EXCLUSIVE MODE")
+    release = threading.Timer(2.0, blocker.rollback)
+    release.start()
+    try:
+        result = run_cli("migrate", "--lock-timeout", "500ms", "--retries", "6",
+                         "--database-url", empty_database.url)
+    finally:
+        release.join()
+        blocker.close()
+    assert result.code == 0, result.output
+    assert "retry 1/6" in result.stderr
+    with empty_database.connect() as conn:
+        assert migrations.current_revisions(conn) == (HEAD,)
+
+
+def test_a_busy_migration_lock_is_reported_with_its_holder(empty_database: Database) -> None:
+    with empty_database.connect() as holder:
+        holder.execute("SET application_name = 'other-deploy'")
+        holder_pid = holder.info.backend_pid
+        assert locks.try_lock(holder, locks.advisory_key(migrations.MIGRATION_LOCK))
+        result = run_cli("migrate", "--lock-wait", "1s", "--database-url", empty_database.url)
+    assert result.code == 4, result.output
+    assert f"pid {holder_pid}" in result.stderr
+    assert "other-deploy" in result.stderr
+    with empty_database.connect() as conn:
+        assert migrations.current_revisions(conn) == ()
+
+
+def test_the_lock_is_released_after_a_run(empty_database: Database) -> None:
+    assert run_cli("migrate", "--database-url", empty_database.url).code == 0
+    with empty_database.connect() as conn:
+        key = locks.advisory_key(migrations.MIGRATION_LOCK)
+        assert locks.try_lock(conn, key)
+        locks.unlock(conn, key)
