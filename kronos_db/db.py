@@ -25,8 +25,12 @@ from kronos_db.config import Settings
 from kronos_db.errors import UsageError, translate_database_error
 
 URL_ENVIRONMENT = ("KRONOS_DATABASE_URL", "DATABASE_URL")
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)", re.I)
-_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)", re.I
+)
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I
+)
 _URL_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]+)", re.I)
 MASK = "****"
 
@@ -58,8 +62,12 @@ class Target:
         """``host=… port=… dbname=… user=…``, never the password."""
         params = self.params
         parts = []
-        for key, variable in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"),
-                              ("user", "PGUSER")):
+        for key, variable in (
+            ("host", "PGHOST"),
+            ("port", "PGPORT"),
+            ("dbname", "PGDATABASE"),
+            ("user", "PGUSER"),
+        ):
             value = params.get(key) or os.environ.get(variable)
             if value:
                 parts.append(f"{key}={value}")
@@ -102,7 +110,9 @@ def resolve_target(database_url: str | None, settings: Settings) -> Target:
         secrets.append(str(params["password"]))
     if not params.get("dbname") and not params.get("service") and not os.environ.get("PGDATABASE"):
         params["dbname"] = settings.database.dbname
-    params.setdefault("connect_timeout", max(1, int(settings.database.connect_timeout.total_seconds())))
+    params.setdefault(
+        "connect_timeout", max(1, int(settings.database.connect_timeout.total_seconds()))
+    )
     params.setdefault("application_name", settings.database.application_name)
     return Target(conninfo=make_conninfo(**params), source=source, secrets=tuple(secrets))
 
@@ -160,5 +170,7 @@ def create_database(target: Target) -> bool:
 
 def drop_database(target: Target, *, force: bool = True) -> None:
     with connection(maintenance_target(target)) as conn:
-        statement = "DROP DATABASE IF EXISTS {} WITH (FORCE)" if force else "DROP DATABASE IF EXISTS {}"
-        conn.execute(sql.SQL(statement).format(sql.Identifier(target.dbname)))  # type: ignore[arg-type]
+        statement = (
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)" if force else "DROP DATABASE IF EXISTS {}"
+        )
+        conn.execute(sql.SQL(statement).format(sql.Identifier(target.dbname)))

@@ -1,4 +1,4 @@
-"""Durations as people write them in options and configuration: ``500ms``, ``5s``, ``15m``, ``7d``."""
+"""Durations as people write them in options and configuration: ``500ms``, ``15m``, ``7d``."""
 
 from __future__ import annotations
 
@@ -38,13 +38,18 @@ def format_duration(value: timedelta) -> str:
     total_ms = round(value.total_seconds() * 1000)
     if total_ms == 0:
         return "0"
-    for unit, size in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000),
-                       ("m", 60_000), ("s", 1000)):
+    for unit, size in (
+        ("w", 604_800_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ):
         if total_ms % size == 0:
             return f"{total_ms // size}{unit}"
     return f"{total_ms}ms"
 
 
 def postgres_interval(value: timedelta) -> str:
-    """The value as a PostgreSQL setting in milliseconds (``lock_timeout``, ``statement_timeout``)."""
+    """The value as a PostgreSQL setting in milliseconds (``lock_timeout`` and the like)."""
     return f"{round(value.total_seconds() * 1000)}ms"

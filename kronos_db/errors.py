@@ -119,7 +119,9 @@ def translate_database_error(exc: BaseException, *, target: str = "") -> KronosE
         return InsufficientPrivilegeError(f"permission denied: {_first_line(str(original))}")
     if isinstance(original, pg_errors.InvalidCatalogName):
         return DatabaseMissingError(f"{_first_line(str(original))}{where}")
-    if isinstance(original, pg_errors.InvalidPassword | pg_errors.InvalidAuthorizationSpecification):
+    if isinstance(
+        original, pg_errors.InvalidPassword | pg_errors.InvalidAuthorizationSpecification
+    ):
         return AuthenticationError(f"login refused: {_first_line(str(original))}{where}")
     if isinstance(original, psycopg.OperationalError) and original.sqlstate is None:
         text = str(original)

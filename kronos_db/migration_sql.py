@@ -42,7 +42,7 @@ _CONCURRENT_INDEX = re.compile(
 
 
 def sql_path(revision_file: str | Path, direction: Direction) -> Path:
-    """``<tree>/migrations/versions/0001_x.py`` → ``<tree>/sql/migrations/0001_x.<direction>.sql``."""
+    """``migrations/versions/0001_x.py`` → ``sql/migrations/0001_x.<direction>.sql``."""
     revision_file = Path(revision_file)
     tree = revision_file.resolve().parent.parent.parent
     return tree / "sql" / "migrations" / f"{revision_file.stem}.{direction}.sql"
@@ -132,7 +132,8 @@ def _drop_invalid_index(name: str) -> None:
     schema, relname, _invalid = row
     logger.warning(
         "index %s is INVALID (an interrupted CREATE INDEX CONCURRENTLY): dropping it "
-        "before building it again", name,
+        "before building it again",
+        name,
     )
     driver_connection.execute(
         sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, relname))

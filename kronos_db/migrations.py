@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -168,7 +168,7 @@ class MigrationStatus:
         return not self.pending
 
 
-# --------------------------------------------------------------------------- the Alembic environment
+# ------------------------------------------------------------------ the Alembic environment
 
 
 @dataclasses.dataclass
@@ -185,16 +185,24 @@ class MigrationRun:
     _step_started: float = dataclasses.field(default_factory=time.monotonic)
 
     def on_version_apply(
-        self, *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
+        self,
+        ctx: MigrationContext,
+        step: MigrationInfo,
+        heads: Collection[Any],
+        run_args: Mapping[str, Any],
     ) -> None:
         """Alembic callback, inside the revision's transaction: record (or forget) its checksum."""
         if step.is_stamp or step.up_revision is None:
             return
+        script = step.up_revision
+        assert isinstance(script, Script)
         revision = step.up_revision_id
         if step.is_upgrade:
             statement = query("migrations", "upsert_migration_checksum")
-            params = {"revision": revision,
-                      "checksum": checksum(sql_path(step.up_revision.path, "upgrade"))}
+            params = {
+                "revision": revision,
+                "checksum": checksum(sql_path(script.path, "upgrade")),
+            }
         else:
             statement = query("migrations", "delete_migration_checksum")
             params = {"revision": revision}
@@ -204,12 +212,14 @@ class MigrationRun:
             assert ctx.connection is not None
             ctx.connection.exec_driver_sql(statement, params)
         now = time.monotonic()
-        self.steps.append(AppliedStep(
-            revision=str(revision),
-            direction="upgrade" if step.is_upgrade else "downgrade",
-            description=(step.up_revision.doc or "").strip(),
-            seconds=now - self._step_started,
-        ))
+        self.steps.append(
+            AppliedStep(
+                revision=str(revision),
+                direction="upgrade" if step.is_upgrade else "downgrade",
+                description=(script.doc or "").strip(),
+                seconds=now - self._step_started,
+            )
+        )
         self._step_started = now
 
 
@@ -231,8 +241,11 @@ def run_env() -> None:
         # plain `alembic` with the project's alembic.ini: resolve everything as kronos-db does
         settings = load_settings()
         script_location = Path(context.config.get_main_option("script_location") or "migrations")
-        run = MigrationRun(settings=settings, target=db.resolve_target(None, settings),
-                           tree=MigrationTree(script_location.resolve().parent))
+        run = MigrationRun(
+            settings=settings,
+            target=db.resolve_target(None, settings),
+            tree=MigrationTree(script_location.resolve().parent),
+        )
     if context.is_offline_mode():
         _run_offline(run)
     elif run.lock_held:
@@ -260,8 +273,12 @@ def _run_offline(run: MigrationRun) -> None:
         on_version_apply=run.on_version_apply,
     )
     impl = context.get_context().impl
-    impl.static_output(render_with_literals(
-        query("migrations", "set_migration_timeouts"), dict(_timeouts(run.settings))) + ";")
+    impl.static_output(
+        render_with_literals(
+            query("migrations", "set_migration_timeouts"), {**_timeouts(run.settings)}
+        )
+        + ";"
+    )
     impl.static_output(query("migrations", "create_migration_checksums") + ";")
     with context.begin_transaction():
         context.run_migrations()
@@ -275,7 +292,8 @@ def _run_online(run: MigrationRun) -> None:
         with engine.connect() as connection:
             run.backend_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             connection.exec_driver_sql(
-                query("migrations", "set_migration_timeouts"), _timeouts(run.settings))
+                query("migrations", "set_migration_timeouts"), _timeouts(run.settings)
+            )
             connection.exec_driver_sql(query("migrations", "create_migration_checksums"))
             connection.commit()
             if run.verify_checksums:
@@ -343,8 +361,11 @@ def migration_lock(
         who = "; ".join(h.describe() for h in holders) or "another session"
         notify(f"waiting for the migration lock, held by {who}")
 
-    with db.connection(target) as conn, locks.advisory_lock(
-        conn, MIGRATION_LOCK, wait=settings.migrations.lock_wait, on_wait=report
+    with (
+        db.connection(target) as conn,
+        locks.advisory_lock(
+            conn, MIGRATION_LOCK, wait=settings.migrations.lock_wait, on_wait=report
+        ),
     ):
         yield conn
 
@@ -388,7 +409,11 @@ def _translate(exc: BaseException, target: db.Target) -> KronosError:
         return exc
     if isinstance(exc, CommandError):
         text = str(exc)
-        if "Can't locate revision" in text or "No such revision" in text or "Relative revision" in text:
+        if (
+            "Can't locate revision" in text
+            or "No such revision" in text
+            or "Relative revision" in text
+        ):
             return UnknownRevisionError(text)
         return KronosError(f"alembic: {text}")
     error = translate_database_error(exc, target=target.describe())
@@ -409,7 +434,9 @@ def validate_revision(tree: MigrationTree, revision: str) -> None:
 
 
 def current_revisions(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
-    has_versions, _has_checksums = conn.execute(query("migrations", "select_tool_tables")).fetchone() or (False, False)
+    has_versions, _has_checksums = conn.execute(
+        query("migrations", "select_tool_tables")
+    ).fetchone() or (False, False)
     if not has_versions:
         return ()
     return tuple(row[0] for row in conn.execute(query("migrations", "select_current_revisions")))
@@ -438,8 +465,9 @@ def _migrate(
     delay = settings.migrations.retry_delay.total_seconds()
     with migration_lock(settings, target, notify) as lock_conn:
         before = current_revisions(lock_conn)
-        run = MigrationRun(settings=settings, target=target, tree=tree,
-                           verify_checksums=upgrade, lock_held=True)
+        run = MigrationRun(
+            settings=settings, target=target, tree=tree, verify_checksums=upgrade, lock_held=True
+        )
         config = tree.alembic_config(run)
         attempts = 0
         while True:
@@ -466,17 +494,25 @@ def _migrate(
                         f"applying {failing}: {blocked}{hint}"
                     ) from exc
                 wait = min(delay * 2 ** (attempts - 1), MAX_RETRY_DELAY) * random.uniform(0.8, 1.2)
-                notify(f"lock timeout applying {failing}: {blocked}; "
-                       f"retry {attempts}/{retries} in {wait:.1f}s")
+                notify(
+                    f"lock timeout applying {failing}: {blocked}; "
+                    f"retry {attempts}/{retries} in {wait:.1f}s"
+                )
                 time.sleep(wait)
         after = current_revisions(lock_conn)
     return MigrationResult(
-        database=target.describe(), created_database=created, before=before, after=after,
-        steps=tuple(run.steps), attempts=attempts,
+        database=target.describe(),
+        created_database=created,
+        before=before,
+        after=after,
+        steps=tuple(run.steps),
+        attempts=attempts,
     )
 
 
-def _next_revision_name(run: MigrationRun, tree: MigrationTree, conn: psycopg.Connection[Any]) -> str:
+def _next_revision_name(
+    run: MigrationRun, tree: MigrationTree, conn: psycopg.Connection[Any]
+) -> str:
     current = current_revisions(conn)
     script = tree.script_directory()
     for candidate in script.walk_revisions():
@@ -496,8 +532,9 @@ def upgrade(
     notify: Notify = _quiet,
 ) -> MigrationResult:
     """Apply revisions up to ``revision`` (head by default)."""
-    return _migrate(settings, target, revision, upgrade=True,
-                    create_database=create_database, notify=notify)
+    return _migrate(
+        settings, target, revision, upgrade=True, create_database=create_database, notify=notify
+    )
 
 
 def downgrade(
@@ -507,8 +544,9 @@ def downgrade(
     return _migrate(settings, target, revision, upgrade=False, notify=notify)
 
 
-def _revision_info(tree: MigrationTree, script: Script, applied: dict[str, datetime],
-                   current_chain: set[str]) -> RevisionInfo:
+def _revision_info(
+    tree: MigrationTree, script: Script, applied: dict[str, datetime], current_chain: set[str]
+) -> RevisionInfo:
     down = script.down_revision
     return RevisionInfo(
         revision=script.revision,
@@ -534,7 +572,9 @@ def _applied_chain(script_dir: ScriptDirectory, current: Sequence[str]) -> set[s
 
 
 def _applied_at(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
-    _has_versions, has_checksums = conn.execute(query("migrations", "select_tool_tables")).fetchone() or (False, False)
+    _has_versions, has_checksums = conn.execute(
+        query("migrations", "select_tool_tables")
+    ).fetchone() or (False, False)
     if not has_checksums:
         return {}
     rows = conn.execute(query("migrations", "select_migration_checksums")).fetchall()
@@ -560,21 +600,28 @@ def status(settings: Settings, target: db.Target) -> MigrationStatus:
     with db.connection(target) as conn:
         current = current_revisions(conn)
         applied = _applied_at(conn)
-        _has_versions, has_checksums = conn.execute(query("migrations", "select_tool_tables")).fetchone() or (False, False)
+        _has_versions, has_checksums = conn.execute(
+            query("migrations", "select_tool_tables")
+        ).fetchone() or (False, False)
         problems = _checksum_problems(conn, tree) if has_checksums else []
     chain = _applied_chain(script_dir, current)
     pending = tuple(
-        _revision_info(tree, s, applied, chain)
-        for s in tree.revisions() if s.revision not in chain
+        _revision_info(tree, s, applied, chain) for s in tree.revisions() if s.revision not in chain
     )
     return MigrationStatus(
-        database=target.describe(), current=current, head=",".join(heads), pending=pending,
+        database=target.describe(),
+        current=current,
+        head=",".join(heads),
+        pending=pending,
         checksum_problems=tuple(problems),
     )
 
 
 def render_sql(
-    settings: Settings, revision: str = "head", *, from_revision: str = "base",
+    settings: Settings,
+    revision: str = "head",
+    *,
+    from_revision: str = "base",
     downgrade_to: bool = False,
 ) -> str:
     """The SQL an upgrade from ``from_revision`` to ``revision`` would run (offline mode)."""
@@ -614,7 +661,9 @@ def create_revision(settings: Settings, message: str) -> NewRevision:
     script_dir = tree.script_directory()
     heads = script_dir.get_heads()
     if len(heads) > 1:
-        raise KronosError(f"the migration tree has several heads ({', '.join(heads)}): merge them first")
+        raise KronosError(
+            f"the migration tree has several heads ({', '.join(heads)}): merge them first"
+        )
     numbers = [int(s.revision) for s in script_dir.walk_revisions() if s.revision.isdigit()]
     revision_id = f"{max(numbers, default=0) + 1:04d}"
     config = tree.alembic_config()
@@ -630,12 +679,25 @@ def create_revision(settings: Settings, message: str) -> NewRevision:
         encoding="utf-8",
     )
     downgrade_path.write_text(f"-- undo: {message}\n", encoding="utf-8")
-    return NewRevision(revision_id, heads[0] if heads else None,
-                       (Path(script.path), upgrade_path, downgrade_path))
+    return NewRevision(
+        revision_id, heads[0] if heads else None, (Path(script.path), upgrade_path, downgrade_path)
+    )
 
 
 __all__ = [
-    "AppliedStep", "ChecksumProblem", "MigrationResult", "MigrationRun", "MigrationStatus",
-    "MigrationTree", "NewRevision", "RevisionInfo", "create_revision", "downgrade", "history",
-    "render_sql", "run_env", "status", "upgrade",
+    "AppliedStep",
+    "ChecksumProblem",
+    "MigrationResult",
+    "MigrationRun",
+    "MigrationStatus",
+    "MigrationTree",
+    "NewRevision",
+    "RevisionInfo",
+    "create_revision",
+    "downgrade",
+    "history",
+    "render_sql",
+    "run_env",
+    "status",
+    "upgrade",
 ]

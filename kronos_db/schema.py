@@ -38,7 +38,10 @@ class Difference:
             return f"{self.kind} {self.name}: missing (dropped by hand?)"
         if self.change == "unexpected":
             return f"{self.kind} {self.name}: not defined by head (added by hand?)"
-        return f"{self.kind} {self.name}: {self.attribute} is {self.actual!r}, head has {self.expected!r}"
+        return (
+            f"{self.kind} {self.name}: {self.attribute} is {self.actual!r}, "
+            f"head has {self.expected!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +80,17 @@ def compare(expected: Facts, actual: Facts) -> list[Difference]:
     return differences
 
 
-def _column_owner_missing(difference: Difference, missing_tables: set[str]) -> bool:
-    """A dropped table is one difference, not one per column, constraint and trigger too."""
-    if difference.kind not in {"column", "constraint", "trigger"}:
+def _belongs_to_missing_table(
+    difference: Difference, missing_tables: set[str], expected: Facts
+) -> bool:
+    """A dropped table is one difference, not one more per column, index, sequence…"""
+    if difference.change != "missing":
         return False
-    return any(difference.name.startswith(table + ".") for table in missing_tables)
+    if difference.kind in {"column", "constraint", "trigger"}:
+        return any(difference.name.startswith(table + ".") for table in missing_tables)
+    attributes = expected.get((difference.kind, difference.name), {})
+    owner = attributes.get("table") if difference.kind == "index" else attributes.get("owned by")
+    return owner in missing_tables
 
 
 def check(
@@ -99,13 +108,25 @@ def check(
         actual = schema_facts(conn)
     expected = _head_facts(settings, target, reference, notify)
     differences = compare(expected, actual)
-    missing_tables = {d.name for d in differences if d.kind == "table" and d.change != "changed"}
-    differences = [d for d in differences if not _column_owner_missing(d, missing_tables)]
+    missing_tables = {d.name for d in differences if d.kind == "table" and d.change == "missing"}
+    differences = [
+        d for d in differences if not _belongs_to_missing_table(d, missing_tables, expected)
+    ]
     if ",".join(current) != head:
-        differences.insert(0, Difference("revision", "alembic_version", "changed", "revision",
-                                         head, ",".join(current) or "base"))
-    return CheckReport(database=target.describe(), head=head, current=current,
-                       differences=tuple(differences))
+        differences.insert(
+            0,
+            Difference(
+                "revision",
+                "alembic_version",
+                "changed",
+                "revision",
+                head,
+                ",".join(current) or "base",
+            ),
+        )
+    return CheckReport(
+        database=target.describe(), head=head, current=current, differences=tuple(differences)
+    )
 
 
 def _head_facts(

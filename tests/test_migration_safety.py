@@ -38,8 +38,9 @@ def _environment() -> dict[str, str]:
 @pytest.mark.slow
 def test_ten_concurrent_migrations_apply_each_revision_once(empty_database: Database) -> None:
     def run(_: int) -> Any:
-        return run_cli("migrate", "--json", "--lock-wait", "120s",
-                       "--database-url", empty_database.url)
+        return run_cli(
+            "migrate", "--json", "--lock-wait", "120s", "--database-url", empty_database.url
+        )
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(run, range(10)))
@@ -49,7 +50,9 @@ def test_ten_concurrent_migrations_apply_each_revision_once(empty_database: Data
     assert len(applied) == REVISION_COUNT
     with empty_database.connect() as conn:
         assert migrations.current_revisions(conn) == (HEAD,)
-        assert conn.execute("SELECT count(*) FROM kronos_migrations").fetchone() == (REVISION_COUNT,)
+        assert conn.execute("SELECT count(*) FROM kronos_migrations").fetchone() == (
+            REVISION_COUNT,
+        )
 
 
 def _waiting_backend(conn: psycopg.Connection[Any]) -> int | None:
@@ -68,13 +71,26 @@ def test_a_run_killed_half_way_leaves_the_previous_revision(empty_database: Data
         # 0005 creates routes, then rate_limits with a foreign key to users: it waits there
         blocker.execute("LOCK TABLE users IN EXCLUSIVE MODE")
         process = subprocess.Popen(
-            [sys.executable, "-m", "kronos_db", "migrate", "--lock-timeout", "60s",
-             "--database-url", empty_database.url],
-            cwd=REPO, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "kronos_db",
+                "migrate",
+                "--lock-timeout",
+                "60s",
+                "--database-url",
+                empty_database.url,
+            ],
+            cwd=REPO,
+            env=_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         try:
-            _wait_for(lambda: _waiting_backend(observer) is not None,
-                      message="the migration to wait on the lock")
+            _wait_for(
+                lambda: _waiting_backend(observer) is not None,
+                message="the migration to wait on the lock",
+            )
             orphan = _waiting_backend(observer)
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
@@ -84,9 +100,15 @@ def test_a_run_killed_half_way_leaves_the_previous_revision(empty_database: Data
             process.communicate()
         blocker.rollback()
         # the orphaned backend finishes its statement, finds its client gone, and rolls back
-        _wait_for(lambda: observer.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (orphan,)
-        ).fetchone() == (0,), message="the orphaned backend to end")
+        _wait_for(
+            lambda: (
+                observer.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (orphan,)
+                ).fetchone()
+                == (0,)
+            ),
+            message="the orphaned backend to end",
+        )
         assert migrations.current_revisions(observer) == ("0004",)
         assert observer.execute("SELECT to_regclass('routes')").fetchone() == (None,)
     result = run_cli("migrate", "--database-url", empty_database.url)
@@ -122,8 +144,15 @@ def test_retries_wait_out_a_short_blocker(empty_database: Database) -> None:
     release = threading.Timer(2.0, blocker.rollback)
     release.start()
     try:
-        result = run_cli("migrate", "--lock-timeout", "500ms", "--retries", "6",
-                         "--database-url", empty_database.url)
+        result = run_cli(
+            "migrate",
+            "--lock-timeout",
+            "500ms",
+            "--retries",
+            "6",
+            "--database-url",
+            empty_database.url,
+        )
     finally:
         release.join()
         blocker.close()

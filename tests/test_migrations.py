@@ -75,8 +75,9 @@ def test_stairway_up_down_up(empty_database: Database, settings: Settings) -> No
     assert _revision(empty_database) == tuple(TREE.script_directory().get_heads())
 
 
-def test_downgrade_base_leaves_no_kronos_object(database: Database, settings: Settings,
-                                                template_database: Database) -> None:
+def test_downgrade_base_leaves_no_kronos_object(
+    database: Database, settings: Settings, template_database: Database
+) -> None:
     result = migrations.downgrade(settings, database.target, "base")
     assert result.after == ()
     with database.connect() as conn:
@@ -96,13 +97,19 @@ def test_downgrade_base_leaves_no_kronos_object(database: Database, settings: Se
     assert _facts(database) == _facts(template_database)
 
 
-def test_plain_alembic_gives_the_same_schema(empty_database: Database,
-                                             template_database: Database) -> None:
+def test_plain_alembic_gives_the_same_schema(
+    empty_database: Database, template_database: Database
+) -> None:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "PG"))}
     environment["KRONOS_DATABASE_URL"] = empty_database.url
     completed = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "upgrade", "head"],
-        capture_output=True, text=True, env=environment, cwd=REPO, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO,
+        check=False,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     assert _facts(empty_database) == _facts(template_database)
@@ -141,8 +148,15 @@ def test_offline_sql_starts_from_the_database_revision(database: Database) -> No
 
 
 def test_offline_sql_needs_no_server() -> None:
-    result = run_cli("migrate", "--sql", "--from", "0006", "0007",
-                     "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    result = run_cli(
+        "migrate",
+        "--sql",
+        "--from",
+        "0006",
+        "0007",
+        "--database-url",
+        "postgresql://nobody@127.0.0.1:1/none",
+    )
     assert result.code == 0, result.stderr
     assert "CREATE TABLE backups" in result.stdout
     result = run_cli("downgrade", "--sql", "--from", "0007", "0006")
@@ -157,8 +171,9 @@ def test_offline_sql_needs_no_server() -> None:
 def tree_copy(tmp_path: Path) -> tuple[Path, Path]:
     """A private copy of migrations/ and sql/, and a kronos.toml pointing at it."""
     root = tmp_path / "tree"
-    shutil.copytree(REPO / "migrations", root / "migrations",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(REPO / "sql", root / "sql")
     config = tmp_path / "kronos.toml"
     config.write_text(f'[migrations]\ndirectory = "{root}"\n', encoding="utf-8")
@@ -176,7 +191,7 @@ def test_revision_writes_the_sql_pair_after_head(tree_copy: tuple[Path, Path]) -
     text = revision_file.read_text(encoding="utf-8")
     assert f"revision = '{number}'" in text
     assert f"down_revision = '{head}'" in text
-    assert "run_sql(__file__, \"upgrade\")" in text
+    assert 'run_sql(__file__, "upgrade")' in text
     assert sql_path(revision_file, "upgrade").is_file()
     assert sql_path(revision_file, "downgrade").is_file()
     tree = migrations.MigrationTree(root)
@@ -190,8 +205,9 @@ def test_revision_refuses_a_message_without_words(tree_copy: tuple[Path, Path]) 
     assert "message" in result.stderr
 
 
-def test_edited_applied_migration_is_refused(tree_copy: tuple[Path, Path],
-                                             empty_database: Database) -> None:
+def test_edited_applied_migration_is_refused(
+    tree_copy: tuple[Path, Path], empty_database: Database
+) -> None:
     root, config = tree_copy
     args = ("--config", str(config), "--database-url", empty_database.url)
     assert run_cli("migrate", *args).code == 0
@@ -228,19 +244,24 @@ def test_no_transaction_revision_rebuilds_a_leftover_invalid_index(
     sql_path(revision_file, "downgrade").write_text(CONCURRENT_DOWNGRADE, encoding="utf-8")
     with database.connect() as conn:
         # an interrupted build: a UNIQUE concurrent build fails on duplicates, leaving INVALID
-        conn.execute("INSERT INTO routes (path, service, method) VALUES"
-                     " ('/a', 'auth', 'GET'), ('/b', 'auth', 'GET')")
+        conn.execute(
+            "INSERT INTO routes (path, service, method) VALUES"
+            " ('/a', 'auth', 'GET'), ('/b', 'auth', 'GET')"
+        )
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("CREATE UNIQUE INDEX CONCURRENTLY routes_service_idx ON routes (service)")
-        assert conn.execute("SELECT indisvalid FROM pg_index"
-                            " WHERE indexrelid = 'routes_service_idx'::regclass").fetchone() == (False,)
+        assert conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'routes_service_idx'::regclass"
+        ).fetchone() == (False,)
     args = ("--config", str(config), "--database-url", database.url)
     result = run_cli("migrate", *args)
     assert result.code == 0, result.output
     assert "INVALID" in result.stderr
     with database.connect() as conn:
-        row = conn.execute("SELECT indisvalid, indisunique FROM pg_index"
-                           " WHERE indexrelid = 'routes_service_idx'::regclass").fetchone()
+        row = conn.execute(
+            "SELECT indisvalid, indisunique FROM pg_index"
+            " WHERE indexrelid = 'routes_service_idx'::regclass"
+        ).fetchone()
         assert row == (True, False)
     assert run_cli("downgrade", "-1", *args).code == 0
     with database.connect() as conn:
@@ -251,7 +272,7 @@ def test_no_transaction_statements_are_split_safely(tmp_path: Path) -> None:
     path = tmp_path / "x.upgrade.sql"
     path.write_text(
         "-- kronos: no-transaction\n"
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"Odd;Name\" ON t (a);\n"
+        'CREATE INDEX CONCURRENTLY IF NOT EXISTS "Odd;Name" ON t (a);\n'
         "DO $$ BEGIN PERFORM 1; PERFORM 2; END $$;\n"
         "-- a trailing comment\n",
         encoding="utf-8",

@@ -85,6 +85,8 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("KRONOS_DEBUG"):
             raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (KRONOS_DEBUG=1 shows the traceback)",
-              ExitCode.FAILED)
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} (KRONOS_DEBUG=1 shows the traceback)",
+            ExitCode.FAILED,
+        )
     sys.exit(code if isinstance(code, int) else 0)

@@ -58,7 +58,9 @@ def duration_option(value: str | None) -> timedelta | None:
         raise typer.BadParameter(str(exc)) from None
 
 
-def settings_for(config: Path | None, overrides: dict[str, tuple[Any, str]] | None = None) -> Settings:
+def settings_for(
+    config: Path | None, overrides: dict[str, tuple[Any, str]] | None = None
+) -> Settings:
     return load_settings(config, overrides)
 
 

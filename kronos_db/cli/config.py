@@ -5,7 +5,15 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from kronos_db.cli.common import ConfigOption, DatabaseUrlOption, JsonOption, emit_json, settings_for, stdout, target_for
+from kronos_db.cli.common import (
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    emit_json,
+    settings_for,
+    stdout,
+    target_for,
+)
 from kronos_db.config import effective_settings
 
 app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
@@ -26,8 +34,13 @@ def show(
     rows = effective_settings(settings)
     connection = {"target": target.describe(), "source": target.source}
     if json:
-        emit_json({"file": str(settings.path) if settings.path else None,
-                   "connection": connection, "settings": rows})
+        emit_json(
+            {
+                "file": str(settings.path) if settings.path else None,
+                "connection": connection,
+                "settings": rows,
+            }
+        )
         return
     stdout.print(f"configuration file: {settings.path or 'none (defaults)'}")
     stdout.print(f"connection: {connection['target']} (from {connection['source']})")

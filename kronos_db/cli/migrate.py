@@ -25,18 +25,31 @@ from kronos_db.errors import ConnectionFailedError, ExitCode
 
 LockTimeoutOption = Annotated[
     str | None,
-    typer.Option("--lock-timeout", help="lock_timeout for DDL, e.g. 5s (default: from the "
-                 "configuration, 5s).", show_default=False, rich_help_panel="Safety"),
+    typer.Option(
+        "--lock-timeout",
+        help="lock_timeout for DDL, e.g. 5s (default: from the configuration, 5s).",
+        show_default=False,
+        rich_help_panel="Safety",
+    ),
 ]
 LockWaitOption = Annotated[
     str | None,
-    typer.Option("--lock-wait", help="How long to wait for another run's migration lock, "
-                 "e.g. 5m.", show_default=False, rich_help_panel="Safety"),
+    typer.Option(
+        "--lock-wait",
+        help="How long to wait for another run's migration lock, e.g. 5m.",
+        show_default=False,
+        rich_help_panel="Safety",
+    ),
 ]
 RetriesOption = Annotated[
     int | None,
-    typer.Option("--retries", min=0, help="Retry a migration that hit lock_timeout this many "
-                 "times, with back-off.", show_default=False, rich_help_panel="Safety"),
+    typer.Option(
+        "--retries",
+        min=0,
+        help="Retry a migration that hit lock_timeout this many times, with back-off.",
+        show_default=False,
+        rich_help_panel="Safety",
+    ),
 ]
 
 
@@ -61,8 +74,10 @@ def _settings(
 def _print_steps(result: migrations.MigrationResult) -> None:
     for step in result.steps:
         arrow = "↑" if step.direction == "upgrade" else "↓"
-        stdout.print(f"  {arrow} {step.revision}  {step.description}  "
-                     f"[dim]({step.seconds * 1000:.0f} ms)[/dim]")
+        stdout.print(
+            f"  {arrow} {step.revision}  {step.description}  "
+            f"[dim]({step.seconds * 1000:.0f} ms)[/dim]"
+        )
 
 
 def _at(revisions: tuple[str, ...]) -> str:
@@ -79,9 +94,12 @@ def migrate(
     ] = False,
     from_revision: Annotated[
         str | None,
-        typer.Option("--from", help="With --sql: the revision to start from (default: the "
-                     "database's current revision when it is reachable, else base).",
-                     show_default=False),
+        typer.Option(
+            "--from",
+            help="With --sql: the revision to start from (default: the "
+            "database's current revision when it is reachable, else base).",
+            show_default=False,
+        ),
     ] = None,
     lock_timeout: LockTimeoutOption = None,
     lock_wait: LockWaitOption = None,
@@ -109,8 +127,9 @@ def migrate(
         typer.echo(migrations.render_sql(settings, revision, from_revision=start), nl=False)
         return
     target = target_for(database_url, settings)
-    result = migrations.upgrade(settings, target, revision, create_database=create_db,
-                                notify=notify)
+    result = migrations.upgrade(
+        settings, target, revision, create_database=create_db, notify=notify
+    )
     if json:
         emit_json(result)
         return
@@ -129,8 +148,8 @@ def downgrade(
         bool, typer.Option("--sql", help="Print the SQL instead of running it (needs --from).")
     ] = False,
     from_revision: Annotated[
-        str | None, typer.Option("--from", help="With --sql: the revision to start from.",
-                                 show_default=False),
+        str | None,
+        typer.Option("--from", help="With --sql: the revision to start from.", show_default=False),
     ] = None,
     lock_timeout: LockTimeoutOption = None,
     lock_wait: LockWaitOption = None,
@@ -147,8 +166,12 @@ def downgrade(
     if sql:
         if from_revision is None:
             raise typer.BadParameter("--sql needs --from REVISION", param_hint="--from")
-        typer.echo(migrations.render_sql(settings, revision, from_revision=from_revision,
-                                         downgrade_to=True), nl=False)
+        typer.echo(
+            migrations.render_sql(
+                settings, revision, from_revision=from_revision, downgrade_to=True
+            ),
+            nl=False,
+        )
         return
     target = target_for(database_url, settings)
     result = migrations.downgrade(settings, target, revision, notify=notify)
@@ -220,8 +243,11 @@ def history(
         return
     table = Table("revision", "applied", "description", "SQL file")
     for info in revisions:
-        applied = (info.applied_at.strftime("%Y-%m-%d %H:%M") if info.applied_at else "yes") \
-            if info.applied else "—"
+        applied = (
+            (info.applied_at.strftime("%Y-%m-%d %H:%M") if info.applied_at else "yes")
+            if info.applied
+            else "—"
+        )
         table.add_row(info.revision, applied, info.description, info.sql_file)
     stdout.print(table)
 
@@ -229,9 +255,12 @@ def history(
 def check(
     reference_url: Annotated[
         str | None,
-        typer.Option("--reference-url", help="Build head's schema in this (empty, scratch) "
-                     "database instead of a temporary one on the same server.",
-                     show_default=False),
+        typer.Option(
+            "--reference-url",
+            help="Build head's schema in this (empty, scratch) "
+            "database instead of a temporary one on the same server.",
+            show_default=False,
+        ),
     ] = None,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -251,8 +280,9 @@ def check(
     if json:
         emit_json(report)
     elif report.differences:
-        stdout.print(f"{report.database}: {len(report.differences)} difference(s) from head "
-                     f"({report.head}):")
+        stdout.print(
+            f"{report.database}: {len(report.differences)} difference(s) from head ({report.head}):"
+        )
         for difference in report.differences:
             stdout.print(f"  · {difference.describe()}", markup=False)
     else:

@@ -7,8 +7,8 @@ Create Date: 2026-11-25 00:00:00
 
 from kronos_db.migration_sql import run_sql
 
-revision = '0002'
-down_revision = '0001'
+revision = "0002"
+down_revision = "0001"
 branch_labels = None
 depends_on = None
 

@@ -7,8 +7,8 @@ Create Date: 2026-11-25 00:00:00
 
 from kronos_db.migration_sql import run_sql
 
-revision = '0004'
-down_revision = '0003'
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -44,6 +44,13 @@ SELECT 'table', r.name, 'default partition',
   FROM relations AS r
   JOIN pg_partitioned_table AS pt ON pt.partrelid = r.oid
 UNION ALL
+SELECT 'table', r.name, 'owned by', owner.name
+  FROM relations AS r
+  JOIN pg_depend AS d ON d.classid = 'pg_class'::regclass AND d.objid = r.oid
+                     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+  JOIN relations AS owner ON owner.oid = d.refobjid
+ WHERE r.relkind = 'S'
+UNION ALL
 SELECT 'table', r.name, 'view definition', pg_get_viewdef(r.oid)
   FROM relations AS r
  WHERE r.relkind IN ('v', 'm')
@@ -72,6 +79,7 @@ SELECT 'index', quote_ident(r.nspname) || '.' || quote_ident(ic.relname), proper
   JOIN relations AS r ON r.oid = i.indrelid
   JOIN pg_class AS ic ON ic.oid = i.indexrelid
  CROSS JOIN LATERAL (VALUES
+        ('table', r.name),
         ('definition', pg_get_indexdef(i.indexrelid)),
         ('valid', CASE WHEN i.indisvalid THEN 'yes' ELSE 'no (a failed CREATE INDEX CONCURRENTLY?)' END)
        ) AS property (attribute, value)

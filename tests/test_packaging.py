@@ -1,0 +1,95 @@
+"""`pip install .` gives a working kronos-db anywhere: sql/ and migrations/ ship inside."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Database
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    completed = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    (path,) = out.glob("kronos_db-*.whl")
+    return path
+
+
+def test_the_wheel_ships_sql_and_migrations(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        "kronos_db/sql/migrations/0001_user_service.upgrade.sql",
+        "kronos_db/sql/migrations/0001_user_service.downgrade.sql",
+        "kronos_db/sql/queries/migrations.sql",
+        "kronos_db/migrations/env.py",
+        "kronos_db/migrations/script.py.mako",
+        "kronos_db/migrations/versions/0001_user_service.py",
+    }
+    assert expected <= names
+    for path in (REPO / "sql").rglob("*.sql"):
+        assert f"kronos_db/sql/{path.relative_to(REPO / 'sql')}" in names
+
+
+def test_the_installed_package_migrates_from_another_directory(
+    wheel: Path, tmp_path: Path, empty_database: Database
+) -> None:
+    site = tmp_path / "site"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "PG"))}
+    environment["PYTHONPATH"] = str(site)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kronos_db", *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=elsewhere,
+            check=False,
+            timeout=120,
+        )
+
+    where = subprocess.run(
+        [sys.executable, "-c", "import kronos_db.resources as r; print(r.resource_root())"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=elsewhere,
+        check=False,
+    )
+    assert where.stdout.strip() == str(site / "kronos_db")
+    migrated = run("migrate", "--database-url", empty_database.url)
+    assert migrated.returncode == 0, migrated.stderr
+    status = run("status", "--database-url", empty_database.url)
+    assert status.returncode == 0, status.stderr
