@@ -459,8 +459,6 @@ def _migrate(
     tree = MigrationTree.from_settings(settings)
     validate_revision(tree, revision)
     created = db.create_database(target) if create_database else False
-    if created:
-        notify(f"created database {target.dbname}")
     retries = settings.migrations.retries
     delay = settings.migrations.retry_delay.total_seconds()
     with migration_lock(settings, target, notify) as lock_conn:

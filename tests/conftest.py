@@ -105,6 +105,39 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without connection settings, plus ``extra``."""
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KRONOS_", "PG")) and k != "DATABASE_URL"
+    }
+    environment.update(extra or {})
+    return environment
+
+
+def run_process(
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    input: str | None = None,
+) -> CliResult:
+    """Run a command with no terminal, as cron or CI would, from ``cwd`` (the repository)."""
+    completed = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=clean_environment(env),
+        cwd=cwd or REPO,
+        timeout=timeout,
+        input=input,
+        check=False,
+    )
+    return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+
 def run_cli(
     *args: str,
     env: Mapping[str, str] | None = None,
@@ -112,24 +145,10 @@ def run_cli(
     timeout: float = 120,
     input: str | None = None,
 ) -> CliResult:
-    """Run ``kronos-db`` in a subprocess, as cron or CI would (no terminal)."""
-    environment = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KRONOS_", "PG")) and k != "DATABASE_URL"
-    }
-    environment.update(env or {})
-    completed = subprocess.run(
-        [sys.executable, "-m", "kronos_db", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=cwd or REPO,
-        timeout=timeout,
-        input=input,
-        check=False,
+    """Run ``kronos-db`` in a subprocess."""
+    return run_process(
+        [sys.executable, "-m", "kronos_db", *args], env=env, cwd=cwd, timeout=timeout, input=input
     )
-    return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import REPO, Database, run_cli
+from conftest import REPO, Database, clean_environment, run_cli
 
 from kronos_db import locks, migrations
 from kronos_db.config import Settings
@@ -29,10 +29,6 @@ def _wait_for(predicate: Any, timeout: float = 20.0, message: str = "condition")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
         time.sleep(0.05)
-
-
-def _environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "PG"))}
 
 
 @pytest.mark.slow
@@ -82,7 +78,7 @@ def test_a_run_killed_half_way_leaves_the_previous_revision(empty_database: Data
                 empty_database.url,
             ],
             cwd=REPO,
-            env=_environment(),
+            env=clean_environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

@@ -3,17 +3,15 @@ SQL, new revisions, checksums of applied files, and no-transaction revisions."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import REPO, Database, run_cli
+from conftest import REPO, Database, run_cli, run_process
 
 from kronos_db import migrations, schema
 from kronos_db.config import MigrationSettings, Settings
@@ -100,18 +98,11 @@ def test_downgrade_base_leaves_no_kronos_object(
 def test_plain_alembic_gives_the_same_schema(
     empty_database: Database, template_database: Database
 ) -> None:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "PG"))}
-    environment["KRONOS_DATABASE_URL"] = empty_database.url
-    completed = subprocess.run(
+    completed = run_process(
         [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "upgrade", "head"],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=REPO,
-        check=False,
-        timeout=120,
+        env={"KRONOS_DATABASE_URL": empty_database.url},
     )
-    assert completed.returncode == 0, completed.stderr
+    assert completed.code == 0, completed.stderr
     assert _facts(empty_database) == _facts(template_database)
     with empty_database.connect() as conn, template_database.connect() as template_conn:
         query = "SELECT revision, checksum FROM kronos_migrations ORDER BY revision"

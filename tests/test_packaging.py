@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Database
+from conftest import REPO, Database, run_cli, run_process
 
 
 @pytest.fixture(scope="module")
@@ -66,30 +65,15 @@ def test_the_installed_package_migrates_from_another_directory(
     assert completed.returncode == 0, completed.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("KRONOS_", "PG"))}
-    environment["PYTHONPATH"] = str(site)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "kronos_db", *args],
-            capture_output=True,
-            text=True,
-            env=environment,
-            cwd=elsewhere,
-            check=False,
-            timeout=120,
-        )
-
-    where = subprocess.run(
+    installed = {"PYTHONPATH": str(site)}
+    where = run_process(
         [sys.executable, "-c", "import kronos_db.resources as r; print(r.resource_root())"],
-        capture_output=True,
-        text=True,
-        env=environment,
+        env=installed,
         cwd=elsewhere,
-        check=False,
     )
     assert where.stdout.strip() == str(site / "kronos_db")
-    migrated = run("migrate", "--database-url", empty_database.url)
-    assert migrated.returncode == 0, migrated.stderr
-    status = run("status", "--database-url", empty_database.url)
-    assert status.returncode == 0, status.stderr
+    for command in ("migrate", "status"):
+        result = run_cli(
+            command, "--database-url", empty_database.url, env=installed, cwd=elsewhere
+        )
+        assert result.code == 0, result.stderr
