@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -201,7 +202,7 @@ def status(
     target = target_for(database_url, settings)
     result = migrations.status(settings, target)
     if json:
-        emit_json({**_asdict(result), "up_to_date": result.up_to_date})
+        emit_json({**dataclasses.asdict(result), "up_to_date": result.up_to_date})
     else:
         stdout.print(f"database: {result.database}")
         stdout.print(f"current:  {_at(result.current)}")
@@ -218,12 +219,6 @@ def status(
         raise typer.Exit(ExitCode.CHECKSUM)
     if result.pending:
         raise typer.Exit(ExitCode.PENDING)
-
-
-def _asdict(value: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.asdict(value)
 
 
 def history(
