@@ -279,3 +279,21 @@ def test_settings_directory_points_every_command_at_the_tree(tree_copy: tuple[Pa
     root, _config = tree_copy
     settings = Settings(migrations=MigrationSettings(directory=str(root)))
     assert migrations.MigrationTree.from_settings(settings).root == root.resolve()
+
+
+def _released() -> dict[str, str]:
+    lines = (REPO / "migrations" / "released.sha256").read_text(encoding="utf-8").splitlines()
+    entries = (line.split(None, 1) for line in lines if line and not line.startswith("#"))
+    return {path.strip(): digest for digest, path in entries}
+
+
+@pytest.mark.parametrize("script", TREE.revisions(), ids=lambda s: s.revision)
+def test_released_revisions_are_never_edited(script: Any) -> None:
+    path = TREE.upgrade_sql(script)
+    relative = str(path.relative_to(REPO))
+    line = f"{checksum(path)}  {relative}"
+    released = _released()
+    assert relative in released, f"add to migrations/released.sha256: {line}"
+    assert released[relative] == checksum(path), (
+        f"{relative} was released and then edited: restore it and add a new revision"
+    )
