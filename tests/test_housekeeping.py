@@ -21,14 +21,22 @@ NOW = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
 
 
-def add_session(conn: psycopg.Connection[Any], token: str, *, expires_in: timedelta | None,
-                active_ago: timedelta | None = timedelta(0)) -> None:
+def add_session(
+    conn: psycopg.Connection[Any],
+    token: str,
+    *,
+    expires_in: timedelta | None,
+    active_ago: timedelta | None = timedelta(0),
+) -> None:
     conn.execute(
         "INSERT INTO sessions (token, created_at, expires_at, last_active_at)"
         " VALUES (%(token)s, %(created)s, %(expires)s, %(active)s)",
-        {"token": token, "created": NOW - timedelta(days=2),
-         "expires": None if expires_in is None else NOW + expires_in,
-         "active": None if active_ago is None else NOW - active_ago},
+        {
+            "token": token,
+            "created": NOW - timedelta(days=2),
+            "expires": None if expires_in is None else NOW + expires_in,
+            "active": None if active_ago is None else NOW - active_ago,
+        },
     )
 
 
@@ -36,29 +44,42 @@ def tokens(conn: psycopg.Connection[Any]) -> set[str]:
     return {row[0] for row in conn.execute("SELECT token FROM sessions").fetchall()}
 
 
-def test_expire_sessions_deletes_exactly_the_expired_and_idle_ones(conn: psycopg.Connection[Any]) -> None:
+def test_expire_sessions_deletes_exactly_the_expired_and_idle_ones(
+    conn: psycopg.Connection[Any],
+) -> None:
     add_session(conn, "expired", expires_in=-timedelta(seconds=1))
     add_session(conn, "expired-long-ago", expires_in=-timedelta(days=30))
     add_session(conn, "expires-exactly-now", expires_in=timedelta(0))
     add_session(conn, "valid", expires_in=timedelta(hours=3), active_ago=timedelta(minutes=5))
     add_session(conn, "idle", expires_in=timedelta(hours=3), active_ago=timedelta(hours=2))
-    add_session(conn, "idle-exactly-the-timeout", expires_in=timedelta(hours=3),
-                active_ago=timedelta(hours=1))
+    add_session(
+        conn,
+        "idle-exactly-the-timeout",
+        expires_in=timedelta(hours=3),
+        active_ago=timedelta(hours=1),
+    )
     add_session(conn, "activity-unknown", expires_in=timedelta(hours=3), active_ago=None)
-    add_session(conn, "expired-and-idle", expires_in=-timedelta(hours=1),
-                active_ago=timedelta(hours=5))
+    add_session(
+        conn, "expired-and-idle", expires_in=-timedelta(hours=1), active_ago=timedelta(hours=5)
+    )
     # the default expiry trigger gives a session without one created_at + 24h: expired by NOW
     add_session(conn, "default-expiry", expires_in=None)
 
-    result = housekeeping.expire_sessions(conn, NOW, idle_timeout=timedelta(hours=1),
-                                          options=BatchOptions(batch_size=1))
+    result = housekeeping.expire_sessions(
+        conn, NOW, idle_timeout=timedelta(hours=1), options=BatchOptions(batch_size=1)
+    )
 
-    assert tokens(conn) == {"expires-exactly-now", "valid", "idle-exactly-the-timeout",
-                            "activity-unknown"}
+    assert tokens(conn) == {
+        "expires-exactly-now",
+        "valid",
+        "idle-exactly-the-timeout",
+        "activity-unknown",
+    }
     assert result.rows == 5
     assert dict(result.details) == {"expired": 4, "idle": 1}
     assert result.batches == 5  # one row per batch; the empty batch that ends a pass is not counted
-    assert not result.skipped and not result.dry_run
+    assert not result.skipped
+    assert not result.dry_run
     again = housekeeping.expire_sessions(conn, NOW, idle_timeout=timedelta(hours=1))
     assert (again.rows, again.batches) == (0, 0)
 
@@ -82,11 +103,13 @@ def test_dry_run_counts_and_changes_nothing(conn: psycopg.Connection[Any]) -> No
     for number in range(3):
         add_session(conn, f"expired-{number}", expires_in=-timedelta(minutes=1))
     add_session(conn, "idle", expires_in=timedelta(hours=1), active_ago=timedelta(hours=2))
-    add_session(conn, "expired-and-idle", expires_in=-timedelta(minutes=1),
-                active_ago=timedelta(hours=2))
+    add_session(
+        conn, "expired-and-idle", expires_in=-timedelta(minutes=1), active_ago=timedelta(hours=2)
+    )
     before = tokens(conn)
-    result = housekeeping.expire_sessions(conn, NOW, idle_timeout=timedelta(hours=1),
-                                          options=BatchOptions(dry_run=True))
+    result = housekeeping.expire_sessions(
+        conn, NOW, idle_timeout=timedelta(hours=1), options=BatchOptions(dry_run=True)
+    )
     assert result.dry_run
     assert (result.rows, dict(result.details)) == (5, {"expired": 4, "idle": 1})
     assert tokens(conn) == before
@@ -102,7 +125,8 @@ def test_a_session_locked_by_a_service_is_skipped_not_waited_on(
         service.execute("SELECT id FROM sessions WHERE token = 'expired-2' FOR UPDATE")
         started = time.monotonic()
         result = housekeeping.expire_sessions(
-            conn, NOW, options=BatchOptions(batch_size=2, lock_timeout=timedelta(seconds=30)))
+            conn, NOW, options=BatchOptions(batch_size=2, lock_timeout=timedelta(seconds=30))
+        )
         elapsed = time.monotonic() - started
         assert elapsed < 2, f"the run waited {elapsed:.1f}s on a locked row"
         assert result.rows == 4
@@ -119,8 +143,10 @@ def test_a_row_made_valid_after_the_snapshot_is_not_deleted(
     """The outer DELETE re-checks the predicate on the row's newest version."""
     add_session(conn, "extended", expires_in=-timedelta(minutes=1))
     with database.connect(autocommit=False) as service:
-        service.execute("UPDATE sessions SET expires_at = %(later)s WHERE token = 'extended'",
-                        {"later": NOW + timedelta(hours=1)})
+        service.execute(
+            "UPDATE sessions SET expires_at = %(later)s WHERE token = 'extended'",
+            {"later": NOW + timedelta(hours=1)},
+        )
         # the run sees the old, expired version, finds it locked and skips it
         assert housekeeping.expire_sessions(conn, NOW).rows == 0
         service.commit()
@@ -128,13 +154,18 @@ def test_a_row_made_valid_after_the_snapshot_is_not_deleted(
     assert tokens(conn) == {"extended"}
 
 
-def test_a_second_overlapping_run_does_nothing(conn: psycopg.Connection[Any], database: Any) -> None:
+def test_a_second_overlapping_run_does_nothing(
+    conn: psycopg.Connection[Any], database: Any
+) -> None:
     add_session(conn, "expired", expires_in=-timedelta(minutes=1))
-    with database.connect() as other_run, \
-            locks.try_advisory_lock(other_run, housekeeping.lock_name("expire-sessions")) as held:
+    with (
+        database.connect() as other_run,
+        locks.try_advisory_lock(other_run, housekeeping.lock_name("expire-sessions")) as held,
+    ):
         assert held
         result = housekeeping.expire_sessions(conn, NOW)
-        assert result.skipped and result.rows == 0
+        assert result.skipped
+        assert result.rows == 0
         assert "another run" in result.summary()
         assert tokens(conn) == {"expired"}
     assert housekeeping.expire_sessions(conn, NOW).rows == 1
@@ -148,28 +179,37 @@ def test_the_job_restores_the_session_timeouts(conn: psycopg.Connection[Any]) ->
 
 def test_bad_arguments_are_usage_errors(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(UsageError, match="timezone-aware"):
-        housekeeping.expire_sessions(conn, datetime(2030, 1, 1))  # noqa: DTZ001
+        housekeeping.expire_sessions(conn, datetime(2030, 1, 1))
     with pytest.raises(UsageError, match="batch size"):
         BatchOptions(batch_size=0)
     with pytest.raises(UsageError, match="negative"):
         housekeeping.expire_sessions(conn, NOW, idle_timeout=-timedelta(minutes=1))
 
 
-def test_expire_cache_keeps_rows_without_expiry_and_future_ones(conn: psycopg.Connection[Any]) -> None:
+def test_expire_cache_keeps_rows_without_expiry_and_future_ones(
+    conn: psycopg.Connection[Any],
+) -> None:
     conn.execute(
         "INSERT INTO cache (key, value, expires_at) VALUES"
         " ('gone', 'v', %(past)s), ('gone-too', 'v', %(long_ago)s),"
         " ('future', 'v', %(future)s), ('forever', 'v', NULL), ('exactly-now', 'v', %(now)s)",
-        {"past": NOW - timedelta(seconds=1), "long_ago": NOW - timedelta(days=400),
-         "future": NOW + timedelta(minutes=1), "now": NOW},
+        {
+            "past": NOW - timedelta(seconds=1),
+            "long_ago": NOW - timedelta(days=400),
+            "future": NOW + timedelta(minutes=1),
+            "now": NOW,
+        },
     )
     result = housekeeping.expire_cache(conn, NOW, options=BatchOptions(batch_size=1))
-    assert result.rows == 2 and result.batches == 2
+    assert result.rows == 2
+    assert result.batches == 2
     keys = {row[0] for row in conn.execute("SELECT key FROM cache").fetchall()}
     assert keys == {"future", "forever", "exactly-now"}
 
 
-def add_rate_limits(conn: psycopg.Connection[Any], counters: list[tuple[int, timedelta | None]]) -> None:
+def add_rate_limits(
+    conn: psycopg.Connection[Any], counters: list[tuple[int, timedelta | None]]
+) -> None:
     conn.execute("INSERT INTO roles (name, permissions) VALUES ('user', '{}')")
     conn.execute(
         "INSERT INTO users (username, email, password_hash, role_id)"
@@ -187,25 +227,32 @@ def add_rate_limits(conn: psycopg.Connection[Any], counters: list[tuple[int, tim
 
 
 def counters(conn: psycopg.Connection[Any]) -> list[int | None]:
-    return [row[0] for row in
-            conn.execute("SELECT request_count FROM rate_limits ORDER BY user_id").fetchall()]
+    return [
+        row[0]
+        for row in conn.execute("SELECT request_count FROM rate_limits ORDER BY user_id").fetchall()
+    ]
 
 
 def test_reset_rate_limits_resets_only_counters_whose_window_passed(
     conn: psycopg.Connection[Any],
 ) -> None:
-    add_rate_limits(conn, [
-        (10, timedelta(hours=2)),  # window passed
-        (7, timedelta(hours=2)),  # same last_request: the keyset walk must not lose it
-        (3, timedelta(minutes=59)),  # still in its window
-        (0, timedelta(days=2)),  # already 0: not counted again
-        (5, None),  # never used: left alone
-        (9, timedelta(days=30)),
-    ])
-    result = housekeeping.reset_rate_limits(conn, NOW, older_than=timedelta(hours=1),
-                                            options=BatchOptions(batch_size=1))
+    add_rate_limits(
+        conn,
+        [
+            (10, timedelta(hours=2)),  # window passed
+            (7, timedelta(hours=2)),  # same last_request: the keyset walk must not lose it
+            (3, timedelta(minutes=59)),  # still in its window
+            (0, timedelta(days=2)),  # already 0: not counted again
+            (5, None),  # never used: left alone
+            (9, timedelta(days=30)),
+        ],
+    )
+    result = housekeeping.reset_rate_limits(
+        conn, NOW, older_than=timedelta(hours=1), options=BatchOptions(batch_size=1)
+    )
     assert counters(conn) == [0, 0, 3, 0, 5, 0]
-    assert result.rows == 3 and result.batches == 3
+    assert result.rows == 3
+    assert result.batches == 3
     assert housekeeping.reset_rate_limits(conn, NOW, older_than=timedelta(hours=1)).rows == 0
 
 
@@ -243,12 +290,16 @@ def _seed(conn: psycopg.Connection[Any], job: str) -> None:
         conn.execute(
             "INSERT INTO sessions (token, expires_at, last_active_at)"
             " SELECT 's' || n, %(now)s::timestamptz + (n %% 2 * 2 - 1) * interval '1 hour', %(now)s"
-            "   FROM generate_series(1, %(n)s) AS n", {**half, "now": NOW})
+            "   FROM generate_series(1, %(n)s) AS n",
+            {**half, "now": NOW},
+        )
     elif job == "cache":
         conn.execute(
             "INSERT INTO cache (key, value, expires_at)"
             " SELECT 'c' || n, 'v', %(now)s::timestamptz + (n %% 2 * 2 - 1) * interval '1 hour'"
-            "   FROM generate_series(1, %(n)s) AS n", {**half, "now": NOW})
+            "   FROM generate_series(1, %(n)s) AS n",
+            {**half, "now": NOW},
+        )
     elif job == "ratelimits":
         add_rate_limits(conn, [(n, timedelta(hours=n % 2 * 2)) for n in range(1, ROWS + 1)])
     else:
@@ -257,7 +308,9 @@ def _seed(conn: psycopg.Connection[Any], job: str) -> None:
             "INSERT INTO message_queue (topic, payload, status, status_changed_at, attempts)"
             " SELECT 't' || n %% 3, 'p', %(status)s,"
             "        %(now)s::timestamptz - (n %% 2) * interval '30 days', n %% 3"
-            "   FROM generate_series(1, %(n)s) AS n", {**half, "now": NOW, "status": status})
+            "   FROM generate_series(1, %(n)s) AS n",
+            {**half, "now": NOW, "status": status},
+        )
 
 
 def _state(conn: psycopg.Connection[Any], job: str) -> list[tuple[Any, ...]]:
@@ -272,8 +325,11 @@ def _state(conn: psycopg.Connection[Any], job: str) -> list[tuple[Any, ...]]:
 
 
 JOBS: dict[str, Job] = {
-    "sessions": _expire_sessions, "cache": _expire_cache, "ratelimits": _reset_rate_limits,
-    "requeue": _requeue_stuck, "purge": _purge_processed,
+    "sessions": _expire_sessions,
+    "cache": _expire_cache,
+    "ratelimits": _reset_rate_limits,
+    "requeue": _requeue_stuck,
+    "purge": _purge_processed,
 }
 
 
@@ -346,5 +402,6 @@ def test_skip_locked_alone_prevents_double_work(
         counted_twice = conn.execute(
             "SELECT count(*) FROM message_queue WHERE id %% 2 = 1"
             " AND (attempts <> id %% 3 + 1 OR status_changed_at <> %(now)s)",
-            {"now": NOW}).fetchone()
+            {"now": NOW},
+        ).fetchone()
         assert counted_twice == (0,)
