@@ -31,6 +31,7 @@ from kronos_db.housekeeping import (
     Tally,
     check_now,
     count_rows,
+    job_timeouts,
     run_batches,
     run_job,
 )
@@ -51,11 +52,21 @@ class QueueStat:
 
 
 def stats(
-    conn: psycopg.Connection[Any], now: datetime, *, topic: str | None = None
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    *,
+    topic: str | None = None,
+    statement_timeout: timedelta = timedelta(seconds=60),
 ) -> list[QueueStat]:
-    """Counts per topic and status, with the oldest message's age and the longest wait."""
+    """Counts per topic and status, with the oldest message's age and the longest wait.
+
+    One pass over the queue, bounded by ``statement_timeout``.
+    """
     check_now(now)
-    with conn.cursor(row_factory=class_row(QueueStat)) as cur:
+    with (
+        job_timeouts(conn, BatchOptions(statement_timeout=statement_timeout)),
+        conn.cursor(row_factory=class_row(QueueStat)) as cur,
+    ):
         return cur.execute(
             query("queue", "select_queue_stats"), {"now": now, "topic": topic}
         ).fetchall()

@@ -296,7 +296,12 @@ def queue_stats(
     settings = settings_for(config)
     moment = _now(now)
     with _connection(database_url, settings) as conn:
-        rows = queue.stats(conn, moment, topic=topic)
+        rows = queue.stats(
+            conn,
+            moment,
+            topic=topic,
+            statement_timeout=settings.housekeeping.statement_timeout,
+        )
     if json:
         emit_json(rows)
         return
