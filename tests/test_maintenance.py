@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,44 @@ def test_metrics_are_prometheus_text_and_keep_the_last_success(tmp_path: Path) -
 def test_metrics_write_failure_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KronosError, match="cannot write the metrics file"):
         maintenance.write_metrics(tmp_path / "missing-dir" / "kronos.prom", _report())
+
+
+def test_two_overlapping_maintain_runs_do_each_job_once(
+    conn: psycopg.Connection[Any], database: Any
+) -> None:
+    seed(conn)
+    conn.execute(
+        "INSERT INTO cache (key, value, expires_at)"
+        " SELECT 'k' || n, 'v', %(past)s FROM generate_series(1, 300) AS n",
+        {"past": NOW - timedelta(hours=1)},
+    )
+    settings = dataclasses.replace(
+        Settings(),
+        housekeeping=HousekeepingSettings(batch_size=10, batch_pause=timedelta(milliseconds=5)),
+    )
+    reports: list[maintenance.MaintenanceReport] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(maintenance.run_maintenance(database.target, settings, NOW))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(reports) == 2
+    assert all(report.ok for report in reports)
+    rows: dict[str, int] = {}
+    for report in reports:
+        for outcome in report.jobs:
+            rows[outcome.job] = rows.get(outcome.job, 0) + outcome.rows
+    assert rows == {
+        "expire-sessions": 1,
+        "expire-cache": 301,
+        "requeue-stuck": 1,
+        "purge-processed": 1,
+        "reset-ratelimits": 0,
+    }
+    assert conn.execute("SELECT count(*) FROM cache").fetchone() == (0,)

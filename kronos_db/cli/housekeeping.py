@@ -501,8 +501,9 @@ def maintain(
 ) -> None:
     """Run every periodic job once, each independent of the others: one cron line for all.
 
-    A job that fails does not stop the next; the exit code is 1 when any job failed. Jobs
-    another run is still doing are skipped (not a failure).
+    A failing job does not stop the next one; exit code 1 when any job failed.
+
+    A job that another run is still doing is skipped, not failed.
 
     Example: kronos-db maintain --metrics /var/lib/node_exporter/textfile/kronos.prom
     """
