@@ -549,7 +549,9 @@ def maintain(
             on_progress=on_progress,
             on_done=on_done,
         )
-    if metrics is not None:
+    if metrics is not None and dry_run:
+        notify(f"dry run: {metrics} left as it was (a dry run is not a run to report)")
+    elif metrics is not None:
         maintenance.write_metrics(metrics, report)
     if json:
         emit_json(
