@@ -74,9 +74,49 @@ class MigrationSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class HousekeepingSettings:
+    batch_size: int = setting(
+        1000, "Rows deleted or updated per batch; each batch is its own short transaction.",
+        minimum=1,
+    )
+    batch_pause: timedelta = setting(
+        timedelta(0), "Pause between two batches, to leave room for replicas and vacuum (0: none)."
+    )
+    lock_timeout: timedelta = setting(
+        timedelta(seconds=2),
+        "lock_timeout of a job's statements: give up instead of queueing behind DDL (rows in "
+        "use are skipped, never waited on).",
+    )
+    statement_timeout: timedelta = setting(
+        timedelta(seconds=60), "statement_timeout of one batch or count (0: none)."
+    )
+    session_idle_timeout: timedelta = setting(
+        timedelta(hours=1),
+        "`expire sessions` also deletes sessions whose last_active_at is older than this "
+        "(0: only expires_at counts).",
+    )
+    stuck_after: timedelta = setting(
+        timedelta(minutes=15),
+        "`queue requeue-stuck`: a message in processing for longer is stuck.",
+    )
+    max_attempts: int = setting(
+        5, "`queue requeue-stuck`: the attempt that reaches this count sends a message to failed.",
+        minimum=1,
+    )
+    purge_after: timedelta = setting(
+        timedelta(days=7), "`queue purge`: processed messages older than this are deleted."
+    )
+    ratelimit_window: timedelta = setting(
+        timedelta(hours=1),
+        "`ratelimits reset`: counters whose last request is older than this go back to 0.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
+    housekeeping: HousekeepingSettings = dataclasses.field(default_factory=HousekeepingSettings)
     # "section.key" -> where the value came from: "default", a file path, an option, a variable.
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     path: Path | None = None

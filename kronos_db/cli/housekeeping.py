@@ -1,0 +1,580 @@
+"""Housekeeping commands for cron: expire, queue, ratelimits, maintain.
+
+On a terminal a job shows a progress bar (stderr) and a summary; otherwise it prints one
+summary line (rows, batches, time) when it did something and nothing when it did not, so cron
+mails only news. ``--json`` prints the result for machines; ``--dry-run`` counts what would go.
+A run that finds another run holding the job's advisory lock does nothing and exits 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from kronos_db import db, housekeeping, maintenance, queue
+from kronos_db.cli.common import (
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    emit_json,
+    is_terminal,
+    notify,
+    settings_for,
+    stderr,
+    stdout,
+    target_for,
+)
+from kronos_db.config import Settings
+from kronos_db.durations import parse_duration
+from kronos_db.errors import ExitCode
+from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback
+
+expire_app = typer.Typer(
+    help="Delete expired rows (sessions, cache), in batches.", no_args_is_help=True
+)
+queue_app = typer.Typer(
+    help="Keep the message queue healthy: stats, requeue, purge.", no_args_is_help=True
+)
+ratelimits_app = typer.Typer(
+    help="Reset rate-limit counters whose window has passed.", no_args_is_help=True
+)
+
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Rows per batch (one short transaction each; default: housekeeping.batch_size, 1000).",
+        show_default=False,
+        rich_help_panel="Batches",
+    ),
+]
+PauseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pause",
+        help="Pause between batches, e.g. 50ms (default: housekeeping.batch_pause, 0).",
+        show_default=False,
+        rich_help_panel="Batches",
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Count what would be deleted or updated; change nothing.")
+]
+NowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--now",
+        help="Run as if it were this time (ISO 8601; naive means UTC). For tests and replays.",
+        show_default=False,
+        hidden=True,
+    ),
+]
+
+
+def _check_duration(value: str | None, option: str, *, allow_zero: bool = True) -> None:
+    if value is None:
+        return
+    try:
+        parsed = parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+    if not allow_zero and parsed <= timedelta(0):
+        raise typer.BadParameter(f"must be longer than 0, got {value!r}", param_hint=option)
+
+
+def _check_positive(value: int | None, option: str) -> None:
+    if value is not None and value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=option)
+
+
+def _now(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected an ISO 8601 time such as 2026-01-31T12:00:00Z, got {value!r}",
+            param_hint="--now",
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _settings(
+    config: Path | None, batch_size: int | None, pause: str | None, **overrides: tuple[Any, str]
+) -> Settings:
+    # validate the options first, so that the error names the option
+    _check_positive(batch_size, "--batch-size")
+    _check_duration(pause, "--pause")
+    values: dict[str, tuple[Any, str]] = {
+        "housekeeping.batch_size": (batch_size, "option --batch-size"),
+        "housekeeping.batch_pause": (pause, "option --pause"),
+    }
+    values.update({f"housekeeping.{key}": value for key, value in overrides.items()})
+    return settings_for(config, values)
+
+
+def _options(settings: Settings, dry_run: bool) -> BatchOptions:
+    return BatchOptions.from_settings(settings.housekeeping, dry_run=dry_run)
+
+
+@contextmanager
+def _progress_bar(description: str, total: int | None) -> Iterator[ProgressCallback]:
+    """A progress bar on stderr (a terminal only); yields the callback the job reports to."""
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows · {task.fields[batches]} batches"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(description, total=total, batches=0)
+
+        def update(rows: int, batches: int) -> None:
+            progress.update(task, completed=rows, batches=batches)
+
+        yield update
+
+
+def _run_job(
+    description: str,
+    json: bool,
+    dry_run: bool,
+    job: Callable[[BatchOptions, ProgressCallback | None], JobResult],
+    options: BatchOptions,
+) -> None:
+    """Run a job with the output every housekeeping command shares."""
+    show_progress = stderr.is_terminal and not json and not dry_run
+    total: int | None = None
+    if show_progress:
+        # a dry run first gives the bar its total (an index count, cheap next to the deletes)
+        total = job(dataclasses.replace(options, dry_run=True), None).rows
+    with _progress_bar(description, total) if show_progress else nullcontext() as progress:
+        result = job(options, progress)
+    _report(result, json)
+
+
+def _report(result: JobResult, json: bool) -> None:
+    if json:
+        emit_json(result)
+        return
+    if result.skipped:
+        if is_terminal():
+            notify(result.summary())
+        return
+    if result.rows or result.dry_run or is_terminal():
+        stdout.print(result.summary(), markup=False)
+
+
+def _connection(database_url: str | None, settings: Settings) -> Any:
+    return db.connection(target_for(database_url, settings))
+
+
+@expire_app.command("sessions")
+def expire_sessions(
+    idle_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--idle-timeout",
+            help="Also delete sessions unused for longer than this, "
+            "e.g. 30m; 0 turns the idle rule off (default: "
+            "housekeeping.session_idle_timeout, 1h).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    pause: PauseOption = None,
+    dry_run: DryRunOption = False,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Delete sessions past expires_at and sessions idle longer than the idle timeout.
+
+    Example: kronos-db expire sessions --batch-size 5000
+    """
+    _check_duration(idle_timeout, "--idle-timeout")
+    settings = _settings(
+        config, batch_size, pause, session_idle_timeout=(idle_timeout, "option --idle-timeout")
+    )
+    moment = _now(now)
+    with _connection(database_url, settings) as conn:
+        _run_job(
+            "expire sessions",
+            json,
+            dry_run,
+            lambda options, progress: housekeeping.expire_sessions(
+                conn,
+                moment,
+                idle_timeout=settings.housekeeping.session_idle_timeout,
+                options=options,
+                on_progress=progress,
+            ),
+            _options(settings, dry_run),
+        )
+
+
+@expire_app.command("cache")
+def expire_cache(
+    batch_size: BatchSizeOption = None,
+    pause: PauseOption = None,
+    dry_run: DryRunOption = False,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Delete cache rows past expires_at (rows without an expiry stay).
+
+    Example: kronos-db expire cache
+    """
+    settings = _settings(config, batch_size, pause)
+    moment = _now(now)
+    with _connection(database_url, settings) as conn:
+        _run_job(
+            "expire cache",
+            json,
+            dry_run,
+            lambda options, progress: housekeeping.expire_cache(
+                conn, moment, options=options, on_progress=progress
+            ),
+            _options(settings, dry_run),
+        )
+
+
+def _age(value: timedelta | None) -> str:
+    if value is None:
+        return "—"
+    seconds = int(value.total_seconds())
+    if seconds < 0:
+        return "0s"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {seconds}s"
+    return f"{seconds}s"
+
+
+@queue_app.command("stats")
+def queue_stats(
+    topic: Annotated[
+        str | None, typer.Option("--topic", help="Only this topic.", show_default=False)
+    ] = None,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Messages per topic and status: count, oldest message's age, longest time in the status.
+
+    Example: kronos-db queue stats --json
+    """
+    settings = settings_for(config)
+    moment = _now(now)
+    with _connection(database_url, settings) as conn:
+        rows = queue.stats(
+            conn,
+            moment,
+            topic=topic,
+            statement_timeout=settings.housekeeping.statement_timeout,
+        )
+    if json:
+        emit_json(rows)
+        return
+    if not rows:
+        stdout.print(
+            "the message queue is empty" + (f" for topic {topic!r}" if topic else ""), markup=False
+        )
+        return
+    table = Table("topic", "status", "messages", "oldest", "longest in status", "max attempts")
+    for row in rows:
+        table.add_row(
+            row.topic,
+            row.status,
+            f"{row.messages:,}",
+            _age(row.oldest_age),
+            _age(row.longest_in_status),
+            str(row.max_attempts),
+        )
+    stdout.print(table)
+
+
+@queue_app.command("requeue-stuck")
+def queue_requeue_stuck(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="A message in processing for longer is stuck, e.g. "
+            "15m (default: housekeeping.stuck_after, 15m).",
+            show_default=False,
+        ),
+    ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts",
+            help="The attempt reaching this count sends the message "
+            "to failed instead (default: housekeeping.max_attempts, 5).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    pause: PauseOption = None,
+    dry_run: DryRunOption = False,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Put messages stuck in processing back to pending; at the retry limit, to failed.
+
+    Example: kronos-db queue requeue-stuck --older-than 15m
+    """
+    _check_duration(older_than, "--older-than", allow_zero=False)
+    _check_positive(max_attempts, "--max-attempts")
+    settings = _settings(
+        config,
+        batch_size,
+        pause,
+        stuck_after=(older_than, "option --older-than"),
+        max_attempts=(max_attempts, "option --max-attempts"),
+    )
+    moment = _now(now)
+    hk = settings.housekeeping
+    with _connection(database_url, settings) as conn:
+        _run_job(
+            "requeue stuck messages",
+            json,
+            dry_run,
+            lambda options, progress: queue.requeue_stuck(
+                conn,
+                moment,
+                older_than=hk.stuck_after,
+                max_attempts=hk.max_attempts,
+                options=options,
+                on_progress=progress,
+            ),
+            _options(settings, dry_run),
+        )
+
+
+@queue_app.command("purge")
+def queue_purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Delete messages processed longer ago than this, "
+            "e.g. 7d (default: housekeeping.purge_after, 7d).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    pause: PauseOption = None,
+    dry_run: DryRunOption = False,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Delete processed messages (pending, processing and failed ones always stay).
+
+    Example: kronos-db queue purge --older-than 7d
+    """
+    _check_duration(older_than, "--older-than")
+    settings = _settings(config, batch_size, pause, purge_after=(older_than, "option --older-than"))
+    moment = _now(now)
+    with _connection(database_url, settings) as conn:
+        _run_job(
+            "purge processed messages",
+            json,
+            dry_run,
+            lambda options, progress: queue.purge_processed(
+                conn,
+                moment,
+                older_than=settings.housekeeping.purge_after,
+                options=options,
+                on_progress=progress,
+            ),
+            _options(settings, dry_run),
+        )
+
+
+@ratelimits_app.command("reset")
+def ratelimits_reset(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Reset counters whose last request is older than "
+            "this, e.g. 1h (default: housekeeping.ratelimit_window, 1h).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    pause: PauseOption = None,
+    dry_run: DryRunOption = False,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Set rate-limit counters whose window has passed back to 0.
+
+    Example: kronos-db ratelimits reset --older-than 1h
+    """
+    _check_duration(older_than, "--older-than", allow_zero=False)
+    settings = _settings(
+        config, batch_size, pause, ratelimit_window=(older_than, "option --older-than")
+    )
+    moment = _now(now)
+    with _connection(database_url, settings) as conn:
+        _run_job(
+            "reset rate limits",
+            json,
+            dry_run,
+            lambda options, progress: housekeeping.reset_rate_limits(
+                conn,
+                moment,
+                older_than=settings.housekeeping.ratelimit_window,
+                options=options,
+                on_progress=progress,
+            ),
+            _options(settings, dry_run),
+        )
+
+
+def maintain(
+    job: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--job",
+            help=f"Run only this job (repeatable): {', '.join(maintenance.job_names())}.",
+            show_default=False,
+        ),
+    ] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option("--skip", help="Leave this job out (repeatable).", show_default=False),
+    ] = None,
+    metrics: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics",
+            help="Write the results to this file in the Prometheus text "
+            "format (node exporter textfile collector), atomically.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    pause: PauseOption = None,
+    dry_run: DryRunOption = False,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Run every periodic job once, each independent of the others: one cron line for all.
+
+    A failing job does not stop the next one; exit code 1 when any job failed.
+
+    A job that another run is still doing is skipped, not failed.
+
+    Example: kronos-db maintain --metrics /var/lib/node_exporter/textfile/kronos.prom
+    """
+    selected = maintenance.select_jobs(job or (), skip or ())  # an unknown name: exit 2
+    settings = _settings(config, batch_size, pause)
+    target = target_for(database_url, settings)
+    moment = _now(now)
+    live = stderr.is_terminal and not json
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed} rows · {task.fields[batches]} batches"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not live,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_start(entry: maintenance.MaintenanceJob) -> None:
+            tasks[entry.name] = progress.add_task(entry.name, total=None, batches=0)
+
+        def on_progress(entry: maintenance.MaintenanceJob, rows: int, batches: int) -> None:
+            progress.update(tasks[entry.name], completed=rows, batches=batches)
+
+        def on_done(outcome: maintenance.JobOutcome) -> None:
+            progress.remove_task(tasks[outcome.job])
+            if json:
+                return
+            if outcome.status == "failed":
+                notify(outcome.summary())
+            elif outcome.rows or dry_run or is_terminal():
+                stdout.print(outcome.summary(), markup=False)
+
+        report = maintenance.run_maintenance(
+            target,
+            settings,
+            moment,
+            jobs=selected,
+            dry_run=dry_run,
+            on_start=on_start,
+            on_progress=on_progress,
+            on_done=on_done,
+        )
+    if metrics is not None and dry_run:
+        notify(f"dry run: {metrics} left as it was (a dry run is not a run to report)")
+    elif metrics is not None:
+        maintenance.write_metrics(metrics, report)
+    if json:
+        emit_json(
+            {
+                "now": report.now,
+                "seconds": report.seconds,
+                "dry_run": report.dry_run,
+                "ok": report.ok,
+                "failed": report.failed,
+                "jobs": report.jobs,
+            }
+        )
+    if report.failed:
+        if not json:
+            notify(
+                f"maintain: {len(report.failed)} of {len(report.jobs)} jobs failed: "
+                f"{', '.join(report.failed)}"
+            )
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(expire_app, name="expire", rich_help_panel="Housekeeping")
+    app.add_typer(queue_app, name="queue", rich_help_panel="Housekeeping")
+    app.add_typer(ratelimits_app, name="ratelimits", rich_help_panel="Housekeeping")
+    app.command(rich_help_panel="Housekeeping")(maintain)

@@ -1,0 +1,403 @@
+"""``kronos-db maintain``: every periodic job in one run, so that one cron line does it all.
+
+The jobs are the entries of :data:`JOBS`, run in that order. Each job runs on a connection of
+its own and is independent: one that fails (an SQL error, a lost connection, even a bug) is
+recorded as failed and the next one runs. Each job keeps its own advisory lock, so a job that
+another run is still doing is reported as ``skipped``, not failed.
+
+Adding a job is adding ONE entry to :data:`JOBS`: a :class:`MaintenanceJob` whose ``run``
+takes ``(conn, now, settings, dry_run, on_progress)`` and returns a
+:class:`~kronos_db.housekeeping.JobResult`. Partition rotation (``kronos_db.partitions``) is
+meant to be added there, next to the marker comment, when it exists.
+
+The results can be written in the Prometheus text exposition format for the node exporter's
+textfile collector (:func:`write_metrics`), atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+
+from kronos_db import db, housekeeping, queue
+from kronos_db.config import Settings
+from kronos_db.errors import KronosError, UsageError
+from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
+
+JobRunner = Callable[
+    [psycopg.Connection[Any], datetime, Settings, bool, ProgressCallback | None], JobResult
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class MaintenanceJob:
+    name: str
+    description: str
+    run: JobRunner = dataclasses.field(repr=False)
+
+
+def _options(settings: Settings, dry_run: bool) -> BatchOptions:
+    return BatchOptions.from_settings(settings.housekeeping, dry_run=dry_run)
+
+
+def _expire_sessions(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    settings: Settings,
+    dry_run: bool,
+    on_progress: ProgressCallback | None,
+) -> JobResult:
+    return housekeeping.expire_sessions(
+        conn,
+        now,
+        idle_timeout=settings.housekeeping.session_idle_timeout,
+        options=_options(settings, dry_run),
+        on_progress=on_progress,
+    )
+
+
+def _expire_cache(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    settings: Settings,
+    dry_run: bool,
+    on_progress: ProgressCallback | None,
+) -> JobResult:
+    return housekeeping.expire_cache(
+        conn, now, options=_options(settings, dry_run), on_progress=on_progress
+    )
+
+
+def _requeue_stuck(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    settings: Settings,
+    dry_run: bool,
+    on_progress: ProgressCallback | None,
+) -> JobResult:
+    return queue.requeue_stuck(
+        conn,
+        now,
+        older_than=settings.housekeeping.stuck_after,
+        max_attempts=settings.housekeeping.max_attempts,
+        options=_options(settings, dry_run),
+        on_progress=on_progress,
+    )
+
+
+def _purge_processed(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    settings: Settings,
+    dry_run: bool,
+    on_progress: ProgressCallback | None,
+) -> JobResult:
+    return queue.purge_processed(
+        conn,
+        now,
+        older_than=settings.housekeeping.purge_after,
+        options=_options(settings, dry_run),
+        on_progress=on_progress,
+    )
+
+
+def _reset_rate_limits(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    settings: Settings,
+    dry_run: bool,
+    on_progress: ProgressCallback | None,
+) -> JobResult:
+    return housekeeping.reset_rate_limits(
+        conn,
+        now,
+        older_than=settings.housekeeping.ratelimit_window,
+        options=_options(settings, dry_run),
+        on_progress=on_progress,
+    )
+
+
+# The registry of periodic jobs, run in this order by `kronos-db maintain`.
+JOBS: tuple[MaintenanceJob, ...] = (
+    # Partition rotation goes here, FIRST, as one entry, when kronos_db.partitions exists:
+    #     MaintenanceJob("rotate-partitions", "create upcoming logs partitions, drop expired ones",
+    #                    _rotate_partitions),
+    # with _rotate_partitions(conn, now, settings, dry_run, on_progress) calling
+    # partitions.rotate(...) and returning a JobResult (rows: partitions created + dropped).
+    MaintenanceJob("expire-sessions", "delete expired and idle sessions", _expire_sessions),
+    MaintenanceJob("expire-cache", "delete expired cache rows", _expire_cache),
+    MaintenanceJob(
+        "requeue-stuck",
+        "requeue messages stuck in processing (failed at the retry limit)",
+        _requeue_stuck,
+    ),
+    MaintenanceJob("purge-processed", "delete old processed messages", _purge_processed),
+    MaintenanceJob(
+        "reset-ratelimits", "reset rate-limit counters whose window has passed", _reset_rate_limits
+    ),
+)
+
+
+def job_names() -> tuple[str, ...]:
+    return tuple(job.name for job in JOBS)
+
+
+JobStatus = Literal["ok", "skipped", "failed"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOutcome:
+    job: str
+    status: JobStatus
+    seconds: float
+    result: JobResult | None = None
+    error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.result.rows if self.result else 0
+
+    @property
+    def batches(self) -> int:
+        return self.result.batches if self.result else 0
+
+    def summary(self) -> str:
+        if self.error is not None:
+            return f"{self.job}: FAILED after {self.seconds:.2f}s: {self.error}"
+        assert self.result is not None
+        return self.result.summary()
+
+
+@dataclasses.dataclass(frozen=True)
+class MaintenanceReport:
+    now: datetime
+    finished_at: float  # Unix time the run ended (for the metrics)
+    seconds: float
+    dry_run: bool
+    jobs: tuple[JobOutcome, ...]
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(outcome.job for outcome in self.jobs if outcome.status == "failed")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def select_jobs(only: Iterable[str] = (), skip: Iterable[str] = ()) -> tuple[MaintenanceJob, ...]:
+    """The registry's jobs, restricted to ``only`` (when given) and without ``skip``."""
+    only, skip = tuple(only), tuple(skip)
+    known = job_names()
+    unknown = [name for name in (*only, *skip) if name not in known]
+    if unknown:
+        raise UsageError(f"unknown job {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+    return tuple(job for job in JOBS if (not only or job.name in only) and job.name not in skip)
+
+
+def run_maintenance(
+    target: db.Target,
+    settings: Settings,
+    now: datetime,
+    *,
+    jobs: Sequence[MaintenanceJob] = JOBS,
+    dry_run: bool = False,
+    on_start: Callable[[MaintenanceJob], None] | None = None,
+    on_progress: Callable[[MaintenanceJob, int, int], None] | None = None,
+    on_done: Callable[[JobOutcome], None] | None = None,
+) -> MaintenanceReport:
+    """Run ``jobs`` one after the other, each on its own connection; never stop at a failure."""
+    check_now(now)
+    started = time.monotonic()
+    outcomes: list[JobOutcome] = []
+    for job in jobs:
+        if on_start is not None:
+            on_start(job)
+        progress: ProgressCallback | None = None
+        if on_progress is not None:
+
+            def progress(rows: int, batches: int, job: MaintenanceJob = job) -> None:
+                assert on_progress is not None
+                on_progress(job, rows, batches)
+
+        job_started = time.monotonic()
+        try:
+            with db.connection(target) as conn:
+                result = job.run(conn, now, settings, dry_run, progress)
+            outcome = JobOutcome(
+                job.name,
+                "skipped" if result.skipped else "ok",
+                time.monotonic() - job_started,
+                result=result,
+            )
+        except KronosError as exc:
+            outcome = JobOutcome(
+                job.name, "failed", time.monotonic() - job_started, error=exc.message
+            )
+        except Exception as exc:  # a bug in one job must not stop the others
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            outcome = JobOutcome(
+                job.name,
+                "failed",
+                time.monotonic() - job_started,
+                error=f"internal error: {type(exc).__name__}: {exc} "
+                f"({Path(where.filename).name}:{where.lineno})",
+            )
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+    return MaintenanceReport(now, time.time(), time.monotonic() - started, dry_run, tuple(outcomes))
+
+
+# --- Prometheus textfile -------------------------------------------------------------------
+
+METRIC_PREFIX = "kronos_maintenance"
+_LAST_SUCCESS = re.compile(
+    r'^kronos_maintenance_job_last_success_timestamp_seconds\{job="(?P<job>[^"\\]*)"\}\s+'
+    r"(?P<value>[0-9.eE+-]+)\s*$",
+    re.MULTILINE,
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def previous_successes(text: str) -> dict[str, float]:
+    """The last-success timestamps of a previous metrics file (kept for failed jobs)."""
+    return {m.group("job"): float(m.group("value")) for m in _LAST_SUCCESS.finditer(text)}
+
+
+def render_metrics(report: MaintenanceReport, previous: str = "") -> str:
+    """The report in the Prometheus text exposition format (version 0.0.4).
+
+    ``kronos_maintenance_job_last_success_timestamp_seconds`` carries over from ``previous``
+    (the file this one replaces) for a job that failed or was skipped, so that an alert on
+    ``time() - …last_success… > 3600`` fires when a job keeps failing.
+    """
+    last_success = previous_successes(previous)
+    for outcome in report.jobs:
+        if outcome.status == "ok" and not report.dry_run:
+            last_success[outcome.job] = report.finished_at
+    families: list[tuple[str, str, str, list[tuple[str | None, float]]]] = [
+        (
+            "last_run_timestamp_seconds",
+            "gauge",
+            "Unix time at which the last kronos-db maintain run finished.",
+            [(None, report.finished_at)],
+        ),
+        (
+            "last_run_duration_seconds",
+            "gauge",
+            "Wall time of the last kronos-db maintain run.",
+            [(None, report.seconds)],
+        ),
+        (
+            "last_run_failed_jobs",
+            "gauge",
+            "Jobs that failed in the last run (the run exits 1 when this is not 0).",
+            [(None, float(len(report.failed)))],
+        ),
+        (
+            "job_success",
+            "gauge",
+            "1 when the job succeeded in the last run (or was skipped because another run "
+            "held its lock), 0 when it failed.",
+            [(o.job, 0.0 if o.status == "failed" else 1.0) for o in report.jobs],
+        ),
+        (
+            "job_skipped",
+            "gauge",
+            "1 when another run held the job's lock, so this run left it alone.",
+            [(o.job, 1.0 if o.status == "skipped" else 0.0) for o in report.jobs],
+        ),
+        (
+            "job_rows",
+            "gauge",
+            "Rows the job deleted or updated in the last run (would, in a dry run).",
+            [(o.job, float(o.rows)) for o in report.jobs],
+        ),
+        (
+            "job_batches",
+            "gauge",
+            "Batches (transactions) the job ran in the last run.",
+            [(o.job, float(o.batches)) for o in report.jobs],
+        ),
+        (
+            "job_duration_seconds",
+            "gauge",
+            "Wall time of the job in the last run.",
+            [(o.job, o.seconds) for o in report.jobs],
+        ),
+        (
+            "job_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the job's last successful run.",
+            sorted(last_success.items()),
+        ),
+    ]
+    lines: list[str] = []
+    for name, kind, help_text, samples in families:
+        if not samples:
+            continue
+        metric = f"{METRIC_PREFIX}_{name}"
+        lines.append(f"# HELP {metric} {help_text}")
+        lines.append(f"# TYPE {metric} {kind}")
+        for job, value in samples:
+            labels = f'{{job="{_label(job)}"}}' if job is not None else ""
+            lines.append(f"{metric}{labels} {value:.17g}")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: Path, report: MaintenanceReport) -> None:
+    """Write the metrics file atomically: a temporary file beside it, then a rename.
+
+    The node exporter never reads a half-written file, and a crash leaves the old one whole.
+    """
+    try:
+        previous = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        previous = ""
+    except OSError as exc:
+        raise KronosError(f"cannot read the metrics file {path}: {exc.strerror}") from None
+    text = render_metrics(report, previous)
+    directory = path.parent if str(path.parent) else Path()
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=directory
+        )
+    except OSError as exc:
+        raise KronosError(f"cannot write the metrics file {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it 0600; the exporter runs as another user
+        os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise KronosError(f"cannot write the metrics file {path}: {exc.strerror}") from None
+
+
+__all__ = [
+    "JOBS",
+    "JobOutcome",
+    "MaintenanceJob",
+    "MaintenanceReport",
+    "job_names",
+    "render_metrics",
+    "run_maintenance",
+    "select_jobs",
+    "write_metrics",
+]

@@ -1,0 +1,141 @@
+"""The message queue's housekeeping: stats, requeueing stuck messages, purging processed ones.
+
+A consumer takes a message by setting its status to ``processing``; when the consumer dies the
+message stays there. ``requeue_stuck`` puts messages that have been in ``processing`` for
+longer than ``older_than`` back to ``pending`` and counts the attempt in ``attempts``; the
+attempt that reaches ``max_attempts`` sends the message to ``failed`` instead, so a poison
+message (one that kills its consumer) stops looping. A consumer that still holds its message's
+row lock is alive: ``FOR UPDATE SKIP LOCKED`` leaves that message alone. Requeued topics get a
+``NOTIFY kronos_message_queue`` like new messages do.
+
+``purge_processed`` deletes ``processed`` messages older than ``older_than``; ``pending``,
+``processing`` and ``failed`` messages are never purged (failed ones wait for a human).
+Ages are measured from ``status_changed_at`` (kept by a trigger, migration 0008).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from kronos_db.errors import UsageError
+from kronos_db.housekeeping import (
+    DEFAULT_OPTIONS,
+    BatchOptions,
+    JobResult,
+    ProgressCallback,
+    Tally,
+    check_now,
+    count_rows,
+    job_timeouts,
+    run_batches,
+    run_job,
+)
+from kronos_db.resources import query
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStat:
+    """Messages of one topic in one status."""
+
+    topic: str
+    status: str
+    messages: int
+    oldest_created_at: datetime | None
+    oldest_age: timedelta | None  # now - the oldest message's created_at
+    longest_in_status: timedelta | None  # now - the oldest status_changed_at
+    max_attempts: int
+
+
+def stats(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    *,
+    topic: str | None = None,
+    statement_timeout: timedelta = timedelta(seconds=60),
+) -> list[QueueStat]:
+    """Counts per topic and status, with the oldest message's age and the longest wait.
+
+    One pass over the queue, bounded by ``statement_timeout``.
+    """
+    check_now(now)
+    with (
+        job_timeouts(conn, BatchOptions(statement_timeout=statement_timeout)),
+        conn.cursor(row_factory=class_row(QueueStat)) as cur,
+    ):
+        return cur.execute(
+            query("queue", "select_queue_stats"), {"now": now, "topic": topic}
+        ).fetchall()
+
+
+def requeue_stuck(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    *,
+    older_than: timedelta = timedelta(minutes=15),
+    max_attempts: int = 5,
+    options: BatchOptions = DEFAULT_OPTIONS,
+    on_progress: ProgressCallback | None = None,
+) -> JobResult:
+    """Put messages in processing for longer than ``older_than`` back to pending (or failed).
+
+    Details: ``requeued`` (back to pending) and ``failed`` (reached ``max_attempts``).
+    """
+    if older_than <= timedelta(0):
+        raise UsageError("the stuck age must be longer than 0")
+    if max_attempts < 1:
+        raise UsageError(f"max attempts must be at least 1, got {max_attempts}")
+    params = {"now": now, "stuck_before": now - older_than, "max_attempts": max_attempts}
+
+    def work(tally: Tally) -> None:
+        tally.details["requeued"] = tally.details["failed"] = 0
+        run_batches(
+            conn,
+            query("queue", "requeue_stuck_messages"),
+            params,
+            options,
+            tally,
+            detail_columns=("requeued", "failed"),
+            on_progress=on_progress,
+        )
+
+    def count() -> dict[str, int]:
+        return count_rows(conn, query("queue", "count_stuck_messages"), params)
+
+    return run_job(conn, "requeue-stuck", now, options, work, count)
+
+
+def purge_processed(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    *,
+    older_than: timedelta = timedelta(days=7),
+    options: BatchOptions = DEFAULT_OPTIONS,
+    on_progress: ProgressCallback | None = None,
+) -> JobResult:
+    """Delete the messages processed more than ``older_than`` ago."""
+    if older_than < timedelta(0):
+        raise UsageError("the purge age cannot be negative")
+    params = {"processed_before": now - older_than}
+
+    def work(tally: Tally) -> None:
+        run_batches(
+            conn,
+            query("queue", "delete_processed_messages"),
+            params,
+            options,
+            tally,
+            on_progress=on_progress,
+        )
+
+    def count() -> dict[str, int]:
+        return count_rows(conn, query("queue", "count_processed_messages"), params)
+
+    return run_job(conn, "purge-processed", now, options, work, count)
+
+
+__all__ = ["QueueStat", "purge_processed", "requeue_stuck", "stats"]

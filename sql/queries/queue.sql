@@ -1,0 +1,89 @@
+-- The message queue's housekeeping: stats, requeueing messages a dead consumer left in
+-- processing, purging processed messages. Batches claim rows with FOR UPDATE SKIP LOCKED (a
+-- consumer holding a message is alive: its message is left alone); the clock is a parameter.
+
+-- name: select_queue_stats
+-- per topic and status: message count, oldest message age, longest time in that status, max attempts
+SELECT topic::text AS topic,
+       status::text AS status,
+       count(*)::bigint AS messages,
+       min(created_at) AS oldest_created_at,
+       %(now)s::timestamptz - min(created_at) AS oldest_age,
+       %(now)s::timestamptz - min(status_changed_at) AS longest_in_status,
+       max(attempts)::integer AS max_attempts
+  FROM message_queue
+ WHERE (%(topic)s::text IS NULL OR topic = %(topic)s::text)
+ GROUP BY topic, status
+ ORDER BY topic, status;
+
+-- name: requeue_stuck_messages
+-- moves one batch of messages in processing since stuck_before back to pending (or to failed
+-- at max_attempts), counting the attempt; wakes the consumers of the requeued topics
+WITH batch AS (
+    SELECT id
+      FROM message_queue
+     WHERE status = 'processing'
+       AND status_changed_at < %(stuck_before)s::timestamptz
+     ORDER BY status_changed_at
+     LIMIT %(batch_size)s::integer
+       FOR UPDATE SKIP LOCKED
+),
+moved AS (
+    UPDATE message_queue AS m
+       SET status = CASE WHEN m.attempts + 1 >= %(max_attempts)s::integer
+                         THEN 'failed' ELSE 'pending' END,
+           attempts = m.attempts + 1,
+           status_changed_at = %(now)s::timestamptz
+      FROM batch
+     WHERE m.id = batch.id
+       AND m.status = 'processing'
+       AND m.status_changed_at < %(stuck_before)s::timestamptz
+    RETURNING m.topic, m.status
+),
+woken AS (
+    SELECT pg_notify('kronos_message_queue', topic)
+      FROM (SELECT DISTINCT topic FROM moved WHERE status = 'pending') AS topics
+)
+SELECT (SELECT count(*) FROM batch)::integer AS claimed,
+       (SELECT count(*) FROM moved)::integer AS rows,
+       (SELECT count(*) FROM moved WHERE status = 'pending')::integer AS requeued,
+       (SELECT count(*) FROM moved WHERE status = 'failed')::integer AS failed,
+       (SELECT count(*) FROM woken)::integer AS topics_woken;
+
+-- name: count_stuck_messages
+-- how many messages are stuck in processing, and how many of them would go to failed
+SELECT count(*)::bigint AS rows,
+       (count(*) FILTER (WHERE attempts + 1 < %(max_attempts)s::integer))::bigint AS requeued,
+       (count(*) FILTER (WHERE attempts + 1 >= %(max_attempts)s::integer))::bigint AS failed
+  FROM message_queue
+ WHERE status = 'processing'
+   AND status_changed_at < %(stuck_before)s::timestamptz;
+
+-- name: delete_processed_messages
+-- deletes one batch of messages processed before processed_before, oldest first; returns counts
+WITH batch AS (
+    SELECT id
+      FROM message_queue
+     WHERE status = 'processed'
+       AND status_changed_at < %(processed_before)s::timestamptz
+     ORDER BY status_changed_at
+     LIMIT %(batch_size)s::integer
+       FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM message_queue AS m
+     USING batch
+     WHERE m.id = batch.id
+       AND m.status = 'processed'
+       AND m.status_changed_at < %(processed_before)s::timestamptz
+    RETURNING m.id
+)
+SELECT (SELECT count(*) FROM batch)::integer AS claimed,
+       (SELECT count(*) FROM deleted)::integer AS rows;
+
+-- name: count_processed_messages
+-- how many processed messages are older than processed_before
+SELECT count(*)::bigint AS rows
+  FROM message_queue
+ WHERE status = 'processed'
+   AND status_changed_at < %(processed_before)s::timestamptz;
