@@ -76,7 +76,8 @@ class MigrationSettings:
 @dataclasses.dataclass(frozen=True)
 class HousekeepingSettings:
     batch_size: int = setting(
-        1000, "Rows deleted or updated per batch; each batch is its own short transaction.",
+        1000,
+        "Rows deleted or updated per batch; each batch is its own short transaction.",
         minimum=1,
     )
     batch_pause: timedelta = setting(
@@ -100,7 +101,8 @@ class HousekeepingSettings:
         "`queue requeue-stuck`: a message in processing for longer is stuck.",
     )
     max_attempts: int = setting(
-        5, "`queue requeue-stuck`: the attempt that reaches this count sends a message to failed.",
+        5,
+        "`queue requeue-stuck`: the attempt that reaches this count sends a message to failed.",
         minimum=1,
     )
     purge_after: timedelta = setting(

@@ -1,15 +1,20 @@
-"""Commands that move the schema: migrate, downgrade, status, history, check, revision."""
+"""Commands that move the schema: migrate, downgrade, status, history, check, revision.
+
+``kronos_db.migrations`` and ``kronos_db.schema`` pull in Alembic and SQLAlchemy (about 200 ms
+of imports); they are imported inside the commands, so that a cron job running another command
+does not pay for them at every start.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from kronos_db import db, migrations, schema
+from kronos_db import db
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
@@ -23,6 +28,9 @@ from kronos_db.cli.common import (
 )
 from kronos_db.config import Settings
 from kronos_db.errors import ConnectionFailedError, ExitCode
+
+if TYPE_CHECKING:
+    from kronos_db import migrations
 
 LockTimeoutOption = Annotated[
     str | None,
@@ -113,6 +121,8 @@ def migrate(
 
     Example: kronos-db migrate --create-db
     """
+    from kronos_db import migrations
+
     settings = _settings(config, lock_timeout=lock_timeout, lock_wait=lock_wait, retries=retries)
     if sql:
         start = from_revision
@@ -163,6 +173,8 @@ def downgrade(
 
     Example: kronos-db downgrade -1
     """
+    from kronos_db import migrations
+
     settings = _settings(config, lock_timeout=lock_timeout, lock_wait=lock_wait, retries=retries)
     if sql:
         if from_revision is None:
@@ -198,6 +210,8 @@ def status(
 
     Example: kronos-db status --json
     """
+    from kronos_db import migrations
+
     settings = settings_for(config)
     target = target_for(database_url, settings)
     result = migrations.status(settings, target)
@@ -230,6 +244,8 @@ def history(
 
     Example: kronos-db history
     """
+    from kronos_db import migrations
+
     settings = settings_for(config)
     target = target_for(database_url, settings)
     revisions = migrations.history(settings, target)
@@ -268,6 +284,8 @@ def check(
 
     Example: kronos-db check
     """
+    from kronos_db import schema
+
     settings = settings_for(config)
     target = target_for(database_url, settings)
     reference = target_for(reference_url, settings) if reference_url else None
@@ -294,6 +312,8 @@ def revision(
 
     Example: kronos-db revision -m "add last_active_at to sessions"
     """
+    from kronos_db import migrations
+
     settings = settings_for(config)
     created = migrations.create_revision(settings, message)
     stdout.print(f"revision {created.revision} (after {created.down_revision or 'base'}):")
