@@ -775,12 +775,7 @@ class _Rotation:
 
     def move_rows(self, runner: _Runner, action: Action) -> int:
         """Move the default partition's rows of the range, one short transaction per batch."""
-        statement = sql.SQL(query("partitions", "move_default_rows")).format(
-            default_partition=self.parent.default_identifier(),
-            key_column=sql.Identifier(self.parent.key_column or ""),
-            partition=sql.Identifier(self.parent.schema, action.partition),
-            columns=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
-        )
+        statement = self._move_sql(action)
         params = {"lower": action.lower, "upper": action.upper,
                   "batch_size": self.options.move_batch_size}
         if self.dry_run:
@@ -798,14 +793,16 @@ class _Rotation:
         runner.record(_render_with_params(self.conn, statement, params))
         return moved
 
-    def attach_locked(self, runner: _Runner, action: Action) -> int:
-        """Attach a range services may be writing to: last rows moved under the lock."""
-        move = sql.SQL(query("partitions", "move_default_rows")).format(
+    def _move_sql(self, action: Action) -> sql.Composed:
+        return sql.SQL(query("partitions", "move_default_rows")).format(
             default_partition=self.parent.default_identifier(),
             key_column=sql.Identifier(self.parent.key_column or ""),
             partition=sql.Identifier(self.parent.schema, action.partition),
             columns=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
         )
+
+    def attach_locked(self, runner: _Runner, action: Action) -> int:
+        """Attach a range services may be writing to: last rows moved under the lock."""
         params = {"lower": action.lower, "upper": action.upper, "batch_size": 2_147_483_647}
         moved = 0
 
@@ -816,7 +813,7 @@ class _Rotation:
             if self.parent.default_partition is not None:
                 runner.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
                     self.parent.default_identifier()))
-                moved = runner.execute(move, params)
+                moved = runner.execute(self._move_sql(action), params)
             runner.execute(_attach_sql(self.parent, action))
 
         runner.retrying(f"attach {action.partition}", attach)

@@ -196,11 +196,14 @@ def rotate(conn: psycopg.Connection[Any], settings: Settings, parent: ParentTabl
     plan = plan_rotation(conn, parent, policy, now)
     for warning in plan.warnings:
         notify(f"warning: {warning}")
+    # rows to rescue and unfinished retirements: kronos-db's own code, partman-compatible names
+    native_rotation = _Rotation(conn, settings, parent, policy, now, notify, dry_run=dry_run)
     rotation = _PartmanRotation(conn, settings, parent, policy, now, notify,
                                 dry_run=dry_run, config=config)
+    rotation.log = native_rotation.log
     native = [a for a in plan.actions if a.kind in ("finalize", "resume")
               or (a.kind == "create" and (a.rows_in_default or (a.lower and a.lower <= now)))]
-    steps = run_actions(rotation, native)
+    steps = run_actions(native_rotation, native)
     creates = [a for a in plan.actions if a.kind == "create" and a not in native]
     steps += rotation.create_future(creates)
     retires = [a for a in plan.actions if a.kind == "retire"]
