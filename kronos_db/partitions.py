@@ -707,17 +707,22 @@ _PRIVILEGES = {name: sql.SQL(name) for name in (
     "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")}
 
 
-def _owner_and_grants(conn: psycopg.Connection[Any], parent: ParentTable,
-                      name: str) -> list[sql.Composed]:
+def _grant_rows(conn: psycopg.Connection[Any], parent: ParentTable
+                ) -> tuple[str, list[tuple[str, str]]]:
+    row = conn.execute("SELECT current_user").fetchone()
+    rows = conn.execute(query("partitions", "select_table_grants"), {"oid": parent.oid}).fetchall()
+    return (str(row[0]) if row else "", [(str(g), str(p)) for g, p in rows])
+
+
+def _owner_and_grants(parent: ParentTable, name: str, current_user: str,
+                      grants: list[tuple[str, str]]) -> list[sql.Composed]:
     """Make a new partition look like its siblings to the roles that read it directly."""
     statements: list[sql.Composed] = []
     target = sql.Identifier(parent.schema, name)
-    current = conn.execute("SELECT current_user").fetchone()
-    if current and current[0] != parent.owner:
+    if current_user != parent.owner:
         statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             target, sql.Identifier(parent.owner)))
-    rows = conn.execute(query("partitions", "select_table_grants"), {"oid": parent.oid}).fetchall()
-    for grantee, privilege in rows:
+    for grantee, privilege in grants:
         if privilege not in _PRIVILEGES:
             continue
         grantee_sql = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
@@ -739,6 +744,13 @@ class _Rotation:
         self.dry_run = dry_run
         self.columns = _columns(conn, parent)
         self.log: list[str] = []
+        self._grants: tuple[str, list[tuple[str, str]]] | None = None
+
+    def grants(self, name: str) -> list[sql.Composed]:
+        """Owner and privileges of the parent, for a new partition (read once per rotation)."""
+        if self._grants is None:
+            self._grants = _grant_rows(self.conn, self.parent)
+        return _owner_and_grants(self.parent, name, *self._grants)
 
     def runner(self) -> _Runner:
         return _Runner(self.conn, self.options, self.notify, dry_run=self.dry_run, log=self.log)
@@ -764,8 +776,7 @@ class _Rotation:
     # -- create ---------------------------------------------------------------------------
 
     def create_tables(self, runner: _Runner, action: Action) -> None:
-        statements = [_create_table_sql(self.parent, action),
-                      *_owner_and_grants(self.conn, self.parent, action.partition)]
+        statements = [_create_table_sql(self.parent, action), *self.grants(action.partition)]
 
         def create() -> None:
             for statement in statements:

@@ -12,19 +12,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import REPO, Database
 
 from kronos_db import locks, partitions, partman
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.partitions import add_intervals, floor_time, partition_name
-
-from conftest import REPO, Database
 
 # the template is migrated at the real time: today (UTC) and 7 days ahead exist
 TODAY = floor_time(datetime.now(UTC), "daily")
@@ -326,7 +324,8 @@ def test_an_interrupted_concurrent_detach_is_finalized(
     assert status.level == "WARNING"
     assert "interrupted concurrent detach" in status.problems[0]
     result = partitions.rotate(conn, Settings(), now)
-    assert [(s.kind, s.partition, s.ok) for s in result.steps][0] == ("finalize", victim, True)
+    first = result.steps[0]
+    assert (first.kind, first.partition, first.ok) == ("finalize", victim, True)
     assert not result.failed, result.failed
     assert conn.execute("SELECT to_regclass(%s)", (victim,)).fetchone() == (None,)
     # and with no default partition, retention detaches CONCURRENTLY
@@ -387,20 +386,16 @@ def test_cli_rotate_is_quiet_without_a_terminal_when_nothing_to_do(
     assert "ATTACH PARTITION" in dry.stdout
 
 
-@pytest.fixture
-def retired_directory(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-
-
 def test_an_unfinished_archive_is_resumed(
-    conn: psycopg.Connection[Any], retired_directory: Path
+    conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     # a run that died after the detach: the table is marked, and the next run archives it
     old = partition_name("logs", TODAY, "daily")
     insert(conn, TODAY + timedelta(minutes=5))
     conn.execute(f"ALTER TABLE logs DETACH PARTITION {old}")
-    conn.execute(f"COMMENT ON TABLE {old} IS 'kronos-db: retired from public.logs: archive pending'")
-    settings = policy(retention_action="archive", archive_directory=str(retired_directory))
+    conn.execute(f"COMMENT ON TABLE {old} IS "
+                 "'kronos-db: retired from public.logs: archive pending'")
+    settings = policy(retention_action="archive", archive_directory=str(tmp_path))
     result = partitions.rotate(conn, settings, TODAY + timedelta(hours=1))
     assert [(s.kind, s.partition, s.ok, s.archived_rows) for s in result.steps] == [
         ("resume", old, True, 1)]
