@@ -34,9 +34,9 @@ from kronos_db.config import PartitionSettings, Settings
 
 DAY = timedelta(days=1)
 FLAT_INDEXES = (
-    "ALTER TABLE logs_flat ADD PRIMARY KEY (id, \"timestamp\")",
-    "CREATE INDEX ON logs_flat (service_name, \"timestamp\")",
-    "CREATE INDEX ON logs_flat USING brin (\"timestamp\")",
+    'ALTER TABLE logs_flat ADD PRIMARY KEY (id, "timestamp")',
+    'CREATE INDEX ON logs_flat (service_name, "timestamp")',
+    'CREATE INDEX ON logs_flat USING brin ("timestamp")',
 )
 
 
@@ -70,12 +70,13 @@ def fresh_database(server: str) -> Iterator[str]:
         db.drop_database(target)
 
 
-def fill(conn: psycopg.Connection[Any], table: str, start: datetime, rows: int,
-         span: timedelta = DAY) -> None:
+def fill(
+    conn: psycopg.Connection[Any], table: str, start: datetime, rows: int, span: timedelta = DAY
+) -> None:
     """``rows`` log lines spread evenly over [start, start + span)."""
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} (service_name, level, message, \"timestamp\") "
+            'INSERT INTO {} (service_name, level, message, "timestamp") '
             "SELECT 'service-' || (i %% 20), 'info', 'request handled in ' || (i %% 997) || ' ms', "
             "%(start)s::timestamptz + (i * %(step)s::float8) * interval '1 second' "
             "FROM generate_series(0, %(rows)s::int - 1) AS i"
@@ -100,7 +101,9 @@ def retire_one_day(server: str, rows: int) -> Row:
         flat_twin(conn)
         conn.execute(
             sql.SQL("INSERT INTO logs_flat SELECT * FROM {}").format(
-                sql.Identifier(partitions.partition_name("logs", day, "daily"))))
+                sql.Identifier(partitions.partition_name("logs", day, "daily"))
+            )
+        )
         for statement in FLAT_INDEXES:
             conn.execute(statement)  # type: ignore[arg-type]
         conn.execute("VACUUM ANALYZE logs_flat")
@@ -115,8 +118,9 @@ def retire_one_day(server: str, rows: int) -> Row:
 
         conn.execute("CHECKPOINT")
         started = time.perf_counter()
-        deleted = conn.execute("DELETE FROM logs_flat WHERE \"timestamp\" < %s",
-                               (day + DAY,)).rowcount
+        deleted = conn.execute(
+            'DELETE FROM logs_flat WHERE "timestamp" < %s', (day + DAY,)
+        ).rowcount
         baseline = time.perf_counter() - started
         assert deleted == rows
     return Row(f"retire one day of {rows:,} rows", kronos, baseline, "DELETE")
@@ -124,7 +128,7 @@ def retire_one_day(server: str, rows: int) -> Row:
 
 def prepare_sixty_days(conn: psycopg.Connection[Any], today: datetime) -> None:
     """60 daily partitions ending yesterday, none ahead: 30 to retire, 30 to create."""
-    for name, in conn.execute(
+    for (name,) in conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'logs'::regclass AND c.relname <> 'logs_default'"
     ).fetchall():
@@ -154,23 +158,29 @@ def create_and_retire(server: str) -> Row:
         conn.execute("SET TimeZone = 'UTC'")  # pg_partman 4.x names partitions in it
         before = count_partitions(conn)
         started = time.perf_counter()
-        conn.execute("SELECT partman.run_maintenance('public.logs', p_analyze := false, "
-                     "p_jobmon := false)")
+        conn.execute(
+            "SELECT partman.run_maintenance('public.logs', p_analyze := false, p_jobmon := false)"
+        )
         baseline = time.perf_counter() - started
         after = count_partitions(conn)
         assert before == after == 60, (before, after)
-        names = {row[0] for row in conn.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'logs'::regclass").fetchall()}
+        names = {
+            row[0]
+            for row in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'logs'::regclass"
+            ).fetchall()
+        }
         assert partitions.partition_name("logs", today + timedelta(days=29), "daily") in names
-    return Row("create 30 days ahead + retire 30", kronos, baseline,
-               "pg_partman run_maintenance")
+    return Row("create 30 days ahead + retire 30", kronos, baseline, "pg_partman run_maintenance")
 
 
 def count_partitions(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                       "WHERE i.inhparent = 'logs'::regclass "
-                       "AND c.relname <> 'logs_default'").fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'logs'::regclass "
+        "AND c.relname <> 'logs_default'"
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -180,18 +190,24 @@ def copy_rows(server: str, rows: int) -> Row:
     step = 7 * 86400 / rows
     for i in range(rows):
         moment = today + timedelta(seconds=i * step)
-        buffer.write(f"service-{i % 20}\tinfo\trequest handled in {i % 997} ms\t"
-                     f"{moment.isoformat()}\n")
+        buffer.write(
+            f"service-{i % 20}\tinfo\trequest handled in {i % 997} ms\t{moment.isoformat()}\n"
+        )
     data = buffer.getvalue().encode()
 
     def load(conn: psycopg.Connection[Any], table: str) -> float:
         conn.execute("CHECKPOINT")
         started = time.perf_counter()
-        with conn.cursor() as cur, cur.copy(sql.SQL(
-                "COPY {} (service_name, level, message, \"timestamp\") FROM STDIN").format(
-                sql.Identifier(table))) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL('COPY {} (service_name, level, message, "timestamp") FROM STDIN').format(
+                    sql.Identifier(table)
+                )
+            ) as copy,
+        ):
             for offset in range(0, len(data), 1 << 20):
-                copy.write(data[offset:offset + (1 << 20)])
+                copy.write(data[offset : offset + (1 << 20)])
         return time.perf_counter() - started
 
     with fresh_database(server) as url, psycopg.connect(url, autocommit=True) as conn:
@@ -201,15 +217,17 @@ def copy_rows(server: str, rows: int) -> Row:
         kronos = load(conn, "logs")
         baseline = load(conn, "logs_flat")
         assert conn.execute("SELECT count(*) FROM logs").fetchone() == (rows,)
-    return Row(f"COPY {rows:,} rows (7 daily partitions)", kronos, baseline,
-               "unpartitioned twin")
+    return Row(f"COPY {rows:,} rows (7 daily partitions)", kronos, baseline, "unpartitioned twin")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--sizes", default="1000000,5000000",
-                        help="comma-separated row counts for the retirement scenario")
+    parser.add_argument(
+        "--sizes",
+        default="1000000,5000000",
+        help="comma-separated row counts for the retirement scenario",
+    )
     parser.add_argument("--copy-rows", type=int, default=1_000_000)
     args = parser.parse_args()
 
@@ -226,13 +244,18 @@ def main() -> None:
     print("| scenario | kronos-db | baseline | baseline time | baseline / kronos-db |")
     print("| --- | ---: | --- | ---: | ---: |")
     for row in results:
-        print(f"| {row.scenario} | {row.kronos * 1000:,.0f} ms | {row.baseline_name} | "
-              f"{row.baseline * 1000:,.0f} ms | {row.ratio:.2f}× |")
+        print(
+            f"| {row.scenario} | {row.kronos * 1000:,.0f} ms | {row.baseline_name} | "
+            f"{row.baseline * 1000:,.0f} ms | {row.ratio:.2f}x |"
+        )
 
 
 def print_row(row: Row) -> None:
-    print(f"{row.scenario}: kronos-db {row.kronos * 1000:,.0f} ms, {row.baseline_name} "
-          f"{row.baseline * 1000:,.0f} ms, ratio {row.ratio:.2f}", flush=True)
+    print(
+        f"{row.scenario}: kronos-db {row.kronos * 1000:,.0f} ms, {row.baseline_name} "
+        f"{row.baseline * 1000:,.0f} ms, ratio {row.ratio:.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,11 @@ T = TypeVar("T")
 
 # date_trunc unit of each interval
 TRUNC_UNIT: dict[str, str] = {
-    "hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"}
+    "hourly": "hour",
+    "daily": "day",
+    "weekly": "week",
+    "monthly": "month",
+}
 # the comment that marks a detached partition whose retirement is not finished yet
 RETIRED_MARK = "kronos-db: retired from "
 MAX_RETRY_DELAY = 30.0
@@ -203,39 +207,51 @@ class Policy:
 
 
 def _with_statement_timeout(conn: psycopg.Connection[Any], settings: PartitionSettings) -> None:
-    conn.execute("SELECT set_config('statement_timeout', %(value)s::text, false)",
-                 {"value": postgres_interval(settings.statement_timeout)})
+    conn.execute(
+        "SELECT set_config('statement_timeout', %(value)s::text, false)",
+        {"value": postgres_interval(settings.statement_timeout)},
+    )
 
 
 def parent_table(conn: psycopg.Connection[Any], table: str) -> ParentTable:
     """The partitioned table ``table``; ``UsageError`` when it is missing or not range-on-time."""
     with conn.cursor(row_factory=class_row(ParentTable)) as cur:
-        parent = cur.execute(query("partitions", "select_partitioned_table"),
-                             {"table": table}).fetchone()
+        parent = cur.execute(
+            query("partitions", "select_partitioned_table"), {"table": table}
+        ).fetchone()
     if parent is None:
         raise UsageError(f"table {table} does not exist (is the database migrated?)")
     if parent.strategy != "r" or parent.key_count != 1:
         raise UsageError(f"{parent.qualified} is not range-partitioned on a single column")
     if parent.key_type != "timestamp with time zone":
-        raise UsageError(f"{parent.qualified} is partitioned on {parent.key_column} "
-                         f"({parent.key_type}); kronos-db manages timestamptz keys only")
+        raise UsageError(
+            f"{parent.qualified} is partitioned on {parent.key_column} "
+            f"({parent.key_type}); kronos-db manages timestamptz keys only"
+        )
     return parent
 
 
 def list_partitions(conn: psycopg.Connection[Any], parent: ParentTable) -> list[Partition]:
     with conn.cursor(row_factory=class_row(Partition)) as cur:
         rows = cur.execute(query("partitions", "select_partitions"), {"oid": parent.oid}).fetchall()
-    return [dataclasses.replace(
-        row,
-        lower=row.lower.astimezone(UTC) if row.lower else None,
-        upper=row.upper.astimezone(UTC) if row.upper else None,
-    ) for row in rows]
+    return [
+        dataclasses.replace(
+            row,
+            lower=row.lower.astimezone(UTC) if row.lower else None,
+            upper=row.upper.astimezone(UTC) if row.upper else None,
+        )
+        for row in rows
+    ]
 
 
 def _columns(conn: psycopg.Connection[Any], parent: ParentTable) -> list[str]:
     with conn.cursor(row_factory=class_row(_Column)) as cur:
-        return [c.name for c in cur.execute(query("partitions", "select_columns"),
-                                            {"oid": parent.oid}).fetchall()]
+        return [
+            c.name
+            for c in cur.execute(
+                query("partitions", "select_columns"), {"oid": parent.oid}
+            ).fetchall()
+        ]
 
 
 def _default_buckets(
@@ -252,26 +268,31 @@ def _default_buckets(
     return [_Bucket(row.lower.astimezone(UTC), row.rows) for row in rows]
 
 
-def count_default_rows(conn: psycopg.Connection[Any], parent: ParentTable,
-                       cap: int = DEFAULT_ROW_COUNT_CAP) -> int:
+def count_default_rows(
+    conn: psycopg.Connection[Any], parent: ParentTable, cap: int = DEFAULT_ROW_COUNT_CAP
+) -> int:
     """Rows in the default partition (exact up to ``cap``)."""
     if parent.default_partition is None:
         return 0
     statement = sql.SQL(query("partitions", "count_default_rows")).format(
-        default_partition=parent.default_identifier())
+        default_partition=parent.default_identifier()
+    )
     row = conn.execute(statement, {"cap": cap}).fetchone()
     return int(row[0]) if row else 0
 
 
 def _retired_tables(conn: psycopg.Connection[Any], parent: ParentTable) -> list[_RetiredTable]:
     with conn.cursor(row_factory=class_row(_RetiredTable)) as cur:
-        return cur.execute(query("partitions", "select_retired_tables"),
-                           {"prefix": f"{RETIRED_MARK}{parent.qualified}:"}).fetchall()
+        return cur.execute(
+            query("partitions", "select_retired_tables"),
+            {"prefix": f"{RETIRED_MARK}{parent.qualified}:"},
+        ).fetchall()
 
 
 def native_policy(settings: PartitionSettings) -> Policy:
-    return Policy("native", settings.interval, settings.premake, settings.retention,
-                  settings.retention_action)
+    return Policy(
+        "native", settings.interval, settings.premake, settings.retention, settings.retention_action
+    )
 
 
 def resolve_policy(conn: psycopg.Connection[Any], settings: PartitionSettings) -> Policy:
@@ -285,7 +306,8 @@ def resolve_policy(conn: psycopg.Connection[Any], settings: PartitionSettings) -
         if settings.backend == "partman":
             raise UsageError(
                 f"backend = partman but {settings.table} is not registered with pg_partman; "
-                "run `kronos-db partitions adopt --backend partman` first")
+                "run `kronos-db partitions adopt --backend partman` first"
+            )
         return native_policy(settings)
     return config.policy(settings)
 
@@ -310,12 +332,16 @@ class Action:
 
     def describe(self) -> str:
         if self.kind == "create":
-            extra = (f", moving {self.rows_in_default} row(s) out of the default partition"
-                     if self.rows_in_default else "")
+            extra = (
+                f", moving {self.rows_in_default} row(s) out of the default partition"
+                if self.rows_in_default
+                else ""
+            )
             return f"create {self.partition} [{_iso(self.lower)}, {_iso(self.upper)}){extra}"
         if self.kind == "retire":
-            return (f"retire {self.partition} [{_iso(self.lower)}, {_iso(self.upper)}): "
-                    f"{self.detail}")
+            return (
+                f"retire {self.partition} [{_iso(self.lower)}, {_iso(self.upper)}): {self.detail}"
+            )
         if self.kind == "finalize":
             return f"finish the interrupted concurrent detach of {self.partition}"
         return f"finish retiring {self.partition}: {self.detail}"
@@ -334,8 +360,12 @@ class Plan:
 
 
 def _overlaps(partition: Partition, lower: datetime, upper: datetime) -> bool:
-    return (partition.lower is not None and partition.upper is not None
-            and partition.lower < upper and lower < partition.upper)
+    return (
+        partition.lower is not None
+        and partition.upper is not None
+        and partition.lower < upper
+        and lower < partition.upper
+    )
 
 
 def retention_cutoff(policy: Policy, now: datetime) -> datetime | None:
@@ -366,8 +396,13 @@ def plan_rotation(
         if partition.detach_pending:
             actions.append(Action("finalize", partition.name, partition.lower, partition.upper))
     for table in _retired_tables(conn, parent):
-        actions.append(Action("resume", table.name, detail=table.note.removeprefix(
-            f"{RETIRED_MARK}{parent.qualified}: ")))
+        actions.append(
+            Action(
+                "resume",
+                table.name,
+                detail=table.note.removeprefix(f"{RETIRED_MARK}{parent.qualified}: "),
+            )
+        )
 
     cutoff = retention_cutoff(policy, now)
     wanted: dict[datetime, int] = {}
@@ -384,8 +419,10 @@ def plan_rotation(
             continue
         wanted[bucket.lower] = wanted.get(bucket.lower, 0) + bucket.rows
     if expired_rows:
-        warnings.append(f"{expired_rows} row(s) in the default partition are older than the "
-                        f"retention ({format_duration(policy.retention)}): left in place")
+        warnings.append(
+            f"{expired_rows} row(s) in the default partition are older than the "
+            f"retention ({format_duration(policy.retention)}): left in place"
+        )
 
     for lower in sorted(wanted):
         upper = add_intervals(lower, policy.interval)
@@ -396,27 +433,42 @@ def plan_rotation(
                 warnings.append(
                     f"{wanted[lower]} row(s) in the default partition fall in "
                     f"[{_iso(lower)}, {_iso(upper)}), which overlaps "
-                    f"{', '.join(p.name for p in overlapping)}: not moved")
+                    f"{', '.join(p.name for p in overlapping)}: not moved"
+                )
             continue
         name = partition_name(parent.name, lower, policy.interval)
         if name in names or _relation_exists(conn, parent.schema, name):
-            warnings.append(f"cannot create {name}: a table of that name already exists "
-                            "(a detached partition?); rename or drop it")
+            warnings.append(
+                f"cannot create {name}: a table of that name already exists "
+                "(a detached partition?); rename or drop it"
+            )
             continue
         actions.append(Action("create", name, lower, upper, rows_in_default=wanted[lower]))
 
     if cutoff is not None:
         for partition in ranged:
-            if partition.upper is not None and partition.upper < cutoff \
-                    and not partition.detach_pending:
-                actions.append(Action("retire", partition.name, partition.lower,
-                                      partition.upper, detail=policy.retention_action))
+            if (
+                partition.upper is not None
+                and partition.upper < cutoff
+                and not partition.detach_pending
+            ):
+                actions.append(
+                    Action(
+                        "retire",
+                        partition.name,
+                        partition.lower,
+                        partition.upper,
+                        detail=policy.retention_action,
+                    )
+                )
     return Plan(policy, tuple(actions), tuple(warnings), expired_rows)
 
 
 def _relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
-    row = conn.execute("SELECT to_regclass(%(name)s::text) IS NOT NULL",
-                       {"name": sql.Identifier(schema, name).as_string(conn)}).fetchone()
+    row = conn.execute(
+        "SELECT to_regclass(%(name)s::text) IS NOT NULL",
+        {"name": sql.Identifier(schema, name).as_string(conn)},
+    ).fetchone()
     return bool(row and row[0])
 
 
@@ -453,8 +505,14 @@ class PartitionStatus:
 
 def coverage(partitions: Iterable[Partition], now: datetime) -> tuple[datetime | None, int]:
     """How far contiguous partitions reach from ``now``, and how many start after ``now``'s."""
-    ranged = sorted((p for p in partitions if not p.is_default and p.lower and p.upper
-                     and not p.detach_pending), key=lambda p: p.lower or now)
+    ranged = sorted(
+        (
+            p
+            for p in partitions
+            if not p.is_default and p.lower and p.upper and not p.detach_pending
+        ),
+        key=lambda p: p.lower or now,
+    )
     reach: datetime | None = None
     ahead = 0
     for partition in ranged:
@@ -500,21 +558,33 @@ def partition_status(
             level = new
 
     if covered_until is None:
-        raise_to("CRITICAL", f"no partition covers now ({_iso(now)}): rows go to the default "
-                             "partition")
+        raise_to(
+            "CRITICAL", f"no partition covers now ({_iso(now)}): rows go to the default partition"
+        )
     elif ahead < options.coverage_critical:
-        raise_to("CRITICAL", f"only {ahead} partition(s) ready ahead (critical under "
-                             f"{options.coverage_critical}), coverage ends {_iso(covered_until)}")
+        raise_to(
+            "CRITICAL",
+            f"only {ahead} partition(s) ready ahead (critical under "
+            f"{options.coverage_critical}), coverage ends {_iso(covered_until)}",
+        )
     elif ahead < options.coverage_warning:
-        raise_to("WARNING", f"only {ahead} partition(s) ready ahead (warning under "
-                            f"{options.coverage_warning}), coverage ends {_iso(covered_until)}")
+        raise_to(
+            "WARNING",
+            f"only {ahead} partition(s) ready ahead (warning under "
+            f"{options.coverage_warning}), coverage ends {_iso(covered_until)}",
+        )
     if default_rows:
-        raise_to("WARNING", f"{default_rows} row(s) in the default partition "
-                            f"{parent.default_partition}: run `kronos-db partitions rotate`")
+        raise_to(
+            "WARNING",
+            f"{default_rows} row(s) in the default partition "
+            f"{parent.default_partition}: run `kronos-db partitions rotate`",
+        )
     pending = [a for a in plan.actions if a.kind in ("finalize", "resume")]
     if pending:
-        raise_to("WARNING", f"{len(pending)} unfinished retirement(s): "
-                            + "; ".join(a.describe() for a in pending))
+        raise_to(
+            "WARNING",
+            f"{len(pending)} unfinished retirement(s): " + "; ".join(a.describe() for a in pending),
+        )
     return PartitionStatus(
         table=parent.qualified,
         backend=policy.backend,
@@ -594,8 +664,15 @@ def lock_name(table: str) -> str:
 class _Runner:
     """Runs DDL for one rotation: short lock_timeout, retries with back-off, or only records."""
 
-    def __init__(self, conn: psycopg.Connection[Any], settings: PartitionSettings,
-                 notify: Notify, *, dry_run: bool, log: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        settings: PartitionSettings,
+        notify: Notify,
+        *,
+        dry_run: bool,
+        log: list[str] | None = None,
+    ) -> None:
         self.conn = conn
         self.settings = settings
         self.notify = notify
@@ -638,28 +715,36 @@ class _Runner:
                     raise LockTimeoutError(
                         f"{label}: lock_timeout ({timeout}) hit {self.attempts} time(s) within "
                         f"the budget of {format_duration(self.settings.budget)}: "
-                        f"{str(exc).strip().splitlines()[0]}") from None
+                        f"{str(exc).strip().splitlines()[0]}"
+                    ) from None
                 self.notify(f"{label}: lock timeout, retrying in {wait:.1f}s")
                 time.sleep(wait)
                 delay *= 2
 
     def _set_lock_timeout(self, value: str, *, local: bool) -> None:
-        self.conn.execute("SELECT set_config('lock_timeout', %(value)s::text, %(local)s::bool)",
-                          {"value": value, "local": local})
+        self.conn.execute(
+            "SELECT set_config('lock_timeout', %(value)s::text, %(local)s::bool)",
+            {"value": value, "local": local},
+        )
 
-    def execute(self, statement: sql.Composed | sql.SQL,
-                params: dict[str, Any] | None = None) -> int:
+    def execute(
+        self, statement: sql.Composed | sql.SQL, params: dict[str, Any] | None = None
+    ) -> int:
         """Record and (unless dry-run) run one statement; returns its rowcount."""
-        self.record(self.render(statement) if params is None else
-                    _render_with_params(self.conn, statement, params))
+        self.record(
+            self.render(statement)
+            if params is None
+            else _render_with_params(self.conn, statement, params)
+        )
         if self.dry_run:
             return 0
         cursor = self.conn.execute(statement, params)
         return int(cursor.rowcount)
 
 
-def _render_with_params(conn: psycopg.Connection[Any], statement: sql.Composable,
-                        params: dict[str, Any]) -> str:
+def _render_with_params(
+    conn: psycopg.Connection[Any], statement: sql.Composable, params: dict[str, Any]
+) -> str:
     from kronos_db.resources import render_with_literals, trusted_sql
 
     text = render_with_literals(trusted_sql(statement.as_string(conn)), params)
@@ -669,11 +754,13 @@ def _render_with_params(conn: psycopg.Connection[Any], statement: sql.Composable
     return "\n".join(lines)
 
 
-def _bounds_check(parent: ParentTable, lower: datetime, upper: datetime,
-                  negate: bool = False) -> sql.Composed:
+def _bounds_check(
+    parent: ParentTable, lower: datetime, upper: datetime, negate: bool = False
+) -> sql.Composed:
     column = sql.Identifier(parent.key_column or "")
     inside = sql.SQL("{column} >= {lower} AND {column} < {upper}").format(
-        column=column, lower=sql.Literal(lower), upper=sql.Literal(upper))
+        column=column, lower=sql.Literal(lower), upper=sql.Literal(upper)
+    )
     return sql.SQL("NOT ({})").format(inside) if negate else inside
 
 
@@ -693,47 +780,66 @@ def _create_table_sql(parent: ParentTable, action: Action) -> sql.Composed:
 
 
 def _attach_sql(parent: ParentTable, action: Action) -> sql.Composed:
-    return sql.SQL("ALTER TABLE {parent} ATTACH PARTITION {partition} "
-                   "FOR VALUES FROM ({lower}) TO ({upper})").format(
-        parent=parent.identifier(), partition=sql.Identifier(parent.schema, action.partition),
-        lower=sql.Literal(action.lower), upper=sql.Literal(action.upper))
+    return sql.SQL(
+        "ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({lower}) TO ({upper})"
+    ).format(
+        parent=parent.identifier(),
+        partition=sql.Identifier(parent.schema, action.partition),
+        lower=sql.Literal(action.lower),
+        upper=sql.Literal(action.upper),
+    )
 
 
 def _guard_name(parent: ParentTable) -> sql.Identifier:
     return sql.Identifier(f"{parent.default_partition}_kronos_attach_guard"[:63])
 
 
-_PRIVILEGES = {name: sql.SQL(name) for name in (
-    "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")}
+_PRIVILEGES = {
+    name: sql.SQL(name)
+    for name in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+}
 
 
-def _grant_rows(conn: psycopg.Connection[Any], parent: ParentTable
-                ) -> tuple[str, list[tuple[str, str]]]:
+def _grant_rows(
+    conn: psycopg.Connection[Any], parent: ParentTable
+) -> tuple[str, list[tuple[str, str]]]:
     row = conn.execute("SELECT current_user").fetchone()
     rows = conn.execute(query("partitions", "select_table_grants"), {"oid": parent.oid}).fetchall()
     return (str(row[0]) if row else "", [(str(g), str(p)) for g, p in rows])
 
 
-def _owner_and_grants(parent: ParentTable, name: str, current_user: str,
-                      grants: list[tuple[str, str]]) -> list[sql.Composed]:
+def _owner_and_grants(
+    parent: ParentTable, name: str, current_user: str, grants: list[tuple[str, str]]
+) -> list[sql.Composed]:
     """Make a new partition look like its siblings to the roles that read it directly."""
     statements: list[sql.Composed] = []
     target = sql.Identifier(parent.schema, name)
     if current_user != parent.owner:
-        statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
-            target, sql.Identifier(parent.owner)))
+        statements.append(
+            sql.SQL("ALTER TABLE {} OWNER TO {}").format(target, sql.Identifier(parent.owner))
+        )
     for grantee, privilege in grants:
         if privilege not in _PRIVILEGES:
             continue
         grantee_sql = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
-        statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
-            _PRIVILEGES[privilege], target, grantee_sql))
+        statements.append(
+            sql.SQL("GRANT {} ON {} TO {}").format(_PRIVILEGES[privilege], target, grantee_sql)
+        )
     return statements
 
 
 class _Rotation:
-    def __init__(self, conn: psycopg.Connection[Any], settings: Settings, parent: ParentTable,
-                 policy: Policy, now: datetime, notify: Notify, *, dry_run: bool) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        settings: Settings,
+        parent: ParentTable,
+        policy: Policy,
+        now: datetime,
+        notify: Notify,
+        *,
+        dry_run: bool,
+    ) -> None:
         self.conn = conn
         self.settings = settings
         self.options = settings.partitions
@@ -765,13 +871,27 @@ class _Rotation:
         except (KronosError, psycopg.Error) as exc:
             error = exc if isinstance(exc, KronosError) else translate_database_error(exc)
             self.notify(f"{action.describe()}: failed: {error.message}")
-            return StepResult(action.kind, action.partition, False, action.describe(),
-                              time.monotonic() - started, runner.attempts, error=error.message,
-                              error_code=int(error.exit_code),
-                              statements=tuple(runner.statements))
-        return StepResult(action.kind, action.partition, True, action.describe(),
-                          time.monotonic() - started, runner.attempts,
-                          statements=tuple(runner.statements), **extra)
+            return StepResult(
+                action.kind,
+                action.partition,
+                False,
+                action.describe(),
+                time.monotonic() - started,
+                runner.attempts,
+                error=error.message,
+                error_code=int(error.exit_code),
+                statements=tuple(runner.statements),
+            )
+        return StepResult(
+            action.kind,
+            action.partition,
+            True,
+            action.describe(),
+            time.monotonic() - started,
+            runner.attempts,
+            statements=tuple(runner.statements),
+            **extra,
+        )
 
     # -- create ---------------------------------------------------------------------------
 
@@ -787,8 +907,11 @@ class _Rotation:
     def move_rows(self, runner: _Runner, action: Action) -> int:
         """Move the default partition's rows of the range, one short transaction per batch."""
         statement = self._move_sql(action)
-        params = {"lower": action.lower, "upper": action.upper,
-                  "batch_size": self.options.move_batch_size}
+        params = {
+            "lower": action.lower,
+            "upper": action.upper,
+            "batch_size": self.options.move_batch_size,
+        }
         if self.dry_run:
             runner.execute(statement, params)
             return 0
@@ -819,11 +942,17 @@ class _Rotation:
 
         def attach() -> None:
             nonlocal moved
-            runner.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
-                self.parent.identifier()))
+            runner.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+                    self.parent.identifier()
+                )
+            )
             if self.parent.default_partition is not None:
-                runner.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                    self.parent.default_identifier()))
+                runner.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                        self.parent.default_identifier()
+                    )
+                )
                 moved = runner.execute(self._move_sql(action), params)
             runner.execute(_attach_sql(self.parent, action))
 
@@ -832,6 +961,7 @@ class _Rotation:
 
     def create_current(self, action: Action) -> StepResult:
         """A range at or before now: move rows in batches, then attach under a short lock."""
+
         def work(runner: _Runner) -> dict[str, Any]:
             self.create_tables(runner, action)
             # batches first, so that the locked attach below only moves the last arrivals
@@ -845,8 +975,10 @@ class _Rotation:
         """Ranges after now: one validated guard on the default spares every attach its scan."""
         if not actions:
             return []
-        results = [self.step(action, functools.partial(self._create_and_move, action=action))
-                   for action in actions]
+        results = [
+            self.step(action, functools.partial(self._create_and_move, action=action))
+            for action in actions
+        ]
         ready = [index for index, result in enumerate(results) if result.ok]
         if not ready:
             return results
@@ -856,15 +988,22 @@ class _Rotation:
                 guarded = self._add_guard([actions[index] for index in ready])
             for index in ready:
                 action = actions[index]
-                attach = self.step(action, functools.partial(
-                    self._attach_future, action=action, guarded=guarded
-                    or self.parent.default_partition is None))
+                attach = self.step(
+                    action,
+                    functools.partial(
+                        self._attach_future,
+                        action=action,
+                        guarded=guarded or self.parent.default_partition is None,
+                    ),
+                )
                 created = results[index]
                 results[index] = dataclasses.replace(
-                    attach, rows_moved=created.rows_moved + attach.rows_moved,
+                    attach,
+                    rows_moved=created.rows_moved + attach.rows_moved,
                     seconds=created.seconds + attach.seconds,
                     attempts=created.attempts + attach.attempts,
-                    statements=(*created.statements, *attach.statements))
+                    statements=(*created.statements, *attach.statements),
+                )
         finally:
             if guarded:
                 self._drop_guard()
@@ -876,7 +1015,8 @@ class _Rotation:
         default = self.parent.default_identifier()
         guard = _guard_name(self.parent)
         add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID").format(
-            default, guard, _bounds_check(self.parent, lower, upper, negate=True))
+            default, guard, _bounds_check(self.parent, lower, upper, negate=True)
+        )
         validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(default, guard)
         return add, validate
 
@@ -888,16 +1028,20 @@ class _Rotation:
             # NOT VALID: a catalog change only (brief ACCESS EXCLUSIVE on the default)
             runner.retrying("guard the default partition", functools.partial(runner.execute, add))
         except (KronosError, psycopg.Error) as exc:
-            self.notify(f"could not guard {self.parent.default_partition}: {_reason(exc)}; "
-                        "attaching under the lock instead")
+            self.notify(
+                f"could not guard {self.parent.default_partition}: {_reason(exc)}; "
+                "attaching under the lock instead"
+            )
             return False
         try:
             # the scan runs under SHARE UPDATE EXCLUSIVE: services keep writing meanwhile
             runner.retrying("validate the guard", functools.partial(runner.execute, validate))
         except (KronosError, psycopg.Error) as exc:
             # a row of these ranges arrived since the move: attach under the lock instead
-            self.notify(f"guard on {self.parent.default_partition} not validated "
-                        f"({_reason(exc)}): attaching under the lock instead")
+            self.notify(
+                f"guard on {self.parent.default_partition} not validated "
+                f"({_reason(exc)}): attaching under the lock instead"
+            )
             self._drop_guard()
             return False
         return True
@@ -905,7 +1049,8 @@ class _Rotation:
     def _drop_guard(self) -> None:
         runner = self.runner()
         drop = sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-            self.parent.default_identifier(), _guard_name(self.parent))
+            self.parent.default_identifier(), _guard_name(self.parent)
+        )
         try:
             runner.retrying("drop the guard", functools.partial(runner.execute, drop))
         except (KronosError, psycopg.Error) as exc:
@@ -918,11 +1063,12 @@ class _Rotation:
         moved = self.move_rows(runner, action) if action.rows_in_default else 0
         return {"rows_moved": moved}
 
-    def _attach_future(self, runner: _Runner, *, action: Action, guarded: bool
-                       ) -> dict[str, Any]:
+    def _attach_future(self, runner: _Runner, *, action: Action, guarded: bool) -> dict[str, Any]:
         if guarded:
-            runner.retrying(f"attach {action.partition}",
-                            functools.partial(runner.execute, _attach_sql(self.parent, action)))
+            runner.retrying(
+                f"attach {action.partition}",
+                functools.partial(runner.execute, _attach_sql(self.parent, action)),
+            )
             return {}
         return {"rows_moved": self.attach_locked(runner, action)}
 
@@ -941,7 +1087,8 @@ class _Rotation:
         if self.parent.default_partition is None:
             # CONCURRENTLY: no ACCESS EXCLUSIVE on the parent; not allowed in a transaction
             detach = sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
-                self.parent.identifier(), partition)
+                self.parent.identifier(), partition
+            )
             runner.retrying(f"detach {name}", lambda: runner.execute(detach), transaction=False)
             runner.execute(mark)
             return
@@ -949,7 +1096,8 @@ class _Rotation:
         # ACCESS EXCLUSIVE on the parent for the catalog change only (no scan), under the
         # short lock_timeout; the mark commits with it, so a crash leaves a findable table
         detach = sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-            self.parent.identifier(), partition)
+            self.parent.identifier(), partition
+        )
 
         def detach_and_mark() -> None:
             runner.execute(detach)
@@ -961,9 +1109,13 @@ class _Rotation:
         """Archive and/or drop a detached, marked table (or keep it, for ``detach``)."""
         table = sql.Identifier(self.parent.schema, name)
         if retention_action == "detach":
-            keep = sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(
-                f"kronos-db: detached from {self.parent.qualified} on {_iso(self.now)} "
-                "(retention_action = detach)"))
+            keep = sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                table,
+                sql.Literal(
+                    f"kronos-db: detached from {self.parent.qualified} on {_iso(self.now)} "
+                    "(retention_action = detach)"
+                ),
+            )
             runner.retrying(f"unmark {name}", lambda: runner.execute(keep))
             return {}
         extra: dict[str, Any] = {}
@@ -995,8 +1147,10 @@ class _Rotation:
         runner.record(runner.render(count))
         if not rows == written == expected:
             path.unlink(missing_ok=True)
-            raise ArchiveError(f"archive of {name}: the table has {expected} row(s), COPY sent "
-                               f"{rows}, the file holds {written}: file removed, table kept")
+            raise ArchiveError(
+                f"archive of {name}: the table has {expected} row(s), COPY sent "
+                f"{rows}, the file holds {written}: file removed, table kept"
+            )
         record_backup(self.conn, str(path))
         runner.record(_render_with_params(self.conn, record, {"file_path": str(path)}))
         return {"archive_file": str(path), "archived_rows": written}
@@ -1004,11 +1158,12 @@ class _Rotation:
     def finalize(self, action: Action) -> StepResult:
         def work(runner: _Runner) -> dict[str, Any]:
             statement = sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
-                self.parent.identifier(), sql.Identifier(self.parent.schema, action.partition))
-            runner.retrying(f"finalize {action.partition}", lambda: runner.execute(statement),
-                            transaction=False)
-            runner.execute(_mark_sql(self.parent, action.partition,
-                                     self.policy.retention_action))
+                self.parent.identifier(), sql.Identifier(self.parent.schema, action.partition)
+            )
+            runner.retrying(
+                f"finalize {action.partition}", lambda: runner.execute(statement), transaction=False
+            )
+            runner.execute(_mark_sql(self.parent, action.partition, self.policy.retention_action))
             return self.finish(runner, action.partition, self.policy.retention_action)
 
         return self.step(action, work)
@@ -1023,7 +1178,8 @@ class _Rotation:
 def _is_lock_timeout(exc: psycopg.Error) -> bool:
     # pg_partman re-raises every error as a plain RAISE EXCEPTION carrying the message
     return isinstance(exc, pg_errors.LockNotAvailable) or (
-        isinstance(exc, pg_errors.RaiseException) and "lock timeout" in str(exc))
+        isinstance(exc, pg_errors.RaiseException) and "lock timeout" in str(exc)
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -1034,7 +1190,8 @@ def _reason(exc: BaseException) -> str:
 def _mark_sql(parent: ParentTable, name: str, retention_action: str) -> sql.Composed:
     return sql.SQL("COMMENT ON TABLE {} IS {}").format(
         sql.Identifier(parent.schema, name),
-        sql.Literal(f"{RETIRED_MARK}{parent.qualified}: {retention_action} pending"))
+        sql.Literal(f"{RETIRED_MARK}{parent.qualified}: {retention_action} pending"),
+    )
 
 
 def archive_table(conn: psycopg.Connection[Any], table: sql.Identifier, path: Path) -> int:
@@ -1097,9 +1254,8 @@ def rotate(
     _with_statement_timeout(conn, options)
     parent = parent_table(conn, options.table)
     policy = resolve_policy(conn, options)
-    if (not dry_run and policy.retention_action == "archive" and not options.archive_directory):
-        raise UsageError("partitions.retention_action = archive needs "
-                         "partitions.archive_directory")
+    if not dry_run and policy.retention_action == "archive" and not options.archive_directory:
+        raise UsageError("partitions.retention_action = archive needs partitions.archive_directory")
     with locks.try_advisory_lock(conn, lock_name(parent.qualified)) as acquired:
         if not acquired:
             return RotationResult(parent.qualified, policy.backend, now, dry_run, True, (), ())
@@ -1108,28 +1264,37 @@ def rotate(
         if policy.backend == "partman":
             from kronos_db import partman
 
-            return partman.rotate(conn, settings, parent, policy, now, dry_run=dry_run,
-                                  notify=notify)
-        return _rotate_native(conn, settings, parent, policy, now, dry_run=dry_run,
-                              notify=notify)
+            return partman.rotate(
+                conn, settings, parent, policy, now, dry_run=dry_run, notify=notify
+            )
+        return _rotate_native(conn, settings, parent, policy, now, dry_run=dry_run, notify=notify)
 
 
-def drop_leftover_guard(conn: psycopg.Connection[Any], parent: ParentTable,
-                        settings: PartitionSettings, notify: Notify) -> None:
+def drop_leftover_guard(
+    conn: psycopg.Connection[Any], parent: ParentTable, settings: PartitionSettings, notify: Notify
+) -> None:
     """A run killed between guard and attach leaves the guard: it must not outlive the run."""
     if parent.default_partition is None:
         return
     row = conn.execute(
         "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%(table)s::text) "
         "AND conname = %(name)s::text",
-        {"table": parent.default_identifier().as_string(conn),
-         "name": f"{parent.default_partition}_kronos_attach_guard"[:63]}).fetchone()
+        {
+            "table": parent.default_identifier().as_string(conn),
+            "name": f"{parent.default_partition}_kronos_attach_guard"[:63],
+        },
+    ).fetchone()
     if row is None:
         return
     runner = _Runner(conn, settings, notify, dry_run=False)
-    runner.retrying("drop the leftover guard", lambda: runner.execute(
-        sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-            parent.default_identifier(), _guard_name(parent))))
+    runner.retrying(
+        "drop the leftover guard",
+        lambda: runner.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                parent.default_identifier(), _guard_name(parent)
+            )
+        ),
+    )
 
 
 def run_actions(rotation: _Rotation, actions: Sequence[Action]) -> list[StepResult]:
@@ -1145,17 +1310,23 @@ def run_actions(rotation: _Rotation, actions: Sequence[Action]) -> list[StepResu
     for action in creates:
         if action.lower is not None and action.lower <= now:
             results.append(rotation.create_current(action))
-    results += rotation.create_future([a for a in creates
-                                       if a.lower is not None and a.lower > now])
+    results += rotation.create_future([a for a in creates if a.lower is not None and a.lower > now])
     for action in actions:
         if action.kind == "retire":
             results.append(rotation.retire(action))
     return results
 
 
-def _rotate_native(conn: psycopg.Connection[Any], settings: Settings, parent: ParentTable,
-                   policy: Policy, now: datetime, *, dry_run: bool,
-                   notify: Notify) -> RotationResult:
+def _rotate_native(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    parent: ParentTable,
+    policy: Policy,
+    now: datetime,
+    *,
+    dry_run: bool,
+    notify: Notify,
+) -> RotationResult:
     if not dry_run:
         drop_leftover_guard(conn, parent, settings.partitions, notify)
     plan = plan_rotation(conn, parent, policy, now)
@@ -1163,5 +1334,13 @@ def _rotate_native(conn: psycopg.Connection[Any], settings: Settings, parent: Pa
         notify(f"warning: {warning}")
     rotation = _Rotation(conn, settings, parent, policy, now, notify, dry_run=dry_run)
     steps = run_actions(rotation, plan.actions)
-    return RotationResult(parent.qualified, policy.backend, now, dry_run, False, tuple(steps),
-                          plan.warnings, tuple(rotation.log))
+    return RotationResult(
+        parent.qualified,
+        policy.backend,
+        now,
+        dry_run,
+        False,
+        tuple(steps),
+        plan.warnings,
+        tuple(rotation.log),
+    )

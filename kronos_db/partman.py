@@ -17,16 +17,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
 from kronos_db.config import PartitionSettings, Settings
-from kronos_db.errors import KronosError, UsageError, translate_database_error
+from kronos_db.errors import UsageError
 from kronos_db.partitions import (
     Action,
+    Interval,
+    Notify,
     ParentTable,
     Policy,
     RotationResult,
@@ -41,7 +43,6 @@ from kronos_db.partitions import (
 )
 from kronos_db.resources import query
 
-Notify = Any
 _NOTHING = "pg_partman run_maintenance: nothing to do"
 
 # pg_partman 4.x: the interval text part_config holds, and its datetime_string (names)
@@ -82,10 +83,12 @@ class PartmanConfig:
     def policy(self, settings: PartitionSettings) -> Policy:
         # what retention does with the partition stays kronos-db's (partman cannot archive)
         if self.interval not in PARTMAN_INTERVALS:
-            raise UsageError(f"pg_partman interval {self.interval!r} of {settings.table} is not "
-                             "one kronos-db manages (hourly, daily, weekly, monthly)")
-        return Policy("partman", self.interval, self.premake,  # type: ignore[arg-type]
-                      self.retention, settings.retention_action)
+            raise UsageError(
+                f"pg_partman interval {self.interval!r} of {settings.table} is not "
+                "one kronos-db manages (hourly, daily, weekly, monthly)"
+            )
+        interval = cast(Interval, self.interval)
+        return Policy("partman", interval, self.premake, self.retention, settings.retention_action)
 
 
 def extension(conn: psycopg.Connection[Any]) -> _Extension | None:
@@ -111,7 +114,9 @@ def table_config(conn: psycopg.Connection[Any], table: str) -> PartmanConfig | N
     if row is None:
         return None
     return PartmanConfig(
-        schema=found.schema, version=found.version, interval=row.interval_name or "unknown",
+        schema=found.schema,
+        version=found.version,
+        interval=row.interval_name or "unknown",
         premake=row.premake,
         retention=timedelta(seconds=row.retention_seconds or 0),
         retention_keep_table=row.retention_keep_table,
@@ -123,7 +128,8 @@ def _partman_name(conn: psycopg.Connection[Any], table: str) -> str:
     row = conn.execute(
         "SELECT n.nspname || '.' || c.relname FROM pg_class AS c "
         "JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%(t)s::text)",
-        {"t": table}).fetchone()
+        {"t": table},
+    ).fetchone()
     return str(row[0]) if row else table
 
 
@@ -135,8 +141,9 @@ class AdoptResult:
     statements: tuple[str, ...]
 
 
-def adopt(conn: psycopg.Connection[Any], settings: Settings, *, dry_run: bool = False
-          ) -> AdoptResult:
+def adopt(
+    conn: psycopg.Connection[Any], settings: Settings, *, dry_run: bool = False
+) -> AdoptResult:
     """Register the table with pg_partman, keeping its partitions and its default partition.
 
     ``partman.create_parent`` cannot: it insists on creating the default partition (and fails
@@ -147,8 +154,10 @@ def adopt(conn: psycopg.Connection[Any], settings: Settings, *, dry_run: bool = 
     options = settings.partitions
     found = extension(conn)
     if found is None:
-        raise UsageError("pg_partman is not installed in this database "
-                         "(CREATE EXTENSION pg_partman SCHEMA partman)")
+        raise UsageError(
+            "pg_partman is not installed in this database "
+            "(CREATE EXTENSION pg_partman SCHEMA partman)"
+        )
     parent = parent_table(conn, options.table)
     name = f"{parent.schema}.{parent.name}"
     if table_config(conn, options.table) is not None:
@@ -158,7 +167,8 @@ def adopt(conn: psycopg.Connection[Any], settings: Settings, *, dry_run: bool = 
     partman_schema = sql.Identifier(found.schema)
     statements: list[sql.Composed] = [
         sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {})").format(
-            sql.Identifier(found.schema, template), parent.identifier()),
+            sql.Identifier(found.schema, template), parent.identifier()
+        ),
         sql.SQL(
             "INSERT INTO {}.part_config (parent_table, control, partition_type, "
             "partition_interval, premake, datetime_string, template_table, retention, "
@@ -166,8 +176,12 @@ def adopt(conn: psycopg.Connection[Any], settings: Settings, *, dry_run: bool = 
             "inherit_privileges) VALUES ({}, {}, 'native', {}, {}, {}, {}, {}, {}, true, true, "
             "false, true)"
         ).format(
-            partman_schema, sql.Literal(name), sql.Literal(parent.key_column),
-            sql.Literal(interval), sql.Literal(options.premake), sql.Literal(datetime_string),
+            partman_schema,
+            sql.Literal(name),
+            sql.Literal(parent.key_column),
+            sql.Literal(interval),
+            sql.Literal(options.premake),
+            sql.Literal(datetime_string),
             sql.Literal(f"{found.schema}.{template}"),
             sql.Literal(_interval_text(options.retention)),
             sql.Literal(options.retention_action != "drop"),
@@ -186,8 +200,16 @@ def _interval_text(value: timedelta) -> str | None:
     return f"{seconds} seconds" if seconds > 0 else None
 
 
-def rotate(conn: psycopg.Connection[Any], settings: Settings, parent: ParentTable,
-           policy: Policy, now: datetime, *, dry_run: bool, notify: Notify) -> RotationResult:
+def rotate(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    parent: ParentTable,
+    policy: Policy,
+    now: datetime,
+    *,
+    dry_run: bool,
+    notify: Notify,
+) -> RotationResult:
     """The partman backend's rotation (called by :func:`kronos_db.partitions.rotate`)."""
     config = table_config(conn, settings.partitions.table)
     assert config is not None
@@ -198,11 +220,16 @@ def rotate(conn: psycopg.Connection[Any], settings: Settings, parent: ParentTabl
         notify(f"warning: {warning}")
     # rows to rescue and unfinished retirements: kronos-db's own code, partman-compatible names
     native_rotation = _Rotation(conn, settings, parent, policy, now, notify, dry_run=dry_run)
-    rotation = _PartmanRotation(conn, settings, parent, policy, now, notify,
-                                dry_run=dry_run, config=config)
+    rotation = _PartmanRotation(
+        conn, settings, parent, policy, now, notify, dry_run=dry_run, config=config
+    )
     rotation.log = native_rotation.log
-    native = [a for a in plan.actions if a.kind in ("finalize", "resume")
-              or (a.kind == "create" and (a.rows_in_default or (a.lower and a.lower <= now)))]
+    native = [
+        a
+        for a in plan.actions
+        if a.kind in ("finalize", "resume")
+        or (a.kind == "create" and (a.rows_in_default or (a.lower and a.lower <= now)))
+    ]
     steps = run_actions(native_rotation, native)
     creates = [a for a in plan.actions if a.kind == "create" and a not in native]
     steps += rotation.create_future(creates)
@@ -212,8 +239,16 @@ def rotate(conn: psycopg.Connection[Any], settings: Settings, parent: ParentTabl
     maintenance = rotation.maintenance()
     if not maintenance.ok or maintenance.description != _NOTHING:
         steps.append(maintenance)
-    return RotationResult(parent.qualified, "partman", now, dry_run, False, tuple(steps),
-                          plan.warnings, tuple(rotation.log))
+    return RotationResult(
+        parent.qualified,
+        "partman",
+        now,
+        dry_run,
+        False,
+        tuple(steps),
+        plan.warnings,
+        tuple(rotation.log),
+    )
 
 
 class _PartmanRotation(_Rotation):
@@ -226,8 +261,7 @@ class _PartmanRotation(_Rotation):
         # pg_partman 4.x names and bounds partitions in the session's time zone
         runner.conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
 
-    def _attach_future(self, runner: _Runner, *, action: Action, guarded: bool
-                       ) -> dict[str, Any]:
+    def _attach_future(self, runner: _Runner, *, action: Action, guarded: bool) -> dict[str, Any]:
         return {}  # create_partition_time attached it already
 
     def _create_and_move(self, runner: _Runner, *, action: Action) -> dict[str, Any]:
@@ -241,15 +275,19 @@ class _PartmanRotation(_Rotation):
         if self.parent.default_partition is not None:
             guarded = self._add_guard(actions)
         try:
-            statement = sql.SQL("SELECT {}.create_partition_time({}, {}::timestamptz[], "
-                                "p_analyze := false)").format(
-                self.partman, sql.Literal(self.config_name()),
-                sql.Literal([a.lower for a in actions]))
+            statement = sql.SQL(
+                "SELECT {}.create_partition_time({}, {}::timestamptz[], p_analyze := false)"
+            ).format(
+                self.partman,
+                sql.Literal(self.config_name()),
+                sql.Literal([a.lower for a in actions]),
+            )
 
             def work(runner: _Runner) -> dict[str, Any]:
                 def create() -> None:
                     self.utc(runner)
                     runner.execute(statement)
+
                 runner.retrying("pg_partman create_partition_time", create)
                 return {}
 
@@ -257,9 +295,15 @@ class _PartmanRotation(_Rotation):
         finally:
             if guarded:
                 self._drop_guard()
-        return [first, *(dataclasses.replace(first, partition=a.partition,
-                                              description=a.describe(), statements=())
-                         for a in actions[1:])]
+        return [
+            first,
+            *(
+                dataclasses.replace(
+                    first, partition=a.partition, description=a.describe(), statements=()
+                )
+                for a in actions[1:]
+            ),
+        ]
 
     def config_name(self) -> str:
         return f"{self.parent.schema}.{self.parent.name}"
@@ -268,43 +312,70 @@ class _PartmanRotation(_Rotation):
         keep = self.policy.retention_action != "drop"
         statement = sql.SQL(
             "SELECT {}.drop_partition_time({}, p_retention := {}::interval, p_keep_table := {}, "
-            "p_keep_index := true, p_reference_timestamp := {})").format(
-            self.partman, sql.Literal(self.config_name()),
-            sql.Literal(_interval_text(self.policy.retention)), sql.Literal(keep),
-            sql.Literal(self.now))
+            "p_keep_index := true, p_reference_timestamp := {})"
+        ).format(
+            self.partman,
+            sql.Literal(self.config_name()),
+            sql.Literal(_interval_text(self.policy.retention)),
+            sql.Literal(keep),
+            sql.Literal(self.now),
+        )
         before = {p.name for p in list_partitions(self.conn, self.parent)}
 
         def work(runner: _Runner) -> dict[str, Any]:
             def drop() -> None:
                 self.utc(runner)
                 runner.execute(statement)
+
             runner.retrying("pg_partman drop_partition_time", drop)
             return {}
 
         first = self.step(actions[0], work)
         if not first.ok:
-            return [dataclasses.replace(first, partition=a.partition, description=a.describe())
-                    for a in actions]
-        after = {p.name for p in list_partitions(self.conn, self.parent)} if not self.dry_run \
+            return [
+                dataclasses.replace(first, partition=a.partition, description=a.describe())
+                for a in actions
+            ]
+        after = (
+            {p.name for p in list_partitions(self.conn, self.parent)}
+            if not self.dry_run
             else before - {a.partition for a in actions}
+        )
         results: list[StepResult] = []
         for action in actions:
             if action.partition in after:
-                results.append(StepResult(action.kind, action.partition, False,
-                                          action.describe(),
-                                          error="pg_partman kept this partition"))
+                results.append(
+                    StepResult(
+                        action.kind,
+                        action.partition,
+                        False,
+                        action.describe(),
+                        error="pg_partman kept this partition",
+                    )
+                )
                 continue
             if not keep:
-                results.append(StepResult(action.kind, action.partition, True, action.describe(),
-                                          statements=first.statements))
+                results.append(
+                    StepResult(
+                        action.kind,
+                        action.partition,
+                        True,
+                        action.describe(),
+                        statements=first.statements,
+                    )
+                )
                 continue
 
             def finish(runner: _Runner, action: Action = action) -> dict[str, Any]:
                 from kronos_db.partitions import _mark_sql
 
-                runner.retrying(f"mark {action.partition}", functools.partial(
-                    runner.execute, _mark_sql(self.parent, action.partition,
-                                              self.policy.retention_action)))
+                runner.retrying(
+                    f"mark {action.partition}",
+                    functools.partial(
+                        runner.execute,
+                        _mark_sql(self.parent, action.partition, self.policy.retention_action),
+                    ),
+                )
                 return self.finish(runner, action.partition, self.policy.retention_action)
 
             results.append(self.step(action, finish))
@@ -312,13 +383,15 @@ class _PartmanRotation(_Rotation):
 
     def maintenance(self) -> StepResult:
         statement = sql.SQL(query("partitions", "run_partman_maintenance")).format(
-            partman=self.partman)
+            partman=self.partman
+        )
         action = Action("resume", self.config_name(), detail="pg_partman run_maintenance")
 
         def work(runner: _Runner) -> dict[str, Any]:
             def run() -> None:
                 self.utc(runner)
                 runner.execute(statement, {"table": self.config_name()})
+
             runner.retrying("pg_partman run_maintenance", run)
             return {}
 
@@ -327,10 +400,5 @@ class _PartmanRotation(_Rotation):
         after = {p.name for p in list_partitions(self.conn, self.parent)}
         changes = [f"+{name}" for name in sorted(after - before)]
         changes += [f"-{name}" for name in sorted(before - after)]
-        description = ("pg_partman run_maintenance: " + ", ".join(changes)) if changes \
-            else _NOTHING
+        description = ("pg_partman run_maintenance: " + ", ".join(changes)) if changes else _NOTHING
         return dataclasses.replace(result, kind="maintenance", description=description)
-
-
-def translate(exc: psycopg.Error) -> KronosError:
-    return translate_database_error(exc)

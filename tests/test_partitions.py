@@ -47,8 +47,10 @@ def daily(start: datetime, count: int) -> set[str]:
 def insert(conn: psycopg.Connection[Any], *times: datetime, message: str = "m") -> None:
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO logs (service_name, level, message, \"timestamp\") "
-            "VALUES ('svc', 'info', %s, %s)", [(message, t) for t in times])
+            'INSERT INTO logs (service_name, level, message, "timestamp") '
+            "VALUES ('svc', 'info', %s, %s)",
+            [(message, t) for t in times],
+        )
 
 
 def total_rows(conn: psycopg.Connection[Any]) -> int:
@@ -82,7 +84,8 @@ def test_names_and_bounds_follow_pg_partman() -> None:
     assert partition_name("logs", floor_time(moment, "weekly"), "weekly") == "logs_p2026w48"
     assert partition_name("logs", floor_time(moment, "monthly"), "monthly") == "logs_p2026_11"
     assert add_intervals(datetime(2026, 12, 1, tzinfo=UTC), "monthly") == datetime(
-        2027, 1, 1, tzinfo=UTC)
+        2027, 1, 1, tzinfo=UTC
+    )
     # an instant given in another zone lands in its UTC partition
     tokyo = datetime.fromisoformat("2026-11-26T08:00:00+09:00")
     assert partition_name("logs", floor_time(tokyo, "daily"), "daily") == "logs_p2026_11_25"
@@ -109,9 +112,12 @@ def test_rotate_creates_and_retires_exactly_the_policy(
     result = partitions.rotate(conn, settings, later)
     assert not result.failed, result.failed
     cutoff = later - timedelta(days=30)
-    survivors = {name for name in original | daily(TODAY + timedelta(days=21), 8)
-                 if datetime.strptime(name, "logs_p%Y_%m_%d").replace(tzinfo=UTC)
-                 + timedelta(days=1) >= cutoff}
+    survivors = {
+        name
+        for name in original | daily(TODAY + timedelta(days=21), 8)
+        if datetime.strptime(name, "logs_p%Y_%m_%d").replace(tzinfo=UTC) + timedelta(days=1)
+        >= cutoff
+    }
     assert names(conn) == survivors | daily(TODAY + timedelta(days=60), 8)
     retired = {step.partition for step in result.steps if step.kind == "retire" and step.ok}
     assert retired == (original | daily(TODAY + timedelta(days=21), 8)) - survivors
@@ -138,8 +144,7 @@ def test_rows_in_the_default_partition_end_in_their_partition(
     assert sum(step.rows_moved for step in result.steps) == len(stray)
     assert default_rows(conn) == 0
     assert total_rows(conn) == before
-    rows = conn.execute(
-        "SELECT tableoid::regclass::text, \"timestamp\", id FROM logs").fetchall()
+    rows = conn.execute('SELECT tableoid::regclass::text, "timestamp", id FROM logs').fetchall()
     for table, moment, _id in rows:
         assert table == partition_name("logs", floor_time(moment, "daily"), "daily")
     assert len({(row[2], row[1]) for row in rows}) == len(rows)  # no row in two places
@@ -188,9 +193,10 @@ def test_detach_keeps_the_retired_partition_as_a_plain_table(
 def test_a_held_lock_makes_rotate_do_nothing(
     conn: psycopg.Connection[Any], database: Database, backend: str
 ) -> None:
-    with database.connect() as other, locks.try_advisory_lock(
-        other, partitions.lock_name("public.logs")
-    ) as held:
+    with (
+        database.connect() as other,
+        locks.try_advisory_lock(other, partitions.lock_name("public.logs")) as held,
+    ):
         assert held
         result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=21))
     assert result.skipped
@@ -201,10 +207,23 @@ def test_a_held_lock_makes_rotate_do_nothing(
 @pytest.mark.slow
 def test_two_rotations_started_together(database: Database, backend: str) -> None:
     now = (TODAY + timedelta(days=21)).isoformat()
-    command = [sys.executable, "-m", "kronos_db", "partitions", "rotate", "--now", now,
-               "--database-url", database.url]
-    runs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "kronos_db",
+        "partitions",
+        "rotate",
+        "--now",
+        now,
+        "--database-url",
+        database.url,
+    ]
+    runs = [
+        subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     creating = [out for out, _err in outputs if "create logs_p" in out]
@@ -222,14 +241,18 @@ def test_bounds_are_utc_whatever_the_session_time_zone(database: Database) -> No
         result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=20, hours=23))
         assert not result.failed, result.failed
         conn.execute("SET timezone = 'UTC'")
-        bounds = dict(conn.execute(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'logs'::regclass"
-        ).fetchall())
+        bounds = dict(
+            conn.execute(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'logs'::regclass"
+            ).fetchall()
+        )
     day = TODAY + timedelta(days=20)
     name = partition_name("logs", day, "daily")
-    assert bounds[name] == (f"FOR VALUES FROM ('{day:%Y-%m-%d} 00:00:00+00') "
-                            f"TO ('{day + timedelta(days=1):%Y-%m-%d} 00:00:00+00')")
+    assert bounds[name] == (
+        f"FOR VALUES FROM ('{day:%Y-%m-%d} 00:00:00+00') "
+        f"TO ('{day + timedelta(days=1):%Y-%m-%d} 00:00:00+00')"
+    )
 
 
 def test_future_attach_does_not_scan_the_default_partition(
@@ -243,14 +266,18 @@ def test_future_attach_does_not_scan_the_default_partition(
     result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
     conn.execute("RESET client_min_messages")
     assert [step.partition for step in result.steps] == [
-        partition_name("logs", TODAY + timedelta(days=8), "daily")]
-    assert any("default partition \"logs_default\" is implied by existing constraints" in n
-               for n in notices), notices
-    assert result.warnings == ("1 row(s) in the default partition are older than the "
-                               "retention (30d): left in place",)
+        partition_name("logs", TODAY + timedelta(days=8), "daily")
+    ]
+    assert any(
+        'default partition "logs_default" is implied by existing constraints' in n for n in notices
+    ), notices
+    assert result.warnings == (
+        "1 row(s) in the default partition are older than the retention (30d): left in place",
+    )
     assert default_rows(conn) == 1
-    guards = conn.execute("SELECT count(*) FROM pg_constraint "
-                          "WHERE conname LIKE '%kronos_attach_guard'").fetchone()
+    guards = conn.execute(
+        "SELECT count(*) FROM pg_constraint WHERE conname LIKE '%kronos_attach_guard'"
+    ).fetchone()
     assert guards == (0,)
 
 
@@ -258,11 +285,11 @@ def test_dry_run_prints_the_sql_and_runs_nothing(conn: psycopg.Connection[Any]) 
     insert(conn, TODAY + timedelta(days=30))
     result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=40), dry_run=True)
     text = "\n".join(result.statements)
-    assert "CREATE TABLE \"public\".\"logs_p" in text
+    assert 'CREATE TABLE "public"."logs_p' in text
     assert "ATTACH PARTITION" in text
     assert "DETACH PARTITION" in text
     assert "DROP TABLE" in text
-    assert "DELETE FROM \"public\".\"logs_default\"" in text
+    assert 'DELETE FROM "public"."logs_default"' in text
     assert names(conn) == daily(TODAY, 8)
     assert default_rows(conn) == 1
 
@@ -270,8 +297,11 @@ def test_dry_run_prints_the_sql_and_runs_nothing(conn: psycopg.Connection[Any]) 
 def test_lock_timeout_is_retried_then_reported_without_stopping_other_steps(
     conn: psycopg.Connection[Any], database: Database
 ) -> None:
-    settings = policy(lock_timeout=timedelta(milliseconds=100),
-                      retry_delay=timedelta(milliseconds=100), budget=timedelta(seconds=1))
+    settings = policy(
+        lock_timeout=timedelta(milliseconds=100),
+        retry_delay=timedelta(milliseconds=100),
+        budget=timedelta(seconds=1),
+    )
     with database.connect(autocommit=False) as blocker:
         # a long transaction reading the oldest partition: its DETACH must wait
         blocker.execute(f"SELECT count(*) FROM {partition_name('logs', TODAY, 'daily')}")
@@ -288,8 +318,11 @@ def test_lock_timeout_is_retried_then_reported_without_stopping_other_steps(
     assert partition_name("logs", TODAY + timedelta(days=38), "daily") in names(conn)
 
     # a blocker that goes away within the budget: the retry succeeds
-    settings = policy(lock_timeout=timedelta(milliseconds=100),
-                      retry_delay=timedelta(milliseconds=100), budget=timedelta(seconds=20))
+    settings = policy(
+        lock_timeout=timedelta(milliseconds=100),
+        retry_delay=timedelta(milliseconds=100),
+        budget=timedelta(seconds=20),
+    )
     blocker = database.connect(autocommit=False)
     blocker.execute(f"SELECT count(*) FROM {partition_name('logs', TODAY, 'daily')}")
     timer = threading.Timer(0.5, blocker.close)
@@ -316,8 +349,9 @@ def test_an_interrupted_concurrent_detach_is_finalized(
             conn.execute(f"ALTER TABLE logs DETACH PARTITION {victim} CONCURRENTLY")
         conn.execute("RESET statement_timeout")
         reader.rollback()
-    pending = conn.execute("SELECT inhdetachpending FROM pg_inherits "
-                           "WHERE inhrelid = %s::regclass", (victim,)).fetchone()
+    pending = conn.execute(
+        "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass", (victim,)
+    ).fetchone()
     assert pending == (True,)
     now = TODAY + timedelta(days=1, hours=1)
     status = partitions.partition_status(conn, Settings(), now)
@@ -331,8 +365,7 @@ def test_an_interrupted_concurrent_detach_is_finalized(
     # and with no default partition, retention detaches CONCURRENTLY
     result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=45))
     assert not result.failed, result.failed
-    assert any("DETACH PARTITION" in s and s.endswith("CONCURRENTLY")
-               for s in result.statements)
+    assert any("DETACH PARTITION" in s and s.endswith("CONCURRENTLY") for s in result.statements)
     assert names(conn) == daily(TODAY + timedelta(days=45), 8)
 
 
@@ -347,8 +380,7 @@ def test_status_levels_follow_coverage_and_default_rows(
     warning = partitions.partition_status(conn, settings, TODAY + timedelta(days=5, hours=1))
     assert (warning.level, warning.partitions_ahead) == ("WARNING", 2)
     critical = partitions.partition_status(conn, settings, TODAY + timedelta(days=9))
-    assert (critical.level, critical.exit_code, critical.covered_until) == (
-        "CRITICAL", 2, None)
+    assert (critical.level, critical.exit_code, critical.covered_until) == ("CRITICAL", 2, None)
     assert [a.kind for a in critical.plan].count("create") == 8
     insert(conn, TODAY + timedelta(days=20))
     stray = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
@@ -380,23 +412,30 @@ def test_cli_rotate_is_quiet_without_a_terminal_when_nothing_to_do(
 ) -> None:
     first = cli("partitions", "rotate", "--database-url", database.url)
     assert (first.code, first.stdout, first.stderr) == (0, "", "")
-    dry = cli("partitions", "rotate", "--dry-run", "--now",
-              (TODAY + timedelta(days=2)).isoformat(), "--database-url", database.url)
+    dry = cli(
+        "partitions",
+        "rotate",
+        "--dry-run",
+        "--now",
+        (TODAY + timedelta(days=2)).isoformat(),
+        "--database-url",
+        database.url,
+    )
     assert dry.code == 0
     assert "ATTACH PARTITION" in dry.stdout
 
 
-def test_an_unfinished_archive_is_resumed(
-    conn: psycopg.Connection[Any], tmp_path: Path
-) -> None:
+def test_an_unfinished_archive_is_resumed(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     # a run that died after the detach: the table is marked, and the next run archives it
     old = partition_name("logs", TODAY, "daily")
     insert(conn, TODAY + timedelta(minutes=5))
     conn.execute(f"ALTER TABLE logs DETACH PARTITION {old}")
-    conn.execute(f"COMMENT ON TABLE {old} IS "
-                 "'kronos-db: retired from public.logs: archive pending'")
+    conn.execute(
+        f"COMMENT ON TABLE {old} IS 'kronos-db: retired from public.logs: archive pending'"
+    )
     settings = policy(retention_action="archive", archive_directory=str(tmp_path))
     result = partitions.rotate(conn, settings, TODAY + timedelta(hours=1))
     assert [(s.kind, s.partition, s.ok, s.archived_rows) for s in result.steps] == [
-        ("resume", old, True, 1)]
+        ("resume", old, True, 1)
+    ]
     assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)

@@ -33,62 +33,106 @@ UNKNOWN = 3
 
 NowOption = Annotated[
     str | None,
-    typer.Option("--now", help="Pretend it is this time (ISO 8601, UTC when no offset given); "
-                 "for tests and rehearsals.", show_default=False, hidden=True),
+    typer.Option(
+        "--now",
+        help="Pretend it is this time (ISO 8601, UTC when no offset given); "
+        "for tests and rehearsals.",
+        show_default=False,
+        hidden=True,
+    ),
 ]
 IntervalOption = Annotated[
     str | None,
-    typer.Option("--interval", help="Partition width: hourly, daily, weekly or monthly.",
-                 show_default=False, rich_help_panel="Policy"),
+    typer.Option(
+        "--interval",
+        help="Partition width: hourly, daily, weekly or monthly.",
+        show_default=False,
+        rich_help_panel="Policy",
+    ),
 ]
 PremakeOption = Annotated[
     int | None,
-    typer.Option("--premake", min=1, help="Partitions to keep ready after the current one.",
-                 show_default=False, rich_help_panel="Policy"),
+    typer.Option(
+        "--premake",
+        min=1,
+        help="Partitions to keep ready after the current one.",
+        show_default=False,
+        rich_help_panel="Policy",
+    ),
 ]
 RetentionOption = Annotated[
     str | None,
-    typer.Option("--retention", help="Retire partitions older than this, e.g. 30d (0: never).",
-                 show_default=False, rich_help_panel="Policy"),
+    typer.Option(
+        "--retention",
+        help="Retire partitions older than this, e.g. 30d (0: never).",
+        show_default=False,
+        rich_help_panel="Policy",
+    ),
 ]
 ActionOption = Annotated[
     str | None,
-    typer.Option("--retention-action", help="drop, detach (keep as a plain table) or archive.",
-                 show_default=False, rich_help_panel="Policy"),
+    typer.Option(
+        "--retention-action",
+        help="drop, detach (keep as a plain table) or archive.",
+        show_default=False,
+        rich_help_panel="Policy",
+    ),
 ]
 ArchiveDirectoryOption = Annotated[
     str | None,
-    typer.Option("--archive-directory", help="Where archive files go.", show_default=False,
-                 rich_help_panel="Policy"),
+    typer.Option(
+        "--archive-directory",
+        help="Where archive files go.",
+        show_default=False,
+        rich_help_panel="Policy",
+    ),
 ]
 BackendOption = Annotated[
     str | None,
-    typer.Option("--backend", help="auto, native or partman.", show_default=False,
-                 rich_help_panel="Policy"),
+    typer.Option(
+        "--backend", help="auto, native or partman.", show_default=False, rich_help_panel="Policy"
+    ),
 ]
 LockTimeoutOption = Annotated[
     str | None,
-    typer.Option("--lock-timeout", help="lock_timeout for each DDL statement, e.g. 2s.",
-                 show_default=False, rich_help_panel="Safety"),
+    typer.Option(
+        "--lock-timeout",
+        help="lock_timeout for each DDL statement, e.g. 2s.",
+        show_default=False,
+        rich_help_panel="Safety",
+    ),
 ]
 BudgetOption = Annotated[
     str | None,
-    typer.Option("--budget", help="Time one step may spend retrying lock timeouts, e.g. 2m.",
-                 show_default=False, rich_help_panel="Safety"),
+    typer.Option(
+        "--budget",
+        help="Time one step may spend retrying lock timeouts, e.g. 2m.",
+        show_default=False,
+        rich_help_panel="Safety",
+    ),
 ]
 
 
 def _choice(value: str | None, choices: tuple[str, ...], option: str) -> str | None:
     if value is not None and value not in choices:
-        raise typer.BadParameter(f"expected one of {', '.join(choices)}, got {value!r}",
-                                 param_hint=option)
+        raise typer.BadParameter(
+            f"expected one of {', '.join(choices)}, got {value!r}", param_hint=option
+        )
     return value
 
 
-def _settings(config: Any, *, interval: str | None = None, premake: int | None = None,
-              retention: str | None = None, retention_action: str | None = None,
-              archive_directory: str | None = None, backend: str | None = None,
-              lock_timeout: str | None = None, budget: str | None = None) -> Settings:
+def _settings(
+    config: Any,
+    *,
+    interval: str | None = None,
+    premake: int | None = None,
+    retention: str | None = None,
+    retention_action: str | None = None,
+    archive_directory: str | None = None,
+    backend: str | None = None,
+    lock_timeout: str | None = None,
+    budget: str | None = None,
+) -> Settings:
     _choice(interval, ("hourly", "daily", "weekly", "monthly"), "--interval")
     _choice(retention_action, ("drop", "detach", "archive"), "--retention-action")
     _choice(backend, ("auto", "native", "partman"), "--backend")
@@ -150,8 +194,14 @@ def status(
 
     Example: kronos-db partitions status --json
     """
-    settings = _settings(config, interval=interval, premake=premake, retention=retention,
-                         retention_action=retention_action, backend=backend)
+    settings = _settings(
+        config,
+        interval=interval,
+        premake=premake,
+        retention=retention,
+        retention_action=retention_action,
+        backend=backend,
+    )
     moment = _now(now)
     target = target_for(database_url, settings)
     try:
@@ -167,17 +217,27 @@ def status(
     for partition in result.partitions:
         name = partition.name + (" (detach pending)" if partition.detach_pending else "")
         if partition.is_default:
-            table.add_row(name, "DEFAULT", "", str(result.default_rows),
-                          _size(partition.total_bytes))
+            table.add_row(
+                name, "DEFAULT", "", str(result.default_rows), _size(partition.total_bytes)
+            )
         else:
-            table.add_row(name, _when(partition.lower), _when(partition.upper),
-                          str(partition.row_estimate), _size(partition.total_bytes))
+            table.add_row(
+                name,
+                _when(partition.lower),
+                _when(partition.upper),
+                str(partition.row_estimate),
+                _size(partition.total_bytes),
+            )
     stdout.print(table)
-    stdout.print(f"table: {result.table} ({result.backend} backend, {result.interval}, "
-                 f"premake {result.premake}, retention "
-                 f"{_retention(result)} then {result.retention_action})")
-    stdout.print(f"coverage: until {_when(result.covered_until)} UTC, "
-                 f"{result.partitions_ahead} partition(s) ahead")
+    stdout.print(
+        f"table: {result.table} ({result.backend} backend, {result.interval}, "
+        f"premake {result.premake}, retention "
+        f"{_retention(result)} then {result.retention_action})"
+    )
+    stdout.print(
+        f"coverage: until {_when(result.covered_until)} UTC, "
+        f"{result.partitions_ahead} partition(s) ahead"
+    )
     if result.plan:
         stdout.print("next rotation:")
         for action in result.plan:
@@ -186,8 +246,7 @@ def status(
         stdout.print("next rotation: nothing to do")
     for warning in result.warnings:
         notify(f"warning: {warning}")
-    stdout.print(f"{result.level}" + (": " + "; ".join(result.problems) if result.problems
-                                      else ""))
+    stdout.print(f"{result.level}" + (": " + "; ".join(result.problems) if result.problems else ""))
     raise typer.Exit(result.exit_code)
 
 
@@ -229,9 +288,17 @@ def rotate(
 
     Example: kronos-db partitions rotate --dry-run
     """
-    settings = _settings(config, interval=interval, premake=premake, retention=retention,
-                         retention_action=retention_action, archive_directory=archive_directory,
-                         backend=backend, lock_timeout=lock_timeout, budget=budget)
+    settings = _settings(
+        config,
+        interval=interval,
+        premake=premake,
+        retention=retention,
+        retention_action=retention_action,
+        archive_directory=archive_directory,
+        backend=backend,
+        lock_timeout=lock_timeout,
+        budget=budget,
+    )
     moment = _now(now)
     target = target_for(database_url, settings)
     with db.connection(target) as conn:
@@ -289,8 +356,13 @@ def adopt(
     """
     if backend != "partman":
         raise typer.BadParameter("only partman can adopt the table", param_hint="--backend")
-    settings = _settings(config, interval=interval, premake=premake, retention=retention,
-                         retention_action=retention_action)
+    settings = _settings(
+        config,
+        interval=interval,
+        premake=premake,
+        retention=retention,
+        retention_action=retention_action,
+    )
     target = target_for(database_url, settings)
     with db.connection(target) as conn:
         result = partman.adopt(conn, settings, dry_run=dry_run)
