@@ -35,14 +35,15 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import class_row
 
 from kronos_db import locks
@@ -206,11 +207,26 @@ class Policy:
     retention_action: Literal["drop", "detach", "archive"]
 
 
-def _with_statement_timeout(conn: psycopg.Connection[Any], settings: PartitionSettings) -> None:
+@contextmanager
+def session_setting(conn: psycopg.Connection[Any], name: str, value: str) -> Iterator[None]:
+    """Set a session setting for the block, then put the caller's value back."""
+    row = conn.execute("SELECT current_setting(%(name)s::text)", {"name": name}).fetchone()
+    previous = str(row[0]) if row else ""
     conn.execute(
-        "SELECT set_config('statement_timeout', %(value)s::text, false)",
-        {"value": postgres_interval(settings.statement_timeout)},
+        "SELECT set_config(%(name)s::text, %(value)s::text, false)", {"name": name, "value": value}
     )
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            conn.execute(
+                "SELECT set_config(%(name)s::text, %(value)s::text, false)",
+                {"name": name, "value": previous},
+            )
+
+
+def _catalog_timeout(conn: psycopg.Connection[Any], settings: PartitionSettings) -> Any:
+    return session_setting(conn, "statement_timeout", postgres_interval(settings.statement_timeout))
 
 
 def parent_table(conn: psycopg.Connection[Any], table: str) -> ParentTable:
@@ -540,12 +556,12 @@ def partition_status(
     """
     options = settings.partitions
     now = _utc(now)
-    _with_statement_timeout(conn, options)
-    parent = parent_table(conn, options.table)
-    policy = resolve_policy(conn, options)
-    partitions = list_partitions(conn, parent)
-    plan = plan_rotation(conn, parent, policy, now, partitions=partitions)
-    default_rows = count_default_rows(conn, parent)
+    with _catalog_timeout(conn, options):
+        parent = parent_table(conn, options.table)
+        policy = resolve_policy(conn, options)
+        partitions = list_partitions(conn, parent)
+        plan = plan_rotation(conn, parent, policy, now, partitions=partitions)
+        default_rows = count_default_rows(conn, parent)
     covered_until, ahead = coverage(partitions, now)
 
     problems: list[str] = []
@@ -698,11 +714,9 @@ class _Runner:
             self.attempts += 1
             try:
                 if not transaction:
-                    self._set_lock_timeout(timeout, local=False)
-                    try:
+                    # DETACH … CONCURRENTLY / FINALIZE cannot run in a transaction block
+                    with session_setting(self.conn, "lock_timeout", timeout):
                         return work()
-                    finally:
-                        self._set_lock_timeout("0", local=False)
                 with self.conn.transaction():
                     self._set_lock_timeout(timeout, local=True)
                     return work()
@@ -1251,16 +1265,14 @@ def rotate(
     now = _utc(now)
     if not conn.autocommit:
         raise UsageError("rotate needs an autocommit connection")
-    _with_statement_timeout(conn, options)
-    parent = parent_table(conn, options.table)
-    policy = resolve_policy(conn, options)
+    with _catalog_timeout(conn, options):
+        parent = parent_table(conn, options.table)
+        policy = resolve_policy(conn, options)
     if not dry_run and policy.retention_action == "archive" and not options.archive_directory:
         raise UsageError("partitions.retention_action = archive needs partitions.archive_directory")
     with locks.try_advisory_lock(conn, lock_name(parent.qualified)) as acquired:
         if not acquired:
             return RotationResult(parent.qualified, policy.backend, now, dry_run, True, (), ())
-        # work statements may scan (moves, archive): the catalog timeout is not for them
-        conn.execute("SELECT set_config('statement_timeout', '0', false)")
         if policy.backend == "partman":
             from kronos_db import partman
 

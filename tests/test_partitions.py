@@ -232,7 +232,7 @@ def test_two_rotations_started_together(database: Database, backend: str) -> Non
         assert names(conn) == daily(TODAY, 8) | daily(TODAY + timedelta(days=21), 8)
 
 
-def test_bounds_are_utc_whatever_the_session_time_zone(database: Database) -> None:
+def test_bounds_are_utc_whatever_the_session_time_zone(database: Database, backend: str) -> None:
     with database.connect() as conn:
         conn.execute(f"ALTER DATABASE {database.name} SET timezone = 'Pacific/Chatham'")
     with database.connect() as conn:
@@ -439,3 +439,63 @@ def test_an_unfinished_archive_is_resumed(conn: psycopg.Connection[Any], tmp_pat
         ("resume", old, True, 1)
     ]
     assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
+
+
+@pytest.mark.parametrize(
+    ("interval", "premake", "expected"),
+    [
+        (
+            "hourly",
+            3,
+            [
+                "logs_p2027_03_03_1000",
+                "logs_p2027_03_03_1100",
+                "logs_p2027_03_03_1200",
+                "logs_p2027_03_03_1300",
+            ],
+        ),
+        ("weekly", 1, ["logs_p2027w09", "logs_p2027w10"]),
+        ("monthly", 2, ["logs_p2027_03", "logs_p2027_04", "logs_p2027_05"]),
+    ],
+)
+def test_every_interval_makes_contiguous_partman_named_partitions(
+    conn: psycopg.Connection[Any], interval: str, premake: int, expected: list[str]
+) -> None:
+    for name in names(conn):
+        conn.execute(f"DROP TABLE {name}")
+    settings = policy(interval=interval, premake=premake, retention=timedelta(0))
+    now = datetime(2027, 3, 3, 10, 30, tzinfo=UTC)
+    result = partitions.rotate(conn, settings, now)
+    assert not result.failed, result.failed
+    assert sorted(names(conn)) == expected
+    status = partitions.partition_status(conn, settings, now)
+    assert status.partitions_ahead == premake
+    assert partitions.rotate(conn, settings, now).steps == ()
+
+
+def test_new_partitions_get_the_parents_privileges(conn: psycopg.Connection[Any]) -> None:
+    role = f"kronos_viewer_{conn.info.backend_pid}"
+    conn.execute(f"CREATE ROLE {role}")
+    try:
+        conn.execute(f"GRANT SELECT ON logs TO {role}")
+        partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
+        newest = partition_name("logs", TODAY + timedelta(days=8), "daily")
+        allowed = conn.execute(
+            "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT')",
+            (role, newest, role, newest),
+        ).fetchone()
+        assert allowed == (True, False)
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+def test_status_and_rotate_leave_the_session_settings_as_they_were(
+    conn: psycopg.Connection[Any],
+) -> None:
+    conn.execute("SET statement_timeout = '7s'")
+    conn.execute("SET lock_timeout = '3s'")
+    partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
+    partitions.rotate(conn, Settings(), TODAY + timedelta(days=40))
+    assert conn.execute("SHOW statement_timeout").fetchone() == ("7s",)
+    assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",)
