@@ -34,6 +34,7 @@ import gzip
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -778,18 +779,39 @@ def _bounds_check(
     return sql.SQL("NOT ({})").format(inside) if negate else inside
 
 
-def _create_table_sql(parent: ParentTable, action: Action) -> sql.Composed:
+_RELOPTION = re.compile(r"^(?:(toast)\.)?([a-z_][a-z0-9_]*)=(.*)$", re.DOTALL)
+
+
+def _storage_parameters(reloptions: Sequence[str]) -> sql.Composable:
+    """``WITH (…)`` from a partition's ``reloptions`` (``autovacuum_…=…``), or nothing."""
+    items: list[sql.Composable] = []
+    for option in reloptions:
+        match = _RELOPTION.match(option)
+        if not match:
+            continue
+        namespace, key, value = match.groups()
+        name = sql.Identifier(namespace, key) if namespace else sql.Identifier(key)
+        items.append(sql.SQL("{} = {}").format(name, sql.Literal(value)))
+    if not items:
+        return sql.SQL("")
+    return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(items))
+
+
+def _create_table_sql(
+    parent: ParentTable, action: Action, reloptions: Sequence[str] = ()
+) -> sql.Composed:
     assert action.lower is not None
     assert action.upper is not None
     return sql.SQL(
         "CREATE TABLE {partition} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
         "INCLUDING GENERATED INCLUDING STORAGE INCLUDING STATISTICS INCLUDING INDEXES, "
-        "CONSTRAINT {check} CHECK ({bounds}))"
+        "CONSTRAINT {check} CHECK ({bounds})){storage}"
     ).format(
         partition=sql.Identifier(parent.schema, action.partition),
         parent=parent.identifier(),
         check=sql.Identifier(f"{action.partition}_bounds"[:63]),
         bounds=_bounds_check(parent, action.lower, action.upper),
+        storage=_storage_parameters(reloptions),
     )
 
 
@@ -866,6 +888,15 @@ class _Rotation:
         self.log: list[str] = []
         self._grants: tuple[str, list[tuple[str, str]]] | None = None
 
+    @functools.cached_property
+    def reloptions(self) -> tuple[str, ...]:
+        """Storage parameters of the newest partition (a partitioned table has none of its own):
+        a DBA's ``ALTER TABLE logs_p… SET (autovacuum_…)`` carries over to the next ones."""
+        row = self.conn.execute(
+            query("partitions", "select_newest_partition_options"), {"oid": self.parent.oid}
+        ).fetchone()
+        return tuple(row[0]) if row and row[0] else ()
+
     def grants(self, name: str) -> list[sql.Composed]:
         """Owner and privileges of the parent, for a new partition (read once per rotation)."""
         if self._grants is None:
@@ -910,7 +941,10 @@ class _Rotation:
     # -- create ---------------------------------------------------------------------------
 
     def create_tables(self, runner: _Runner, action: Action) -> None:
-        statements = [_create_table_sql(self.parent, action), *self.grants(action.partition)]
+        statements = [
+            _create_table_sql(self.parent, action, self.reloptions),
+            *self.grants(action.partition),
+        ]
 
         def create() -> None:
             for statement in statements:

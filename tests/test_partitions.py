@@ -490,6 +490,19 @@ def test_new_partitions_get_the_parents_privileges(conn: psycopg.Connection[Any]
         conn.execute(f"DROP ROLE {role}")
 
 
+def test_new_partitions_inherit_the_newest_partitions_storage_parameters(
+    conn: psycopg.Connection[Any],
+) -> None:
+    newest = partition_name("logs", TODAY + timedelta(days=7), "daily")
+    conn.execute(
+        f"ALTER TABLE {newest} SET (autovacuum_vacuum_scale_factor = 0.01, fillfactor = 90)"
+    )
+    partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
+    created = partition_name("logs", TODAY + timedelta(days=8), "daily")
+    options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (created,))
+    assert options.fetchone() == (["autovacuum_vacuum_scale_factor=0.01", "fillfactor=90"],)
+
+
 def test_status_and_rotate_leave_the_session_settings_as_they_were(
     conn: psycopg.Connection[Any],
 ) -> None:

@@ -166,3 +166,15 @@ SELECT CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(acl.grantee)
  WHERE class.oid = %(oid)s::bigint::oid
    AND acl.grantee <> class.relowner
  ORDER BY 1, 2;
+
+-- name: select_newest_partition_options
+-- the storage parameters (reloptions) of the partition with the highest bounds, the template
+SELECT child.reloptions
+  FROM pg_inherits AS inheritance
+  JOIN pg_class AS child ON child.oid = inheritance.inhrelid
+  JOIN pg_partitioned_table AS partitioned ON partitioned.partrelid = inheritance.inhparent
+ WHERE inheritance.inhparent = %(oid)s::bigint::oid
+   AND child.oid <> partitioned.partdefid
+ ORDER BY (regexp_match(pg_get_expr(child.relpartbound, child.oid),
+                       'TO \(''([^'']*)''\)'))[1]::timestamptz DESC NULLS LAST
+ LIMIT 1;
