@@ -298,8 +298,14 @@ class _PartmanRotation(_Rotation):
         return [
             first,
             *(
+                # one pg_partman call made them all: its time is counted on the first
                 dataclasses.replace(
-                    first, partition=a.partition, description=a.describe(), statements=()
+                    first,
+                    partition=a.partition,
+                    description=a.describe(),
+                    statements=(),
+                    seconds=0.0,
+                    attempts=0,
                 )
                 for a in actions[1:]
             ),
@@ -342,7 +348,7 @@ class _PartmanRotation(_Rotation):
             else before - {a.partition for a in actions}
         )
         results: list[StepResult] = []
-        for action in actions:
+        for index, action in enumerate(actions):
             if action.partition in after:
                 results.append(
                     StepResult(
@@ -361,7 +367,10 @@ class _PartmanRotation(_Rotation):
                         action.partition,
                         True,
                         action.describe(),
-                        statements=first.statements,
+                        # one pg_partman call retired them all: its time is on the first
+                        seconds=first.seconds if index == 0 else 0.0,
+                        attempts=first.attempts if index == 0 else 0,
+                        statements=first.statements if index == 0 else (),
                     )
                 )
                 continue
