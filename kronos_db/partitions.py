@@ -47,7 +47,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq, sql
 from psycopg.rows import class_row
 
-from kronos_db import locks
+from kronos_db import db, locks
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
@@ -547,14 +547,18 @@ def coverage(partitions: Iterable[Partition], now: datetime) -> tuple[datetime |
 
 
 def partition_status(
-    conn: psycopg.Connection[Any], settings: Settings, now: datetime
+    conn: psycopg.Connection[Any] | db.Target, settings: Settings, now: datetime
 ) -> PartitionStatus:
     """Every partition, the default partition's rows, coverage ahead and the next rotation.
 
+    ``conn`` is an open psycopg connection, or a ``db.Target`` to open one for the call.
     ``level`` is CRITICAL when ``now`` is not covered or fewer than ``coverage_critical``
     partitions are ready ahead; WARNING when fewer than ``coverage_warning`` are, when rows sit
     in the default partition, or when a retirement was left unfinished.
     """
+    if isinstance(conn, db.Target):
+        with db.connection(conn) as opened:
+            return partition_status(opened, settings, now)
     options = settings.partitions
     now = _utc(now)
     with _catalog_timeout(conn, options):
@@ -1281,7 +1285,7 @@ def record_backup(conn: psycopg.Connection[Any], file_path: str) -> int:
 
 
 def rotate(
-    conn: psycopg.Connection[Any],
+    conn: psycopg.Connection[Any] | db.Target,
     settings: Settings,
     now: datetime,
     *,
@@ -1290,11 +1294,15 @@ def rotate(
 ) -> RotationResult:
     """Create the missing partitions, rescue default rows, apply retention; report each step.
 
-    Takes the table's advisory lock on ``conn`` first: when another run holds it, returns at
-    once with ``skipped=True`` having done nothing. A failed step is reported in the result and
-    does not stop the independent ones. ``dry_run`` runs nothing and returns the SQL it would.
-    ``conn`` must be in autocommit mode (each step commits on its own).
+    ``conn`` is an autocommit psycopg connection (each step commits on its own), or a
+    ``db.Target`` to open one for the call. Takes the table's advisory lock on it first: when
+    another run holds it, returns at once with ``skipped=True`` having done nothing. A failed
+    step is reported in the result and does not stop the independent ones. ``dry_run`` runs
+    nothing and returns, in ``statements``, the SQL it would run.
     """
+    if isinstance(conn, db.Target):
+        with db.connection(conn) as opened:
+            return rotate(opened, settings, now, dry_run=dry_run, notify=notify)
     options = settings.partitions
     now = _utc(now)
     if not conn.autocommit:

@@ -190,6 +190,13 @@ def test_detach_keeps_the_retired_partition_as_a_plain_table(
     assert partitions.rotate(conn, settings, TODAY + timedelta(days=45)).steps == ()
 
 
+def test_the_library_also_takes_a_target(database: Database) -> None:
+    status = partitions.partition_status(database.target, Settings(), TODAY + timedelta(hours=1))
+    assert status.level == "OK"
+    result = partitions.rotate(database.target, Settings(), TODAY + timedelta(days=1, hours=1))
+    assert [step.kind for step in result.steps] == ["create"]
+
+
 def test_a_held_lock_makes_rotate_do_nothing(
     conn: psycopg.Connection[Any], database: Database, backend: str
 ) -> None:
