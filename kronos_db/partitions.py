@@ -995,7 +995,7 @@ class _Rotation:
         def attach() -> None:
             nonlocal moved
             runner.execute(
-                sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
                     self.parent.identifier()
                 )
             )

@@ -519,3 +519,45 @@ def test_status_and_rotate_leave_the_session_settings_as_they_were(
     partitions.rotate(conn, Settings(), TODAY + timedelta(days=40))
     assert conn.execute("SHOW statement_timeout").fetchone() == ("7s",)
     assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",)
+
+
+def test_no_row_is_lost_while_services_write_into_the_range_being_attached(
+    conn: psycopg.Connection[Any], database: Database
+) -> None:
+    # today's partition is gone: the services' rows land in the default partition
+    today = partition_name("logs", TODAY, "daily")
+    conn.execute(f"DROP TABLE {today}")
+    insert(conn, *[TODAY + timedelta(seconds=i) for i in range(2000)])
+    written = 2000
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def service() -> None:
+        nonlocal written
+        try:
+            with database.connect() as writer:
+                second = 5000
+                while not stop.is_set():
+                    insert(writer, TODAY + timedelta(seconds=second))
+                    written += 1
+                    second += 1
+        except BaseException as exc:  # the test fails below, with the cause
+            errors.append(exc)
+
+    thread = threading.Thread(target=service)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        result = partitions.rotate(conn, policy(move_batch_size=100), TODAY + timedelta(hours=2))
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors  # no insert of a service failed
+    assert written > 2000
+    assert not result.failed, result.failed
+    assert [s.partition for s in result.steps] == [today]
+    assert default_rows(conn) == 0
+    assert total_rows(conn) == written
+    row = conn.execute(f"SELECT count(*) FROM {today}").fetchone()
+    assert row == (written,)
