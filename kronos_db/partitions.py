@@ -1191,10 +1191,16 @@ class _Rotation:
             runner.execute(count)
             runner.execute(record, {"file_path": str(path)})
             return {"archive_file": str(path)}
-        rows = archive_table(self.conn, table, path)
+        try:
+            rows = archive_table(self.conn, table, path)
+            written = count_archive_rows(path)
+        except OSError as exc:
+            raise ArchiveError(
+                f"archive of {name}: cannot write {path}: {exc.strerror or exc}; "
+                "the table is kept, detached, and the next run tries again"
+            ) from None
         row = self.conn.execute(count).fetchone()
         expected = int(row[0]) if row else -1
-        written = count_archive_rows(path)
         runner.record(runner.render(copy))
         runner.record(runner.render(count))
         if not rows == written == expected:

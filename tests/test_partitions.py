@@ -561,3 +561,37 @@ def test_no_row_is_lost_while_services_write_into_the_range_being_attached(
     assert total_rows(conn) == written
     row = conn.execute(f"SELECT count(*) FROM {today}").fetchone()
     assert row == (written,)
+
+
+def test_an_archive_that_cannot_be_written_keeps_the_rows_for_the_next_run(
+    conn: psycopg.Connection[Any], tmp_path: Path, cli: Any, database: Database
+) -> None:
+    old = partition_name("logs", TODAY, "daily")
+    insert(conn, *[TODAY + timedelta(minutes=i) for i in range(10)])
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    later = (TODAY + timedelta(days=45)).isoformat()
+    failed = cli(
+        "partitions",
+        "rotate",
+        "--retention-action",
+        "archive",
+        "--archive-directory",
+        str(blocked),
+        "--now",
+        later,
+        "--database-url",
+        database.url,
+    )
+    assert failed.code == 1, failed.output
+    assert f"FAILED retire {old}" in failed.stdout
+    assert "Traceback" not in failed.output
+    assert conn.execute(f"SELECT count(*) FROM {old}").fetchone() == (10,)
+    # the other steps ran: the partitions ahead of the moved clock exist
+    assert partition_name("logs", TODAY + timedelta(days=52), "daily") in names(conn)
+
+    settings = policy(retention_action="archive", archive_directory=str(tmp_path / "ok"))
+    result = partitions.rotate(conn, settings, TODAY + timedelta(days=45))
+    resumed = [s for s in result.steps if s.partition == old]
+    assert [(s.kind, s.ok, s.archived_rows) for s in resumed] == [("resume", True, 10)]
+    assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
