@@ -115,10 +115,68 @@ class HousekeepingSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PartitionSettings:
+    table: str = setting(
+        "public.logs", "The range-partitioned table whose partitions kronos-db manages."
+    )
+    backend: Literal["auto", "native", "partman"] = setting(
+        "auto",
+        "auto: pg_partman when the extension is installed and the table is registered in "
+        "partman.part_config, else native; native or partman to force one.",
+    )
+    interval: Literal["hourly", "daily", "weekly", "monthly"] = setting(
+        "daily", "Partition width (UTC bounds; weekly partitions start on ISO Monday)."
+    )
+    premake: int = setting(
+        7, "How many partitions to keep ready after the one holding now.", minimum=1
+    )
+    retention: timedelta = setting(
+        timedelta(days=30),
+        "Retire a partition once its whole range is older than this (0: keep forever).",
+    )
+    retention_action: Literal["drop", "detach", "archive"] = setting(
+        "drop",
+        "What retention does: drop the partition, detach it (keep it as a plain table), or "
+        "archive it (gzip'd COPY file, row count verified, recorded in backups) then drop it.",
+    )
+    archive_directory: str = setting(
+        "", "Where `archive` writes its files (required when retention_action = archive)."
+    )
+    lock_timeout: timedelta = setting(
+        timedelta(seconds=2),
+        "lock_timeout for each DDL statement: give up quickly instead of queueing an "
+        "exclusive lock in front of the services' writes.",
+    )
+    retry_delay: timedelta = setting(
+        timedelta(milliseconds=500),
+        "First back-off after a lock timeout; doubles (with jitter) up to 30s.",
+    )
+    budget: timedelta = setting(
+        timedelta(minutes=2),
+        "Total time one step may spend retrying lock timeouts before it is reported failed.",
+    )
+    move_batch_size: int = setting(
+        10_000,
+        "Rows moved per transaction out of the default partition into a new partition.",
+        minimum=1,
+    )
+    coverage_warning: int = setting(
+        3, "status: WARNING when fewer partitions than this are ready ahead of now.", minimum=0
+    )
+    coverage_critical: int = setting(
+        1, "status: CRITICAL when fewer partitions than this are ready ahead of now.", minimum=0
+    )
+    statement_timeout: timedelta = setting(
+        timedelta(seconds=30), "statement_timeout for catalog queries and row counts."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
     housekeeping: HousekeepingSettings = dataclasses.field(default_factory=HousekeepingSettings)
+    partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
     # "section.key" -> where the value came from: "default", a file path, an option, a variable.
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     path: Path | None = None

@@ -84,6 +84,14 @@ class ChecksumMismatchError(KronosError):
     exit_code = ExitCode.CHECKSUM
 
 
+class PartitionError(KronosError):
+    """A partition maintenance step failed."""
+
+
+class ArchiveError(PartitionError):
+    """An archive file could not be written or did not hold every row of its partition."""
+
+
 class InsufficientPrivilegeError(KronosError):
     """The connected role lacks a privilege this operation needs."""
 

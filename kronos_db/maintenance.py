@@ -7,8 +7,7 @@ another run is still doing is reported as ``skipped``, not failed.
 
 Adding a job is adding ONE entry to :data:`JOBS`: a :class:`MaintenanceJob` whose ``run``
 takes ``(conn, now, settings, dry_run, on_progress)`` and returns a
-:class:`~kronos_db.housekeeping.JobResult`. Partition rotation (``kronos_db.partitions``) is
-meant to be added there, next to the marker comment, when it exists.
+:class:`~kronos_db.housekeeping.JobResult`. Partition rotation runs first.
 
 The results can be written in the Prometheus text exposition format for the node exporter's
 textfile collector (:func:`write_metrics`), atomically (temporary file, then rename).
@@ -22,6 +21,7 @@ import re
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import psycopg
 
-from kronos_db import db, housekeeping, queue
+from kronos_db import db, housekeeping, partitions, queue
 from kronos_db.config import Settings
-from kronos_db.errors import KronosError, UsageError
+from kronos_db.errors import KronosError, PartitionError, UsageError
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
 
 JobRunner = Callable[
@@ -127,13 +127,38 @@ def _reset_rate_limits(
     )
 
 
+def _rotate_partitions(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    settings: Settings,
+    dry_run: bool,
+    on_progress: ProgressCallback | None,
+) -> JobResult:
+    started = time.monotonic()
+    result = partitions.rotate(conn, settings, now, dry_run=dry_run)
+    if result.failed:
+        raise PartitionError("; ".join(f"{step.partition}: {step.error}" for step in result.failed))
+    done = [step for step in result.steps if step.ok]
+    return JobResult(
+        job="rotate-partitions",
+        rows=len(done),
+        batches=len(done),
+        seconds=time.monotonic() - started,
+        now=now,
+        dry_run=dry_run,
+        skipped=result.skipped,
+        details=dict(Counter(step.kind for step in done)),
+    )
+
+
 # The registry of periodic jobs, run in this order by `kronos-db maintain`.
 JOBS: tuple[MaintenanceJob, ...] = (
-    # Partition rotation goes here, FIRST, as one entry, when kronos_db.partitions exists:
-    #     MaintenanceJob("rotate-partitions", "create upcoming logs partitions, drop expired ones",
-    #                    _rotate_partitions),
-    # with _rotate_partitions(conn, now, settings, dry_run, on_progress) calling
-    # partitions.rotate(...) and returning a JobResult (rows: partitions created + dropped).
+    # first: a missing partition makes the services' log rows land in the default partition
+    MaintenanceJob(
+        "rotate-partitions",
+        "create upcoming log partitions, retire expired ones",
+        _rotate_partitions,
+    ),
     MaintenanceJob("expire-sessions", "delete expired and idle sessions", _expire_sessions),
     MaintenanceJob("expire-cache", "delete expired cache rows", _expire_cache),
     MaintenanceJob(

@@ -130,8 +130,8 @@ def test_maintain_exits_1_when_a_job_failed_and_writes_metrics(
     assert result.code == 1, result.output
     assert "expire-cache: FAILED" in result.stderr
     assert "lock timeout" in result.stderr
-    assert "maintain: 1 of 5 jobs failed: expire-cache" in result.stderr
-    assert result.stdout.startswith("expire-sessions: 25 rows")
+    assert "maintain: 1 of 6 jobs failed: expire-cache" in result.stderr
+    assert "\nexpire-sessions: 25 rows" in result.stdout
     text = metrics.read_text()
     assert 'kronos_maintenance_job_success{job="expire-cache"} 0' in text
     assert 'kronos_maintenance_job_rows{job="expire-sessions"} 25' in text

@@ -17,6 +17,7 @@ from kronos_db import __version__
 from kronos_db.cli import config as config_commands
 from kronos_db.cli import housekeeping as housekeeping_commands
 from kronos_db.cli import migrate as migrate_commands
+from kronos_db.cli import partitions as partitions_commands
 from kronos_db.cli.common import configure_logging, redact, stderr
 from kronos_db.errors import ExitCode, KronosError
 
@@ -57,6 +58,7 @@ def root(
 migrate_commands.register(app)
 app.add_typer(config_commands.app, name="config")
 housekeeping_commands.register(app)
+app.add_typer(partitions_commands.app, name="partitions")
 
 
 def _fail(message: str, code: int) -> None:

@@ -1,0 +1,597 @@
+"""The logs partition lifecycle, against the real server, with the clock moved by weeks.
+
+Every scenario that the issue's acceptance names runs on both backends: native, and pg_partman
+(the extension created in the test's own database and the table adopted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import REPO, Database
+
+from kronos_db import locks, partitions, partman
+from kronos_db.config import PartitionSettings, Settings
+from kronos_db.partitions import add_intervals, floor_time, partition_name
+
+# the template is migrated at the real time: today (UTC) and 7 days ahead exist
+TODAY = floor_time(datetime.now(UTC), "daily")
+
+
+def policy(**changes: Any) -> Settings:
+    return dataclasses.replace(Settings(), partitions=PartitionSettings(**changes))
+
+
+def names(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'public.logs'::regclass AND c.relname <> 'logs_default'"
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def daily(start: datetime, count: int) -> set[str]:
+    return {partition_name("logs", start + timedelta(days=i), "daily") for i in range(count)}
+
+
+def insert(conn: psycopg.Connection[Any], *times: datetime, message: str = "m") -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            'INSERT INTO logs (service_name, level, message, "timestamp") '
+            "VALUES ('svc', 'info', %s, %s)",
+            [(message, t) for t in times],
+        )
+
+
+def total_rows(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM logs").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def default_rows(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM logs_default").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture(params=["native", "partman"])
+def backend(request: pytest.FixtureRequest, conn: psycopg.Connection[Any]) -> str:
+    """Each acceptance test runs twice: native, and with the table adopted by pg_partman."""
+    if request.param == "partman":
+        conn.execute("CREATE SCHEMA partman")
+        conn.execute("CREATE EXTENSION pg_partman SCHEMA partman")
+        result = partman.adopt(conn, policy())
+        assert result.created
+    return str(request.param)
+
+
+def test_names_and_bounds_follow_pg_partman() -> None:
+    moment = datetime(2026, 11, 25, 13, 37, tzinfo=UTC)
+    assert partition_name("logs", floor_time(moment, "hourly"), "hourly") == "logs_p2026_11_25_1300"
+    assert partition_name("logs", floor_time(moment, "daily"), "daily") == "logs_p2026_11_25"
+    assert floor_time(moment, "weekly") == datetime(2026, 11, 23, tzinfo=UTC)  # a Monday
+    assert partition_name("logs", floor_time(moment, "weekly"), "weekly") == "logs_p2026w48"
+    assert partition_name("logs", floor_time(moment, "monthly"), "monthly") == "logs_p2026_11"
+    assert add_intervals(datetime(2026, 12, 1, tzinfo=UTC), "monthly") == datetime(
+        2027, 1, 1, tzinfo=UTC
+    )
+    # an instant given in another zone lands in its UTC partition
+    tokyo = datetime.fromisoformat("2026-11-26T08:00:00+09:00")
+    assert partition_name("logs", floor_time(tokyo, "daily"), "daily") == "logs_p2026_11_25"
+
+
+def test_rotate_creates_and_retires_exactly_the_policy(
+    conn: psycopg.Connection[Any], backend: str
+) -> None:
+    settings = policy(premake=7, retention=timedelta(days=30))
+    original = daily(TODAY, 8)
+    assert names(conn) == original
+
+    three_weeks = TODAY + timedelta(days=21, hours=5)
+    result = partitions.rotate(conn, settings, three_weeks)
+    assert not result.failed, result.failed
+    assert result.backend == backend
+    assert names(conn) == original | daily(TODAY + timedelta(days=21), 8)
+    again = partitions.rotate(conn, settings, three_weeks)
+    assert again.steps == ()
+    assert not again.changed
+
+    # two months on: everything whose whole range is older than 30 days goes
+    later = TODAY + timedelta(days=60, hours=1)
+    result = partitions.rotate(conn, settings, later)
+    assert not result.failed, result.failed
+    cutoff = later - timedelta(days=30)
+    survivors = {
+        name
+        for name in original | daily(TODAY + timedelta(days=21), 8)
+        if datetime.strptime(name, "logs_p%Y_%m_%d").replace(tzinfo=UTC) + timedelta(days=1)
+        >= cutoff
+    }
+    assert names(conn) == survivors | daily(TODAY + timedelta(days=60), 8)
+    retired = {step.partition for step in result.steps if step.kind == "retire" and step.ok}
+    assert retired == (original | daily(TODAY + timedelta(days=21), 8)) - survivors
+    for name in retired:
+        assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
+    assert partitions.rotate(conn, settings, later).steps == ()
+
+
+def test_rows_in_the_default_partition_end_in_their_partition(
+    conn: psycopg.Connection[Any], backend: str
+) -> None:
+    settings = policy(move_batch_size=3)
+    # written while no partition covered them: a gap in the past, and beyond coverage
+    stray = [TODAY + timedelta(days=12, hours=h) for h in range(0, 24, 3)]
+    stray += [TODAY + timedelta(days=15, minutes=m) for m in range(7)]
+    covered = [TODAY + timedelta(hours=1), TODAY + timedelta(days=2)]
+    insert(conn, *stray, *covered)
+    before = total_rows(conn)
+    assert default_rows(conn) == len(stray)
+
+    now = TODAY + timedelta(days=14, hours=2)  # day 12 is in the past, day 15 is ahead
+    result = partitions.rotate(conn, settings, now)
+    assert not result.failed, result.failed
+    assert sum(step.rows_moved for step in result.steps) == len(stray)
+    assert default_rows(conn) == 0
+    assert total_rows(conn) == before
+    rows = conn.execute('SELECT tableoid::regclass::text, "timestamp", id FROM logs').fetchall()
+    for table, moment, _id in rows:
+        assert table == partition_name("logs", floor_time(moment, "daily"), "daily")
+    assert len({(row[2], row[1]) for row in rows}) == len(rows)  # no row in two places
+    assert partitions.rotate(conn, settings, now).steps == ()
+
+
+def test_archive_writes_verifies_records_then_drops(
+    conn: psycopg.Connection[Any], backend: str, tmp_path: Path
+) -> None:
+    settings = policy(retention_action="archive", archive_directory=str(tmp_path))
+    old = partition_name("logs", TODAY, "daily")
+    insert(conn, *[TODAY + timedelta(minutes=i) for i in range(50)], message="line\nwith\ttab")
+    result = partitions.rotate(conn, settings, TODAY + timedelta(days=45))
+    assert not result.failed, result.failed
+    step = next(s for s in result.steps if s.partition == old)
+    assert step.archived_rows == 50
+    assert step.archive_file is not None
+    path = Path(step.archive_file)
+    with gzip.open(path, "rt") as handle:
+        lines = handle.read().splitlines()
+    assert len(lines) == 50
+    assert "line\\nwith\\ttab" in lines[0]
+    recorded = conn.execute("SELECT file_path FROM backups").fetchall()
+    assert (str(path),) in recorded
+    assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_detach_keeps_the_retired_partition_as_a_plain_table(
+    conn: psycopg.Connection[Any], backend: str
+) -> None:
+    settings = policy(retention_action="detach")
+    old = partition_name("logs", TODAY, "daily")
+    insert(conn, TODAY + timedelta(minutes=1))
+    result = partitions.rotate(conn, settings, TODAY + timedelta(days=45))
+    assert not result.failed, result.failed
+    assert old not in names(conn)
+    assert conn.execute(f"SELECT count(*) FROM {old}").fetchone() == (1,)
+    note = conn.execute("SELECT obj_description(%s::regclass, 'pg_class')", (old,)).fetchone()
+    assert note is not None
+    assert "detached from public.logs" in note[0]
+    # a detached table keeps its name, and the next run leaves it alone
+    assert partitions.rotate(conn, settings, TODAY + timedelta(days=45)).steps == ()
+
+
+def test_the_library_also_takes_a_target(database: Database) -> None:
+    status = partitions.partition_status(database.target, Settings(), TODAY + timedelta(hours=1))
+    assert status.level == "OK"
+    result = partitions.rotate(database.target, Settings(), TODAY + timedelta(days=1, hours=1))
+    assert [step.kind for step in result.steps] == ["create"]
+
+
+def test_a_held_lock_makes_rotate_do_nothing(
+    conn: psycopg.Connection[Any], database: Database, backend: str
+) -> None:
+    with (
+        database.connect() as other,
+        locks.try_advisory_lock(other, partitions.lock_name("public.logs")) as held,
+    ):
+        assert held
+        result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=21))
+    assert result.skipped
+    assert result.steps == ()
+    assert names(conn) == daily(TODAY, 8)
+
+
+@pytest.mark.slow
+def test_two_rotations_started_together(database: Database, backend: str) -> None:
+    now = (TODAY + timedelta(days=21)).isoformat()
+    command = [
+        sys.executable,
+        "-m",
+        "kronos_db",
+        "partitions",
+        "rotate",
+        "--now",
+        now,
+        "--database-url",
+        database.url,
+    ]
+    runs = [
+        subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    creating = [out for out, _err in outputs if "create logs_p" in out]
+    assert len(creating) == 1, outputs
+    with database.connect() as conn:
+        assert names(conn) == daily(TODAY, 8) | daily(TODAY + timedelta(days=21), 8)
+
+
+def test_bounds_are_utc_whatever_the_session_time_zone(database: Database, backend: str) -> None:
+    with database.connect() as conn:
+        conn.execute(f"ALTER DATABASE {database.name} SET timezone = 'Pacific/Chatham'")
+    with database.connect() as conn:
+        assert conn.execute("SHOW timezone").fetchone() == ("Pacific/Chatham",)
+        insert(conn, TODAY + timedelta(days=20, hours=23, minutes=59))
+        result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=20, hours=23))
+        assert not result.failed, result.failed
+        conn.execute("SET timezone = 'UTC'")
+        bounds = dict(
+            conn.execute(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'logs'::regclass"
+            ).fetchall()
+        )
+    day = TODAY + timedelta(days=20)
+    name = partition_name("logs", day, "daily")
+    assert bounds[name] == (
+        f"FOR VALUES FROM ('{day:%Y-%m-%d} 00:00:00+00') "
+        f"TO ('{day + timedelta(days=1):%Y-%m-%d} 00:00:00+00')"
+    )
+
+
+def test_future_attach_does_not_scan_the_default_partition(
+    conn: psycopg.Connection[Any],
+) -> None:
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary or ""))
+    # the default holds a row older than the retention: left there, and not scanned
+    insert(conn, TODAY - timedelta(days=40))
+    conn.execute("SET client_min_messages = debug1")
+    result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
+    conn.execute("RESET client_min_messages")
+    assert [step.partition for step in result.steps] == [
+        partition_name("logs", TODAY + timedelta(days=8), "daily")
+    ]
+    assert any(
+        'default partition "logs_default" is implied by existing constraints' in n for n in notices
+    ), notices
+    assert result.warnings == (
+        "1 row(s) in the default partition are older than the retention (30d): left in place",
+    )
+    assert default_rows(conn) == 1
+    guards = conn.execute(
+        "SELECT count(*) FROM pg_constraint WHERE conname LIKE '%kronos_attach_guard'"
+    ).fetchone()
+    assert guards == (0,)
+
+
+def test_dry_run_prints_the_sql_and_runs_nothing(conn: psycopg.Connection[Any]) -> None:
+    insert(conn, TODAY + timedelta(days=30))
+    result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=40), dry_run=True)
+    text = "\n".join(result.statements)
+    assert 'CREATE TABLE "public"."logs_p' in text
+    assert "ATTACH PARTITION" in text
+    assert "DETACH PARTITION" in text
+    assert "DROP TABLE" in text
+    assert 'DELETE FROM "public"."logs_default"' in text
+    assert names(conn) == daily(TODAY, 8)
+    assert default_rows(conn) == 1
+
+
+def test_lock_timeout_is_retried_then_reported_without_stopping_other_steps(
+    conn: psycopg.Connection[Any], database: Database
+) -> None:
+    settings = policy(
+        lock_timeout=timedelta(milliseconds=100),
+        retry_delay=timedelta(milliseconds=100),
+        budget=timedelta(seconds=1),
+    )
+    with database.connect(autocommit=False) as blocker:
+        # a long transaction reading the oldest partition: its DETACH must wait
+        blocker.execute(f"SELECT count(*) FROM {partition_name('logs', TODAY, 'daily')}")
+        started = time.monotonic()
+        result = partitions.rotate(conn, settings, TODAY + timedelta(days=31, hours=1))
+        assert time.monotonic() - started < 10
+        blocker.rollback()
+    failed = {step.partition for step in result.failed}
+    assert failed == {partition_name("logs", TODAY, "daily")}
+    assert result.failed[0].attempts > 1
+    assert "lock_timeout" in (result.failed[0].error or "")
+    assert result.exit_code == 4
+    # the independent steps still ran
+    assert partition_name("logs", TODAY + timedelta(days=38), "daily") in names(conn)
+
+    # a blocker that goes away within the budget: the retry succeeds
+    settings = policy(
+        lock_timeout=timedelta(milliseconds=100),
+        retry_delay=timedelta(milliseconds=100),
+        budget=timedelta(seconds=20),
+    )
+    blocker = database.connect(autocommit=False)
+    blocker.execute(f"SELECT count(*) FROM {partition_name('logs', TODAY, 'daily')}")
+    timer = threading.Timer(0.5, blocker.close)
+    timer.start()
+    try:
+        result = partitions.rotate(conn, settings, TODAY + timedelta(days=31, hours=1))
+    finally:
+        timer.join()
+    assert not result.failed, result.failed
+    assert partition_name("logs", TODAY, "daily") not in names(conn)
+
+
+def test_an_interrupted_concurrent_detach_is_finalized(
+    conn: psycopg.Connection[Any], database: Database
+) -> None:
+    # without a default partition DETACH CONCURRENTLY is allowed, and can be interrupted
+    conn.execute("ALTER TABLE logs DETACH PARTITION logs_default")
+    conn.execute("DROP TABLE logs_default")
+    victim = partition_name("logs", TODAY, "daily")
+    with database.connect(autocommit=False) as reader:
+        reader.execute("SELECT count(*) FROM logs")  # an old snapshot the detach waits for
+        conn.execute("SET statement_timeout = '500ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(f"ALTER TABLE logs DETACH PARTITION {victim} CONCURRENTLY")
+        conn.execute("RESET statement_timeout")
+        reader.rollback()
+    pending = conn.execute(
+        "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass", (victim,)
+    ).fetchone()
+    assert pending == (True,)
+    now = TODAY + timedelta(days=1, hours=1)
+    status = partitions.partition_status(conn, Settings(), now)
+    assert status.level == "WARNING"
+    assert "interrupted concurrent detach" in status.problems[0]
+    result = partitions.rotate(conn, Settings(), now)
+    first = result.steps[0]
+    assert (first.kind, first.partition, first.ok) == ("finalize", victim, True)
+    assert not result.failed, result.failed
+    assert conn.execute("SELECT to_regclass(%s)", (victim,)).fetchone() == (None,)
+    # and with no default partition, retention detaches CONCURRENTLY
+    result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=45))
+    assert not result.failed, result.failed
+    assert any("DETACH PARTITION" in s and s.endswith("CONCURRENTLY") for s in result.statements)
+    assert names(conn) == daily(TODAY + timedelta(days=45), 8)
+
+
+def test_status_levels_follow_coverage_and_default_rows(
+    conn: psycopg.Connection[Any], backend: str
+) -> None:
+    settings = Settings()
+    ok = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
+    assert (ok.level, ok.exit_code, ok.partitions_ahead) == ("OK", 0, 7)
+    assert ok.covered_until == TODAY + timedelta(days=8)
+    assert ok.backend == backend
+    warning = partitions.partition_status(conn, settings, TODAY + timedelta(days=5, hours=1))
+    assert (warning.level, warning.partitions_ahead) == ("WARNING", 2)
+    critical = partitions.partition_status(conn, settings, TODAY + timedelta(days=9))
+    assert (critical.level, critical.exit_code, critical.covered_until) == ("CRITICAL", 2, None)
+    assert [a.kind for a in critical.plan].count("create") == 8
+    insert(conn, TODAY + timedelta(days=20))
+    stray = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
+    assert (stray.level, stray.default_rows) == ("WARNING", 1)
+
+
+def test_cli_status_json_and_exit_codes(database: Database, cli: Any) -> None:
+    now = (TODAY + timedelta(days=9)).isoformat()
+    result = cli("partitions", "status", "--json", "--now", now, "--database-url", database.url)
+    assert result.code == 2, result.output
+    import json
+
+    data = json.loads(result.stdout)
+    assert data["level"] == "CRITICAL"
+    assert data["default_partition"] == "logs_default"
+    result = cli("partitions", "status", "--database-url", database.url)
+    assert result.code == 0, result.output
+    assert "logs_default" in result.stdout
+    missing = cli("partitions", "status", "--database-url", database.url + "_missing")
+    assert missing.code == 3
+    assert "UNKNOWN" in missing.stderr
+    bad = cli("partitions", "rotate", "--interval", "yearly", "--database-url", database.url)
+    assert bad.code == 2
+    assert "Traceback" not in bad.output
+
+
+def test_cli_rotate_is_quiet_without_a_terminal_when_nothing_to_do(
+    database: Database, cli: Any
+) -> None:
+    first = cli("partitions", "rotate", "--database-url", database.url)
+    assert (first.code, first.stdout, first.stderr) == (0, "", "")
+    dry = cli(
+        "partitions",
+        "rotate",
+        "--dry-run",
+        "--now",
+        (TODAY + timedelta(days=2)).isoformat(),
+        "--database-url",
+        database.url,
+    )
+    assert dry.code == 0
+    assert "ATTACH PARTITION" in dry.stdout
+
+
+def test_an_unfinished_archive_is_resumed(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    # a run that died after the detach: the table is marked, and the next run archives it
+    old = partition_name("logs", TODAY, "daily")
+    insert(conn, TODAY + timedelta(minutes=5))
+    conn.execute(f"ALTER TABLE logs DETACH PARTITION {old}")
+    conn.execute(
+        f"COMMENT ON TABLE {old} IS 'kronos-db: retired from public.logs: archive pending'"
+    )
+    settings = policy(retention_action="archive", archive_directory=str(tmp_path))
+    result = partitions.rotate(conn, settings, TODAY + timedelta(hours=1))
+    assert [(s.kind, s.partition, s.ok, s.archived_rows) for s in result.steps] == [
+        ("resume", old, True, 1)
+    ]
+    assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
+
+
+@pytest.mark.parametrize(
+    ("interval", "premake", "expected"),
+    [
+        (
+            "hourly",
+            3,
+            [
+                "logs_p2027_03_03_1000",
+                "logs_p2027_03_03_1100",
+                "logs_p2027_03_03_1200",
+                "logs_p2027_03_03_1300",
+            ],
+        ),
+        ("weekly", 1, ["logs_p2027w09", "logs_p2027w10"]),
+        ("monthly", 2, ["logs_p2027_03", "logs_p2027_04", "logs_p2027_05"]),
+    ],
+)
+def test_every_interval_makes_contiguous_partman_named_partitions(
+    conn: psycopg.Connection[Any], interval: str, premake: int, expected: list[str]
+) -> None:
+    for name in names(conn):
+        conn.execute(f"DROP TABLE {name}")
+    settings = policy(interval=interval, premake=premake, retention=timedelta(0))
+    now = datetime(2027, 3, 3, 10, 30, tzinfo=UTC)
+    result = partitions.rotate(conn, settings, now)
+    assert not result.failed, result.failed
+    assert sorted(names(conn)) == expected
+    status = partitions.partition_status(conn, settings, now)
+    assert status.partitions_ahead == premake
+    assert partitions.rotate(conn, settings, now).steps == ()
+
+
+def test_new_partitions_get_the_parents_privileges(conn: psycopg.Connection[Any]) -> None:
+    role = f"kronos_viewer_{conn.info.backend_pid}"
+    conn.execute(f"CREATE ROLE {role}")
+    try:
+        conn.execute(f"GRANT SELECT ON logs TO {role}")
+        partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
+        newest = partition_name("logs", TODAY + timedelta(days=8), "daily")
+        allowed = conn.execute(
+            "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT')",
+            (role, newest, role, newest),
+        ).fetchone()
+        assert allowed == (True, False)
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+def test_new_partitions_inherit_the_newest_partitions_storage_parameters(
+    conn: psycopg.Connection[Any],
+) -> None:
+    newest = partition_name("logs", TODAY + timedelta(days=7), "daily")
+    conn.execute(
+        f"ALTER TABLE {newest} SET (autovacuum_vacuum_scale_factor = 0.01, fillfactor = 90)"
+    )
+    partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
+    created = partition_name("logs", TODAY + timedelta(days=8), "daily")
+    options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (created,))
+    assert options.fetchone() == (["autovacuum_vacuum_scale_factor=0.01", "fillfactor=90"],)
+
+
+def test_status_and_rotate_leave_the_session_settings_as_they_were(
+    conn: psycopg.Connection[Any],
+) -> None:
+    conn.execute("SET statement_timeout = '7s'")
+    conn.execute("SET lock_timeout = '3s'")
+    partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
+    partitions.rotate(conn, Settings(), TODAY + timedelta(days=40))
+    assert conn.execute("SHOW statement_timeout").fetchone() == ("7s",)
+    assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",)
+
+
+def test_no_row_is_lost_while_services_write_into_the_range_being_attached(
+    conn: psycopg.Connection[Any], database: Database
+) -> None:
+    # today's partition is gone: the services' rows land in the default partition
+    today = partition_name("logs", TODAY, "daily")
+    conn.execute(f"DROP TABLE {today}")
+    insert(conn, *[TODAY + timedelta(seconds=i) for i in range(2000)])
+    written = 2000
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def service() -> None:
+        nonlocal written
+        try:
+            with database.connect() as writer:
+                second = 5000
+                while not stop.is_set():
+                    insert(writer, TODAY + timedelta(seconds=second))
+                    written += 1
+                    second += 1
+        except BaseException as exc:  # the test fails below, with the cause
+            errors.append(exc)
+
+    thread = threading.Thread(target=service)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        result = partitions.rotate(conn, policy(move_batch_size=100), TODAY + timedelta(hours=2))
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors  # no insert of a service failed
+    assert written > 2000
+    assert not result.failed, result.failed
+    assert [s.partition for s in result.steps] == [today]
+    assert default_rows(conn) == 0
+    assert total_rows(conn) == written
+    row = conn.execute(f"SELECT count(*) FROM {today}").fetchone()
+    assert row == (written,)
+
+
+def test_an_archive_that_cannot_be_written_keeps_the_rows_for_the_next_run(
+    conn: psycopg.Connection[Any], tmp_path: Path, cli: Any, database: Database
+) -> None:
+    old = partition_name("logs", TODAY, "daily")
+    insert(conn, *[TODAY + timedelta(minutes=i) for i in range(10)])
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    later = (TODAY + timedelta(days=45)).isoformat()
+    failed = cli(
+        "partitions",
+        "rotate",
+        "--retention-action",
+        "archive",
+        "--archive-directory",
+        str(blocked),
+        "--now",
+        later,
+        "--database-url",
+        database.url,
+    )
+    assert failed.code == 1, failed.output
+    assert f"FAILED retire {old}" in failed.stdout
+    assert "Traceback" not in failed.output
+    assert conn.execute(f"SELECT count(*) FROM {old}").fetchone() == (10,)
+    # the other steps ran: the partitions ahead of the moved clock exist
+    assert partition_name("logs", TODAY + timedelta(days=52), "daily") in names(conn)
+
+    settings = policy(retention_action="archive", archive_directory=str(tmp_path / "ok"))
+    result = partitions.rotate(conn, settings, TODAY + timedelta(days=45))
+    resumed = [s for s in result.steps if s.partition == old]
+    assert [(s.kind, s.ok, s.archived_rows) for s in resumed] == [("resume", True, 10)]
+    assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
