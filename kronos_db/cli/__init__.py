@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 
 from kronos_db import __version__
+from kronos_db.cli import backups as backup_commands
 from kronos_db.cli import config as config_commands
 from kronos_db.cli import migrate as migrate_commands
+from kronos_db.cli import security as security_commands
 from kronos_db.cli.common import configure_logging, redact, stderr
 from kronos_db.errors import ExitCode, KronosError
 
@@ -55,6 +57,8 @@ def root(
 
 migrate_commands.register(app)
 app.add_typer(config_commands.app, name="config")
+app.add_typer(backup_commands.app, name="backup", rich_help_panel="Backups")
+security_commands.register(app)
 
 
 def _fail(message: str, code: int) -> None:
