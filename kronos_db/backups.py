@@ -41,6 +41,7 @@ from kronos_db.durations import postgres_interval
 from kronos_db.errors import (
     BackupError,
     BackupVerificationError,
+    InsufficientPrivilegeError,
     KronosError,
     UsageError,
     translate_database_error,
@@ -105,8 +106,10 @@ class VerifyResult:
     @property
     def message(self) -> str:
         if self.passed:
-            return (f"checksum matches; restored and compared {self.tables_compared} tables "
-                    f"({self.rows_compared} rows)")
+            return (
+                f"checksum matches; restored and compared {self.tables_compared} tables "
+                f"({self.rows_compared} rows)"
+            )
         return "; ".join(self.problems)
 
 
@@ -172,12 +175,18 @@ def record_backup(
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise UsageError(f"not a SHA-256 hex digest: {sha256!r}")
     params = {
-        "created_at": created_at, "file_path": str(file_path), "kind": kind,
-        "database_name": database_name, "size_bytes": size_bytes, "sha256": sha256,
+        "created_at": created_at,
+        "file_path": str(file_path),
+        "kind": kind,
+        "database_name": database_name,
+        "size_bytes": size_bytes,
+        "sha256": sha256,
         "compression": compression,
         "row_counts": Jsonb(dict(row_counts)) if row_counts is not None else None,
-        "server_version": server_version, "tool_version": tool_version,
-        "started_at": started_at, "finished_at": finished_at,
+        "server_version": server_version,
+        "tool_version": tool_version,
+        "started_at": started_at,
+        "finished_at": finished_at,
     }
     with conn.cursor(row_factory=class_row(Backup)) as cur:
         row = cur.execute(query("backups", "insert_backup"), params).fetchone()
@@ -232,11 +241,14 @@ def _libpq_for(target: db.Target) -> _Libpq:
 
 def _tool_version(program: str) -> str:
     try:
-        completed = subprocess.run([program, "--version"], capture_output=True, text=True,
-                                   timeout=30, check=False)
+        completed = subprocess.run(
+            [program, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except FileNotFoundError:
-        raise BackupError(f"{program}: not found; install postgresql-client or set its path "
-                          "in [backups] of the configuration") from None
+        raise BackupError(
+            f"{program}: not found; install postgresql-client or set its path "
+            "in [backups] of the configuration"
+        ) from None
     except OSError as exc:
         raise BackupError(f"{program}: cannot run: {exc.strerror}") from None
     return completed.stdout.strip()
@@ -251,12 +263,19 @@ def _tool_failure(program: str, code: int, stderr: str, target: db.Target) -> Ba
 
 def _start_tool(arguments: list[str], libpq: _Libpq) -> subprocess.Popen[str]:
     try:
-        return subprocess.Popen(arguments, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=libpq.environment, text=True)
+        return subprocess.Popen(
+            arguments,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=libpq.environment,
+            text=True,
+        )
     except FileNotFoundError:
-        raise BackupError(f"{arguments[0]}: not found; install postgresql-client or set its "
-                          "path in [backups] of the configuration") from None
+        raise BackupError(
+            f"{arguments[0]}: not found; install postgresql-client or set its "
+            "path in [backups] of the configuration"
+        ) from None
     except OSError as exc:
         raise BackupError(f"{arguments[0]}: cannot run: {exc.strerror}") from None
 
@@ -309,10 +328,13 @@ def compare_row_counts(recorded: Mapping[str, int], restored: Mapping[str, int])
         if table not in restored:
             problems.append(f"table {table} is missing from the restored database")
         elif restored[table] != expected:
-            problems.append(f"table {table} has {restored[table]} rows, the backup recorded "
-                            f"{expected}")
-    problems += [f"table {table} was restored but the backup recorded no such table"
-                 for table in sorted(set(restored) - set(recorded))]
+            problems.append(
+                f"table {table} has {restored[table]} rows, the backup recorded {expected}"
+            )
+    problems += [
+        f"table {table} was restored but the backup recorded no such table"
+        for table in sorted(set(restored) - set(recorded))
+    ]
     return problems
 
 
@@ -322,8 +344,9 @@ def compare_row_counts(recorded: Mapping[str, int], restored: Mapping[str, int])
 def _backup_directory(settings: Settings, directory: str | Path | None) -> Path:
     chosen = directory or settings.backups.directory
     if not chosen:
-        raise UsageError("no backup directory: set [backups] directory in the configuration "
-                         "or pass --directory")
+        raise UsageError(
+            "no backup directory: set [backups] directory in the configuration or pass --directory"
+        )
     path = Path(chosen).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -417,10 +440,14 @@ def create_backup(
         try:
             with _exported_snapshot(target, settings) as (snapshot_conn, snapshot):
                 arguments = [
-                    program, "--format=custom", f"--compress={settings.backups.compression}",
-                    f"--snapshot={snapshot}", "--no-password",
+                    program,
+                    "--format=custom",
+                    f"--compress={settings.backups.compression}",
+                    f"--snapshot={snapshot}",
+                    "--no-password",
                     f"--lock-wait-timeout={postgres_interval(settings.backups.lock_wait_timeout)}",
-                    f"--file={partial}", f"--dbname={libpq.conninfo}",
+                    f"--file={partial}",
+                    f"--dbname={libpq.conninfo}",
                 ]
                 # pg_dump imports the snapshot as it starts; count in the same snapshot
                 # meanwhile, so counts and file agree whatever the services write
@@ -443,16 +470,25 @@ def create_backup(
         seconds = time.monotonic() - started
         try:
             return record_backup(
-                conn, kind="pg_dump", file_path=final, size_bytes=digest.size_bytes,
-                sha256=digest.sha256, row_counts=counts, database_name=database,
+                conn,
+                kind="pg_dump",
+                file_path=final,
+                size_bytes=digest.size_bytes,
+                sha256=digest.sha256,
+                row_counts=counts,
+                database_name=database,
                 compression=f"zlib:{settings.backups.compression}",
-                server_version=server_version, tool_version=tool_version, started_at=now,
-                finished_at=now + timedelta(seconds=seconds), created_at=now,
+                server_version=server_version,
+                tool_version=tool_version,
+                started_at=now,
+                finished_at=now + timedelta(seconds=seconds),
+                created_at=now,
             )
         except psycopg.Error as exc:
             error = translate_database_error(exc, target=target.describe())
-            raise BackupError(f"{final} was written but could not be recorded in backups: "
-                              f"{error.message}") from exc
+            raise BackupError(
+                f"{final} was written but could not be recorded in backups: {error.message}"
+            ) from exc
 
 
 # --------------------------------------------------------------------------- verify and restore
@@ -467,13 +503,16 @@ def _check_file(backup: Backup) -> list[str]:
     size = path.stat().st_size
     if backup.size_bytes is not None and size != backup.size_bytes:
         how = "it is truncated" if size < backup.size_bytes else "it was altered"
-        problems.append(f"{path}: the file has {size} bytes but {backup.size_bytes} were "
-                        f"recorded: {how}")
+        problems.append(
+            f"{path}: the file has {size} bytes but {backup.size_bytes} were recorded: {how}"
+        )
     if backup.sha256 is not None:
         actual = file_digest(path).sha256
         if actual != backup.sha256:
-            problems.append(f"{path}: checksum mismatch (SHA-256 {actual[:12]}…, recorded "
-                            f"{backup.sha256[:12]}…): the file is corrupted")
+            problems.append(
+                f"{path}: checksum mismatch (SHA-256 {actual[:12]}…, recorded "
+                f"{backup.sha256[:12]}…): the file is corrupted"
+            )
     return problems
 
 
@@ -482,8 +521,16 @@ def _server_connection(target: db.Target) -> db.Target:
 
 
 def _create_empty_database(target: db.Target, name: str) -> None:
-    with db.connection(_server_connection(target)) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    try:
+        with db.connection(_server_connection(target)) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+            )
+    except InsufficientPrivilegeError:
+        raise InsufficientPrivilegeError(
+            f"cannot create database {name!r}: the connected role needs CREATEDB "
+            "(backup verify and restore create a database on the same server)"
+        ) from None
 
 
 def _restore_into(
@@ -497,8 +544,13 @@ def _restore_into(
     """pg_restore the backup into the (empty) database; return its row counts."""
     restore_target = target.with_dbname(database)
     libpq = _libpq_for(restore_target)
-    arguments = [settings.backups.pg_restore, "--exit-on-error", "--no-password",
-                 f"--jobs={settings.backups.restore_jobs}", f"--dbname={libpq.conninfo}"]
+    arguments = [
+        settings.backups.pg_restore,
+        "--exit-on-error",
+        "--no-password",
+        f"--jobs={settings.backups.restore_jobs}",
+        f"--dbname={libpq.conninfo}",
+    ]
     if not keep_owners:
         arguments += ["--no-owner", "--no-privileges"]
     arguments.append(backup.file_path)
@@ -519,11 +571,15 @@ def _check_archive(settings: Settings, backup: Backup, target: db.Target) -> lis
 
 def _verifiable(backup: Backup) -> None:
     if backup.status == "pruned":
-        raise BackupError(f"backup {backup.id} was pruned (its file was deleted) at "
-                          f"{backup.pruned_at:%Y-%m-%d %H:%M} UTC")
+        raise BackupError(
+            f"backup {backup.id} was pruned (its file was deleted) at "
+            f"{backup.pruned_at:%Y-%m-%d %H:%M} UTC"
+        )
     if backup.kind != "pg_dump" and backup.sha256 is None:
-        raise BackupError(f"backup {backup.id} ({backup.kind}) has no recorded checksum: "
-                          "there is nothing to verify it against")
+        raise BackupError(
+            f"backup {backup.id} ({backup.kind}) has no recorded checksum: "
+            "there is nothing to verify it against"
+        )
 
 
 def verify_backup(
@@ -558,14 +614,26 @@ def verify_backup(
             problems = [f"restore failed: {exc.message}"]
         finally:
             db.drop_database(target.with_dbname(scratch), force=True)
-    result = VerifyResult(backup.id, backup.file_path, not problems, tuple(problems), tables,
-                          rows, scratch, time.monotonic() - started)
+    result = VerifyResult(
+        backup.id,
+        backup.file_path,
+        not problems,
+        tuple(problems),
+        tables,
+        rows,
+        scratch,
+        time.monotonic() - started,
+    )
     with db.connection(target) as conn:
-        conn.execute(query("backups", "update_backup_verification"), {
-            "id": backup.id, "verified_at": now,
-            "verify_result": "passed" if result.passed else "failed",
-            "verify_message": result.message,
-        })
+        conn.execute(
+            query("backups", "update_backup_verification"),
+            {
+                "id": backup.id,
+                "verified_at": now,
+                "verify_result": "passed" if result.passed else "failed",
+                "verify_message": result.message,
+            },
+        )
     return result
 
 
@@ -591,8 +659,10 @@ def restore_backup(
     if not database:
         raise UsageError("the target database needs a name")
     if database == target.dbname or database in _PROTECTED_DATABASES:
-        raise UsageError(f"refusing to restore over {database!r}: restore into a new database, "
-                         "then rename it if you must replace the live one")
+        raise UsageError(
+            f"refusing to restore over {database!r}: restore into a new database, "
+            "then rename it if you must replace the live one"
+        )
     with db.connection(target) as conn:
         backup = get_backup(conn, backup_id)
     if backup.kind != "pg_dump":
@@ -600,24 +670,36 @@ def restore_backup(
     _verifiable(backup)
     problems = _check_file(backup)
     if problems:
-        raise BackupVerificationError(f"backup {backup.id} cannot be restored: "
-                                      + "; ".join(problems))
+        raise BackupVerificationError(
+            f"backup {backup.id} cannot be restored: " + "; ".join(problems)
+        )
     destination = target.with_dbname(database)
     replaced = db.database_exists(destination)
     if replaced and not force:
-        raise UsageError(f"database {database!r} already exists; pass --force to replace it "
-                         "(its sessions are terminated)")
+        raise UsageError(
+            f"database {database!r} already exists; pass --force to replace it "
+            "(its sessions are terminated)"
+        )
     if replaced:
         db.drop_database(destination, force=True)
     _create_empty_database(target, database)
     try:
         restored = _restore_into(settings, target, backup, database, keep_owners=keep_owners)
     except KronosError as exc:
-        raise BackupError(f"{exc.message} (the partly restored database {database!r} was left "
-                          "for inspection; drop it or rerun with --force)") from exc
+        raise BackupError(
+            f"{exc.message} (the partly restored database {database!r} was left "
+            "for inspection; drop it or rerun with --force)"
+        ) from exc
     problems = compare_row_counts(backup.row_counts or {}, restored)
-    return RestoreResult(backup.id, database, replaced, len(restored), sum(restored.values()),
-                         tuple(problems), time.monotonic() - started)
+    return RestoreResult(
+        backup.id,
+        database,
+        replaced,
+        len(restored),
+        sum(restored.values()),
+        tuple(problems),
+        time.monotonic() - started,
+    )
 
 
 # --------------------------------------------------------------------------- prune
@@ -649,8 +731,9 @@ def prune_backups(
         if not acquired:
             return None
         with conn.cursor(row_factory=class_row(Backup)) as cur:
-            candidates = cur.execute(query("backups", "select_prunable_backups"),
-                                     {"keep": keep, "before": before}).fetchall()
+            candidates = cur.execute(
+                query("backups", "select_prunable_backups"), {"keep": keep, "before": before}
+            ).fetchall()
         newest_verified = next(
             (b.id for b in list_backups(conn, kind="pg_dump") if b.verify_result == "passed"),
             None,
@@ -661,8 +744,12 @@ def prune_backups(
         missing: list[str] = []
         for backup in candidates:
             with conn.transaction():
-                if conn.execute(query("backups", "lock_available_backup"),
-                                {"id": backup.id}).fetchone() is None:
+                if (
+                    conn.execute(
+                        query("backups", "lock_available_backup"), {"id": backup.id}
+                    ).fetchone()
+                    is None
+                ):
                     continue  # pruned meanwhile, or being pruned by someone else
                 path = Path(backup.file_path)
                 try:
@@ -671,7 +758,8 @@ def prune_backups(
                     missing.append(str(path))
                 except OSError as exc:
                     raise BackupError(f"cannot delete {path}: {exc.strerror}") from None
-                conn.execute(query("backups", "update_backup_pruned"),
-                             {"id": backup.id, "pruned_at": now})
+                conn.execute(
+                    query("backups", "update_backup_pruned"), {"id": backup.id, "pruned_at": now}
+                )
             pruned.append(dataclasses.replace(backup, status="pruned", pruned_at=now))
         return PruneResult(tuple(pruned), tuple(missing), newest_verified, False)

@@ -103,7 +103,9 @@ class BackupSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SecuritySettings:
-    argon2_time_cost: int = setting(3, "Argon2id iterations (t) for new password hashes.", minimum=1)
+    argon2_time_cost: int = setting(
+        3, "Argon2id iterations (t) for new password hashes.", minimum=1
+    )
     argon2_memory_cost: int = setting(
         65536, "Argon2id memory in KiB (m) for new password hashes.", minimum=8
     )

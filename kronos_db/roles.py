@@ -68,8 +68,9 @@ class RoleMapping:
 
 def load_mapping(settings: Settings) -> RoleMapping:
     """Read and validate the mapping; role names get ``[security] role_prefix``."""
-    path = Path(settings.security.roles_file) if settings.security.roles_file \
-        else default_roles_file()
+    path = (
+        Path(settings.security.roles_file) if settings.security.roles_file else default_roles_file()
+    )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -91,8 +92,9 @@ def parse_mapping(data: Mapping[str, Any], prefix: str, source: str) -> RoleMapp
         raise fail("no [services.<name>] tables")
     unknown = set(services) - set(SERVICES)
     if unknown:
-        raise fail(f"unknown service(s) {', '.join(sorted(unknown))} "
-                   f"(known: {', '.join(SERVICES)})")
+        raise fail(
+            f"unknown service(s) {', '.join(sorted(unknown))} (known: {', '.join(SERVICES)})"
+        )
     roles = []
     for name in SERVICES:
         entry = services.get(name)
@@ -108,11 +110,14 @@ def parse_mapping(data: Mapping[str, Any], prefix: str, source: str) -> RoleMapp
             upper = tuple(sorted({p.upper() for p in privileges}))
             bad = [p for p in upper if p not in TABLE_PRIVILEGES]
             if bad:
-                raise fail(f"services.{name}.tables.{table}: unknown privilege(s) "
-                           f"{', '.join(bad)} (known: {', '.join(TABLE_PRIVILEGES)})")
+                raise fail(
+                    f"services.{name}.tables.{table}: unknown privilege(s) "
+                    f"{', '.join(bad)} (known: {', '.join(TABLE_PRIVILEGES)})"
+                )
             checked[table] = upper
-        roles.append(ServiceRole(name, f"{prefix}{name}", str(entry.get("description", "")),
-                                 checked))
+        roles.append(
+            ServiceRole(name, f"{prefix}{name}", str(entry.get("description", "")), checked)
+        )
     return RoleMapping(schema, tuple(roles), source)
 
 
@@ -157,8 +162,10 @@ class _Fix:
 
 @contextmanager
 def _catalog_timeout(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    conn.execute("SELECT set_config('statement_timeout', %(value)s::text, false)",
-                 {"value": postgres_interval(CATALOG_TIMEOUT)})
+    conn.execute(
+        "SELECT set_config('statement_timeout', %(value)s::text, false)",
+        {"value": postgres_interval(CATALOG_TIMEOUT)},
+    )
     try:
         yield
     finally:
@@ -181,8 +188,9 @@ def _keyword(privilege: str) -> sql.SQL:
 
 
 def _role_options(login: bool) -> sql.Composed:
-    return sql.SQL("{} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT") \
-        .format(sql.SQL("LOGIN" if login else "NOLOGIN"))
+    return sql.SQL(
+        "{} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
+    ).format(sql.SQL("LOGIN" if login else "NOLOGIN"))
 
 
 def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Settings) -> list[_Fix]:
@@ -204,24 +212,39 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
         if row["login"] != login:
             wrong.append("LOGIN is " + ("off" if login else "on"))
         if wrong:
-            fixes.append(_Fix(Drift(role, "attributes", role, ", ".join(wrong)),
-                              sql.SQL("ALTER ROLE {} WITH {}").format(ident, _role_options(login))))
+            fixes.append(
+                _Fix(
+                    Drift(role, "attributes", role, ", ".join(wrong)),
+                    sql.SQL("ALTER ROLE {} WITH {}").format(ident, _role_options(login)),
+                )
+            )
 
-    existing_tables = {row["relation_name"] for row in
-                       _rows(conn, "select_schema_relations", params)}
+    existing_tables = {
+        row["relation_name"] for row in _rows(conn, "select_schema_relations", params)
+    }
     sequences: dict[str, list[tuple[str, str]]] = {}
     for row in _rows(conn, "select_owned_sequences", params):
         sequences.setdefault(row["table_name"], []).append(
-            (row["sequence_schema"], row["sequence_name"]))
+            (row["sequence_schema"], row["sequence_name"])
+        )
 
     # (role, kind, schema, relation, privilege)
     wanted: set[tuple[str, str, str, str, str]] = set()
     for service in mapping.services:
         for table, privileges in service.tables.items():
             if table not in existing_tables:
-                fixes.append(_Fix(Drift(service.role, "missing table", f"{mapping.schema}.{table}",
-                                        f"the mapping names {mapping.schema}.{table}, which does "
-                                        "not exist (migrate first?)"), None))
+                fixes.append(
+                    _Fix(
+                        Drift(
+                            service.role,
+                            "missing table",
+                            f"{mapping.schema}.{table}",
+                            f"the mapping names {mapping.schema}.{table}, which does "
+                            "not exist (migrate first?)",
+                        ),
+                        None,
+                    )
+                )
                 continue
             for privilege in privileges:
                 wanted.add((service.role, "table", mapping.schema, table, privilege))
@@ -230,54 +253,93 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
                     wanted.add((service.role, "sequence", sequence_schema, sequence, "USAGE"))
 
     granted: dict[tuple[str, str, str, str, str], bool] = {
-        (row["role_name"], row["relation_kind"], row["schema_name"], row["relation_name"],
-         row["privilege"]): row["grantable"]
+        (
+            row["role_name"],
+            row["relation_kind"],
+            row["schema_name"],
+            row["relation_name"],
+            row["privilege"],
+        ): row["grantable"]
         for row in _rows(conn, "select_relation_privileges", params)
     }
     for key in sorted(wanted - set(granted)):
         role, kind, schema, relation, privilege = key
         on = sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE")
-        fixes.append(_Fix(
-            Drift(role, "missing privilege", f"{schema}.{relation}",
-                  f"{privilege} on {kind} {schema}.{relation} is not granted"),
-            sql.SQL("GRANT {} ON {} {} TO {}").format(
-                _keyword(privilege), on, sql.Identifier(schema, relation), sql.Identifier(role)),
-        ))
+        fixes.append(
+            _Fix(
+                Drift(
+                    role,
+                    "missing privilege",
+                    f"{schema}.{relation}",
+                    f"{privilege} on {kind} {schema}.{relation} is not granted",
+                ),
+                sql.SQL("GRANT {} ON {} {} TO {}").format(
+                    _keyword(privilege), on, sql.Identifier(schema, relation), sql.Identifier(role)
+                ),
+            )
+        )
     for key, grantable in sorted(granted.items()):
         role, kind, schema, relation, privilege = key
         on = sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE")
         target = sql.Identifier(schema, relation)
         if key not in wanted:
-            fixes.append(_Fix(
-                Drift(role, "extra privilege", f"{schema}.{relation}",
-                      f"{privilege} on {kind} {schema}.{relation} is granted beyond the mapping"),
-                sql.SQL("REVOKE {} ON {} {} FROM {}").format(
-                    _keyword(privilege), on, target, sql.Identifier(role)),
-            ))
+            fixes.append(
+                _Fix(
+                    Drift(
+                        role,
+                        "extra privilege",
+                        f"{schema}.{relation}",
+                        f"{privilege} on {kind} {schema}.{relation} is granted beyond the mapping",
+                    ),
+                    sql.SQL("REVOKE {} ON {} {} FROM {}").format(
+                        _keyword(privilege), on, target, sql.Identifier(role)
+                    ),
+                )
+            )
         elif grantable:
-            fixes.append(_Fix(
-                Drift(role, "extra privilege", f"{schema}.{relation}",
-                      f"{privilege} on {kind} {schema}.{relation} carries GRANT OPTION"),
-                sql.SQL("REVOKE GRANT OPTION FOR {} ON {} {} FROM {}").format(
-                    _keyword(privilege), on, target, sql.Identifier(role)),
-            ))
+            fixes.append(
+                _Fix(
+                    Drift(
+                        role,
+                        "extra privilege",
+                        f"{schema}.{relation}",
+                        f"{privilege} on {kind} {schema}.{relation} carries GRANT OPTION",
+                    ),
+                    sql.SQL("REVOKE GRANT OPTION FOR {} ON {} {} FROM {}").format(
+                        _keyword(privilege), on, target, sql.Identifier(role)
+                    ),
+                )
+            )
 
     for row in _rows(conn, "select_column_privileges", params):
         role, schema, relation = row["role_name"], row["schema_name"], row["relation_name"]
         column, privilege = row["column_name"], row["privilege"]
-        fixes.append(_Fix(
-            Drift(role, "extra privilege", f"{schema}.{relation}.{column}",
-                  f"{privilege} on column {schema}.{relation}.{column} (column grants are "
-                  "not in the mapping)"),
-            sql.SQL("REVOKE {} ({}) ON TABLE {} FROM {}").format(
-                _keyword(privilege), sql.Identifier(column), sql.Identifier(schema, relation),
-                sql.Identifier(role)),
-        ))
+        fixes.append(
+            _Fix(
+                Drift(
+                    role,
+                    "extra privilege",
+                    f"{schema}.{relation}.{column}",
+                    f"{privilege} on column {schema}.{relation}.{column} (column grants are "
+                    "not in the mapping)",
+                ),
+                sql.SQL("REVOKE {} ({}) ON TABLE {} FROM {}").format(
+                    _keyword(privilege),
+                    sql.Identifier(column),
+                    sql.Identifier(schema, relation),
+                    sql.Identifier(role),
+                ),
+            )
+        )
 
-    schema_grants = {(row["role_name"], row["schema_name"], row["privilege"]): row["grantable"]
-                     for row in _rows(conn, "select_schema_privileges", params)}
-    database_grants = {(row["role_name"], database, row["privilege"]): row["grantable"]
-                       for row in _rows(conn, "select_database_privileges", params)}
+    schema_grants = {
+        (row["role_name"], row["schema_name"], row["privilege"]): row["grantable"]
+        for row in _rows(conn, "select_schema_privileges", params)
+    }
+    database_grants = {
+        (row["role_name"], database, row["privilege"]): row["grantable"]
+        for row in _rows(conn, "select_database_privileges", params)
+    }
     for scope, grants, wanted_privilege, target_name in (
         ("SCHEMA", schema_grants, "USAGE", mapping.schema),
         ("DATABASE", database_grants, "CONNECT", database),
@@ -285,53 +347,91 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
         scope_keyword = sql.SQL("SCHEMA") if scope == "SCHEMA" else sql.SQL("DATABASE")
         for role in names:
             if (role, target_name, wanted_privilege) not in grants:
-                fixes.append(_Fix(
-                    Drift(role, "missing privilege", target_name,
-                          f"{wanted_privilege} on {scope.lower()} {target_name} is not granted"),
-                    sql.SQL("GRANT {} ON {} {} TO {}").format(
-                        _keyword(wanted_privilege), scope_keyword, sql.Identifier(target_name),
-                        sql.Identifier(role)),
-                ))
+                fixes.append(
+                    _Fix(
+                        Drift(
+                            role,
+                            "missing privilege",
+                            target_name,
+                            f"{wanted_privilege} on {scope.lower()} {target_name} is not granted",
+                        ),
+                        sql.SQL("GRANT {} ON {} {} TO {}").format(
+                            _keyword(wanted_privilege),
+                            scope_keyword,
+                            sql.Identifier(target_name),
+                            sql.Identifier(role),
+                        ),
+                    )
+                )
         for (role, name, privilege), grantable in sorted(grants.items()):
             expected = (privilege, name) == (wanted_privilege, target_name)
             if expected and not grantable:
                 continue
             what = "carries GRANT OPTION" if expected else "is granted beyond the mapping"
-            revoke = sql.SQL("REVOKE GRANT OPTION FOR {} ON {} {} FROM {}") if expected \
+            revoke = (
+                sql.SQL("REVOKE GRANT OPTION FOR {} ON {} {} FROM {}")
+                if expected
                 else sql.SQL("REVOKE {} ON {} {} FROM {}")
-            fixes.append(_Fix(
-                Drift(role, "extra privilege", name,
-                      f"{privilege} on {scope.lower()} {name} {what}"),
-                revoke.format(_keyword(privilege), scope_keyword, sql.Identifier(name),
-                              sql.Identifier(role)),
-            ))
+            )
+            fixes.append(
+                _Fix(
+                    Drift(
+                        role,
+                        "extra privilege",
+                        name,
+                        f"{privilege} on {scope.lower()} {name} {what}",
+                    ),
+                    revoke.format(
+                        _keyword(privilege),
+                        scope_keyword,
+                        sql.Identifier(name),
+                        sql.Identifier(role),
+                    ),
+                )
+            )
 
     for row in _rows(conn, "select_role_memberships", params):
         role, granted_role = row["role_name"], row["granted_role"]
-        fixes.append(_Fix(
-            Drift(role, "membership", granted_role,
-                  f"is a member of {granted_role} (inherits its privileges)"),
-            sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(granted_role), sql.Identifier(role)),
-        ))
+        fixes.append(
+            _Fix(
+                Drift(
+                    role,
+                    "membership",
+                    granted_role,
+                    f"is a member of {granted_role} (inherits its privileges)",
+                ),
+                sql.SQL("REVOKE {} FROM {}").format(
+                    sql.Identifier(granted_role), sql.Identifier(role)
+                ),
+            )
+        )
 
     for row in _rows(conn, "select_owned_object_counts", params):
         role = row["role_name"]
-        fixes.append(_Fix(
-            Drift(role, "owns objects", database,
-                  f"owns {row['objects']} object(s) in {database}; services never own objects"),
-            sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)),
-        ))
+        fixes.append(
+            _Fix(
+                Drift(
+                    role,
+                    "owns objects",
+                    database,
+                    f"owns {row['objects']} object(s) in {database}; services never own objects",
+                ),
+                sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)),
+            )
+        )
     return fixes
 
 
-def check_roles(conn: psycopg.Connection[Any], settings: Settings,
-                mapping: RoleMapping | None = None) -> RolesReport:
+def check_roles(
+    conn: psycopg.Connection[Any], settings: Settings, mapping: RoleMapping | None = None
+) -> RolesReport:
     """Every difference between the mapping and the connected database."""
     mapping = mapping or load_mapping(settings)
     with _catalog_timeout(conn):
         fixes = _plan(conn, mapping, settings)
-    return RolesReport(str(conn.info.dbname), tuple(mapping.role_names),
-                       tuple(fix.drift for fix in fixes))
+    return RolesReport(
+        str(conn.info.dbname), tuple(mapping.role_names), tuple(fix.drift for fix in fixes)
+    )
 
 
 def apply_roles(
@@ -357,18 +457,22 @@ def apply_roles(
         if unfixable:
             raise UsageError("; ".join(drift.detail for drift in unfixable))
         if dry_run or not fixes:
-            return ApplyResult(database, tuple(mapping.role_names),
-                               tuple(fix.drift for fix in fixes), ())
+            return ApplyResult(
+                database, tuple(mapping.role_names), tuple(fix.drift for fix in fixes), ()
+            )
         # REASSIGN first (owners keep implicit privileges), then roles, then the rest
         order = {"owns objects": 0, "missing role": 1, "attributes": 2, "membership": 3}
         fixes.sort(key=lambda fix: order.get(fix.drift.kind, 9))
         with conn.transaction():
-            conn.execute("SELECT set_config('lock_timeout', %(value)s::text, true)",
-                         {"value": postgres_interval(settings.migrations.lock_timeout)})
+            conn.execute(
+                "SELECT set_config('lock_timeout', %(value)s::text, true)",
+                {"value": postgres_interval(settings.migrations.lock_timeout)},
+            )
             for fix in fixes:
                 assert fix.statement is not None
                 conn.execute(fix.statement)
         with _catalog_timeout(conn):
             remaining = [fix.drift for fix in _plan(conn, mapping, settings)]
-    return ApplyResult(database, tuple(mapping.role_names), tuple(fix.drift for fix in fixes),
-                       tuple(remaining))
+    return ApplyResult(
+        database, tuple(mapping.role_names), tuple(fix.drift for fix in fixes), tuple(remaining)
+    )

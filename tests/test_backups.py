@@ -31,11 +31,16 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def _seed(conn: psycopg.Connection[Any], rows: int = 20_000) -> None:
-    conn.execute("INSERT INTO logs (service_name, level, message) "
-                 "SELECT 'svc-' || (i %% 7), 'INFO', repeat(md5(i::text), 4) "
-                 "FROM generate_series(1, %(rows)s::int) AS i", {"rows": rows})
-    conn.execute("INSERT INTO message_queue (topic, payload) "
-                 "SELECT 'topic', md5(i::text) FROM generate_series(1, 1000) AS i")
+    conn.execute(
+        "INSERT INTO logs (service_name, level, message) "
+        "SELECT 'svc-' || (i %% 7), 'INFO', repeat(md5(i::text), 4) "
+        "FROM generate_series(1, %(rows)s::int) AS i",
+        {"rows": rows},
+    )
+    conn.execute(
+        "INSERT INTO message_queue (topic, payload) "
+        "SELECT 'topic', md5(i::text) FROM generate_series(1, 1000) AS i"
+    )
 
 
 class Writer(threading.Thread):
@@ -53,8 +58,10 @@ class Writer(threading.Thread):
             with psycopg.connect(self.url, autocommit=True) as conn:
                 while not self.stop.is_set():
                     conn.execute("INSERT INTO message_queue (topic, payload) VALUES ('w', 'x')")
-                    conn.execute("INSERT INTO logs (service_name, level, message) "
-                                 "VALUES ('writer', 'INFO', 'x')")
+                    conn.execute(
+                        "INSERT INTO logs (service_name, level, message) "
+                        "VALUES ('writer', 'INFO', 'x')"
+                    )
                     self.inserted += 1
         except BaseException as exc:  # surfaced by the test
             self.error = exc
@@ -91,41 +98,51 @@ def test_backup_taken_while_services_write_is_restorable_and_verifies(
     result = backups.verify_backup(database.target, backup_settings, backup.id, now=NOW)
     assert result.passed, result.problems
     assert result.rows_compared == sum(counts.values())
-    row = conn.execute("SELECT verify_result, verified_at, verify_message FROM backups "
-                       "WHERE id = %(id)s", {"id": backup.id}).fetchone()
+    row = conn.execute(
+        "SELECT verify_result, verified_at, verify_message FROM backups WHERE id = %(id)s",
+        {"id": backup.id},
+    ).fetchone()
     assert row is not None
     assert row[0] == "passed"
     assert row[1] == NOW
     # the scratch database is gone
-    assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %(n)s",
-                        {"n": result.scratch_database}).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_database WHERE datname = %(n)s", {"n": result.scratch_database}
+    ).fetchone() == (0,)
 
 
 def test_truncated_copy_fails_verify_with_a_clear_message(
     database: Any, conn: psycopg.Connection[Any], config_file: Path, cli: Any
 ) -> None:
     _seed(conn, 2000)
-    created = cli("backup", "create", "--config", str(config_file), "--database-url",
-                  database.url, "--json")
+    created = cli(
+        "backup", "create", "--config", str(config_file), "--database-url", database.url, "--json"
+    )
     assert created.code == 0, created.stderr
     row = conn.execute("SELECT id, file_path, size_bytes FROM backups").fetchone()
     assert row is not None
     backup_id, file_path, size = row
     with open(file_path, "r+b") as handle:
         handle.truncate(size // 2)
-    result = cli("backup", "verify", str(backup_id), "--config", str(config_file),
-                 "--database-url", database.url)
+    result = cli(
+        "backup",
+        "verify",
+        str(backup_id),
+        "--config",
+        str(config_file),
+        "--database-url",
+        database.url,
+    )
     assert result.code == 1
     assert f"backup {backup_id} FAILED verification" in result.stderr
     assert "truncated" in result.stderr
     assert "Traceback" not in result.output
-    assert conn.execute("SELECT verify_result FROM backups WHERE id = %(id)s",
-                        {"id": backup_id}).fetchone() == ("failed",)
+    assert conn.execute(
+        "SELECT verify_result FROM backups WHERE id = %(id)s", {"id": backup_id}
+    ).fetchone() == ("failed",)
 
 
-def test_corrupted_and_missing_files_are_named(
-    database: Any, backup_settings: Settings
-) -> None:
+def test_corrupted_and_missing_files_are_named(database: Any, backup_settings: Settings) -> None:
     backup = backups.create_backup(database.target, backup_settings, now=NOW)
     assert backup is not None
     path = Path(backup.file_path)
@@ -141,37 +158,53 @@ def test_corrupted_and_missing_files_are_named(
     assert not result.passed
     assert "missing" in result.message
     with pytest.raises(BackupError, match="cannot be restored"):
-        backups.restore_backup(database.target, backup_settings, backup.id,
-                               database=f"{database.name}_r")
+        backups.restore_backup(
+            database.target, backup_settings, backup.id, database=f"{database.name}_r"
+        )
 
 
 def test_restore_into_new_database_and_refuse_existing_one(
-    database: Any, conn: psycopg.Connection[Any], backup_settings: Settings, cli: Any,
-    tmp_path: Path
+    database: Any,
+    conn: psycopg.Connection[Any],
+    backup_settings: Settings,
+    cli: Any,
+    tmp_path: Path,
 ) -> None:
     _seed(conn, 500)
     backup = backups.create_backup(database.target, backup_settings, now=NOW)
     assert backup is not None
     restored = f"{database.name}_r"
     try:
-        result = backups.restore_backup(database.target, backup_settings, backup.id,
-                                        database=restored)
+        result = backups.restore_backup(
+            database.target, backup_settings, backup.id, database=restored
+        )
         assert result.problems == ()
         assert not result.replaced
         with psycopg.connect(database.url.rsplit("/", 1)[0] + "/" + restored) as other:
             assert other.execute("SELECT count(*) FROM logs").fetchone() == (500,)
         config = tmp_path / "restore.toml"
         config.write_text(f'[backups]\ndirectory = "{tmp_path}"\n')
-        refused = cli("backup", "restore", str(backup.id), "--target-db", restored,
-                      "--config", str(config), "--database-url", database.url)
+        refused = cli(
+            "backup",
+            "restore",
+            str(backup.id),
+            "--target-db",
+            restored,
+            "--config",
+            str(config),
+            "--database-url",
+            database.url,
+        )
         assert refused.code == 2
         assert "already exists; pass --force" in refused.stderr
-        replaced = backups.restore_backup(database.target, backup_settings, backup.id,
-                                          database=restored, force=True)
+        replaced = backups.restore_backup(
+            database.target, backup_settings, backup.id, database=restored, force=True
+        )
         assert replaced.replaced
         with pytest.raises(UsageError, match="refusing to restore over"):
-            backups.restore_backup(database.target, backup_settings, backup.id,
-                                   database=database.name, force=True)
+            backups.restore_backup(
+                database.target, backup_settings, backup.id, database=database.name, force=True
+            )
     finally:
         db.drop_database(database.target.with_dbname(restored))
 
@@ -181,20 +214,24 @@ def test_prune_never_deletes_the_newest_verified_backup(
 ) -> None:
     made = []
     for days_ago in (30, 20, 10, 0):
-        backup = backups.create_backup(database.target, backup_settings,
-                                       now=NOW - timedelta(days=days_ago))
+        backup = backups.create_backup(
+            database.target, backup_settings, now=NOW - timedelta(days=days_ago)
+        )
         assert backup is not None
         made.append(backup)
     oldest, second, third, newest = made
     assert backups.verify_backup(database.target, backup_settings, oldest.id, now=NOW).passed
     archive = tmp_archive = Path(backup_settings.backups.directory) / "logs_p2026_01_01.csv.gz"
     tmp_archive.write_bytes(b"archived rows")
-    backups.record_backup(conn, kind="partition_archive", file_path=archive,
-                          created_at=NOW - timedelta(days=300),
-                          **backups.file_digest(archive).__dict__)
+    backups.record_backup(
+        conn,
+        kind="partition_archive",
+        file_path=archive,
+        created_at=NOW - timedelta(days=300),
+        **backups.file_digest(archive).__dict__,
+    )
 
-    dry = backups.prune_backups(database.target, backup_settings, now=NOW, keep=1,
-                                dry_run=True)
+    dry = backups.prune_backups(database.target, backup_settings, now=NOW, keep=1, dry_run=True)
     assert dry is not None
     assert [b.id for b in dry.pruned] == [second.id, third.id]
     assert all(Path(b.file_path).exists() for b in made)
@@ -213,8 +250,9 @@ def test_prune_never_deletes_the_newest_verified_backup(
     assert statuses[oldest.id] == "available"
 
     # --older-than alone: the old verified one stays all the same
-    result = backups.prune_backups(database.target, backup_settings, now=NOW,
-                                   older_than=timedelta(days=1))
+    result = backups.prune_backups(
+        database.target, backup_settings, now=NOW, older_than=timedelta(days=1)
+    )
     assert result is not None
     assert result.pruned == ()
     assert Path(oldest.file_path).exists()
@@ -234,13 +272,16 @@ def test_failed_dump_leaves_no_file_and_no_row(
     database: Any, conn: psycopg.Connection[Any], backup_settings: Settings, tmp_path: Path
 ) -> None:
     failing = tmp_path / "pg_dump"
-    failing.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exec pg_dump --version\n"
-                       "for a; do case $a in --file=*) echo partial > \"${a#--file=}\";; esac; done\n"
-                       "echo 'pg_dump: error: disk full' >&2; exit 1\n")
+    failing.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && exec pg_dump --version\n'
+        'for a; do case $a in --file=*) echo partial > "${a#--file=}";; esac; done\n'
+        "echo 'pg_dump: error: disk full' >&2; exit 1\n"
+    )
     failing.chmod(0o755)
-    settings = Settings(backups=BackupSettings(directory=backup_settings.backups.directory,
-                                               pg_dump=str(failing)))
-    with pytest.raises(BackupError, match="pg_dump failed .*disk full"):
+    settings = Settings(
+        backups=BackupSettings(directory=backup_settings.backups.directory, pg_dump=str(failing))
+    )
+    with pytest.raises(BackupError, match=r"pg_dump failed .*disk full"):
         backups.create_backup(database.target, settings, now=NOW)
     assert list(Path(settings.backups.directory).iterdir()) == []
     assert conn.execute("SELECT count(*) FROM backups").fetchone() == (0,)
@@ -253,7 +294,8 @@ def test_backups_table_rules(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(pg_errors.CheckViolation):
         conn.execute("INSERT INTO backups (file_path, kind) VALUES ('/srv/b.dump', 'pg_dump')")
     with pytest.raises(pg_errors.CheckViolation):
-        conn.execute("INSERT INTO backups (file_path, sha256) VALUES ('/x', %(s)s)",
-                     {"s": "Z" * 64})
+        conn.execute(
+            "INSERT INTO backups (file_path, sha256) VALUES ('/x', %(s)s)", {"s": "Z" * 64}
+        )
     with pytest.raises(UsageError):
         backups.record_backup(conn, kind="tape", file_path="/x")

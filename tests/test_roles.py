@@ -58,9 +58,7 @@ def test_apply_is_idempotent_and_check_agrees(
     assert roles.check_roles(conn, role_settings).in_sync
 
 
-def test_sequence_usage_is_derived_from_insert(
-    applied: roles.ApplyResult, prefix: str
-) -> None:
+def test_sequence_usage_is_derived_from_insert(applied: roles.ApplyResult, prefix: str) -> None:
     targets = {(c.role, c.target) for c in applied.changes if "sequence" in c.detail}
     assert (f"{prefix}log", "public.logs_id_seq") in targets
     assert (f"{prefix}auth", "public.sessions_id_seq") in targets
@@ -71,45 +69,87 @@ def test_sequence_usage_is_derived_from_insert(
 
 # (service, statements that must work, statements that must be refused)
 CAPABILITIES = [
-    ("log",
-     ["INSERT INTO logs (service_name, level, message) VALUES ('auth', 'INFO', 'hello')",
-      "SELECT count(*) FROM logs"],
-     ["SELECT * FROM users", "SELECT * FROM sessions", "DELETE FROM logs",
-      "UPDATE logs SET level = 'X'", "SELECT * FROM logs_default", "TRUNCATE logs"]),
-    ("auth",
-     ["INSERT INTO sessions (user_id, token) VALUES (1, repeat('a', 64))",
-      "SELECT username, password_hash FROM users", "SELECT permissions FROM roles",
-      "DELETE FROM sessions WHERE token = repeat('a', 64)"],
-     [f"UPDATE users SET password_hash = '{ARGON2}'", "INSERT INTO logs (service_name, "
-      "level, message) VALUES ('a', 'b', 'c')", "DELETE FROM users"]),
-    ("user",
-     [f"INSERT INTO users (username, email, password_hash) VALUES ('bob', 'b@x', '{ARGON2}')",
-      f"UPDATE users SET password_hash = '{ARGON2}' WHERE username = 'bob'",
-      "INSERT INTO roles (name, permissions) VALUES ('viewer', '{read}')"],
-     ["SELECT * FROM sessions", "SELECT * FROM logs", "SELECT * FROM backups"]),
-    ("cache",
-     ["INSERT INTO cache (key, value) VALUES ('k', 'v') ON CONFLICT (key) DO UPDATE "
-      "SET value = excluded.value", "DELETE FROM cache WHERE key = 'k'"],
-     ["SELECT * FROM users", "SELECT * FROM logs"]),
-    ("router",
-     ["INSERT INTO routes (path, service, method) VALUES ('/a', 'svc', 'GET')",
-      "INSERT INTO rate_limits (user_id, route_id) SELECT 1, id FROM routes"],
-     ["SELECT * FROM users", "SELECT * FROM message_queue"]),
-    ("messaging",
-     ["INSERT INTO message_queue (topic, payload) VALUES ('t', 'p')",
-      "UPDATE message_queue SET status = 'processed' WHERE topic = 't'"],
-     ["SELECT * FROM cache", "SELECT * FROM users"]),
+    (
+        "log",
+        [
+            "INSERT INTO logs (service_name, level, message) VALUES ('auth', 'INFO', 'hello')",
+            "SELECT count(*) FROM logs",
+        ],
+        [
+            "SELECT * FROM users",
+            "SELECT * FROM sessions",
+            "DELETE FROM logs",
+            "UPDATE logs SET level = 'X'",
+            "SELECT * FROM logs_default",
+            "TRUNCATE logs",
+        ],
+    ),
+    (
+        "auth",
+        [
+            "INSERT INTO sessions (user_id, token) VALUES (1, repeat('a', 64))",
+            "SELECT username, password_hash FROM users",
+            "SELECT permissions FROM roles",
+            "DELETE FROM sessions WHERE token = repeat('a', 64)",
+        ],
+        [
+            f"UPDATE users SET password_hash = '{ARGON2}'",
+            "INSERT INTO logs (service_name, level, message) VALUES ('a', 'b', 'c')",
+            "DELETE FROM users",
+        ],
+    ),
+    (
+        "user",
+        [
+            f"INSERT INTO users (username, email, password_hash) VALUES ('bob', 'b@x', '{ARGON2}')",
+            f"UPDATE users SET password_hash = '{ARGON2}' WHERE username = 'bob'",
+            "INSERT INTO roles (name, permissions) VALUES ('viewer', '{read}')",
+        ],
+        ["SELECT * FROM sessions", "SELECT * FROM logs", "SELECT * FROM backups"],
+    ),
+    (
+        "cache",
+        [
+            "INSERT INTO cache (key, value) VALUES ('k', 'v') ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value",
+            "DELETE FROM cache WHERE key = 'k'",
+        ],
+        ["SELECT * FROM users", "SELECT * FROM logs"],
+    ),
+    (
+        "router",
+        [
+            "INSERT INTO routes (path, service, method) VALUES ('/a', 'svc', 'GET')",
+            "INSERT INTO rate_limits (user_id, route_id) SELECT 1, id FROM routes",
+        ],
+        ["SELECT * FROM users", "SELECT * FROM message_queue"],
+    ),
+    (
+        "messaging",
+        [
+            "INSERT INTO message_queue (topic, payload) VALUES ('t', 'p')",
+            "UPDATE message_queue SET status = 'processed' WHERE topic = 't'",
+        ],
+        ["SELECT * FROM cache", "SELECT * FROM users"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("service", "allowed", "refused"), CAPABILITIES,
-                         ids=[c[0] for c in CAPABILITIES])
+@pytest.mark.parametrize(
+    ("service", "allowed", "refused"), CAPABILITIES, ids=[c[0] for c in CAPABILITIES]
+)
 def test_each_service_role_can_do_its_job_and_nothing_else(
-    applied: roles.ApplyResult, database: Any, conn: psycopg.Connection[Any], prefix: str,
-    service: str, allowed: list[str], refused: list[str]
+    applied: roles.ApplyResult,
+    database: Any,
+    conn: psycopg.Connection[Any],
+    prefix: str,
+    service: str,
+    allowed: list[str],
+    refused: list[str],
 ) -> None:
-    conn.execute(f"INSERT INTO users (username, email, password_hash) "
-                 f"VALUES ('alice', 'a@x', '{ARGON2}')")
+    conn.execute(
+        f"INSERT INTO users (username, email, password_hash) VALUES ('alice', 'a@x', '{ARGON2}')"
+    )
     with as_role(database, f"{prefix}{service}") as role_conn:
         for statement in allowed:
             role_conn.execute(statement)
@@ -124,14 +164,21 @@ def test_each_service_role_can_do_its_job_and_nothing_else(
 def test_log_role_gets_permission_denied_reading_users(
     applied: roles.ApplyResult, database: Any, prefix: str
 ) -> None:
-    with as_role(database, f"{prefix}log") as role_conn, \
-            pytest.raises(pg_errors.InsufficientPrivilege, match="permission denied for table users"):
+    with (
+        as_role(database, f"{prefix}log") as role_conn,
+        pytest.raises(pg_errors.InsufficientPrivilege, match="permission denied for table users"),
+    ):
         role_conn.execute("SELECT * FROM users")
 
 
 def test_drift_is_reported_and_apply_revokes_it(
-    applied: roles.ApplyResult, database: Any, conn: psycopg.Connection[Any],
-    role_settings: Settings, prefix: str, cli: Any, tmp_path: Path
+    applied: roles.ApplyResult,
+    database: Any,
+    conn: psycopg.Connection[Any],
+    role_settings: Settings,
+    prefix: str,
+    cli: Any,
+    tmp_path: Path,
 ) -> None:
     log, cache, router, auth = (f"{prefix}{s}" for s in ("log", "cache", "router", "auth"))
     conn.execute(f"GRANT SELECT ON users TO {log}")
@@ -146,22 +193,24 @@ def test_drift_is_reported_and_apply_revokes_it(
     config.write_text(f'[security]\nrole_prefix = "{prefix}"\n')
     checked = cli("roles", "check", "--config", str(config), "--database-url", database.url)
     assert checked.code == 6, checked.output
-    for expected in (f"{log}: extra privilege: SELECT on table public.users",
-                     f"{router}: extra privilege: SELECT on column public.users.email",
-                     f"{auth}: extra privilege: CREATE on schema public",
-                     f"{cache}: membership: is a member of pg_read_all_data",
-                     f"{log}: attributes: createrole is on",
-                     f"{cache}: owns objects"):
+    for expected in (
+        f"{log}: extra privilege: SELECT on table public.users",
+        f"{router}: extra privilege: SELECT on column public.users.email",
+        f"{auth}: extra privilege: CREATE on schema public",
+        f"{cache}: membership: is a member of pg_read_all_data",
+        f"{log}: attributes: createrole is on",
+        f"{cache}: owns objects",
+    ):
         assert expected in checked.stdout
 
-    applied_again = cli("roles", "apply", "--config", str(config), "--database-url",
-                        database.url)
+    applied_again = cli("roles", "apply", "--config", str(config), "--database-url", database.url)
     assert applied_again.code == 0, applied_again.output
     assert roles.check_roles(conn, role_settings).in_sync
     with as_role(database, log) as role_conn, pytest.raises(pg_errors.InsufficientPrivilege):
         role_conn.execute("SELECT * FROM users")
-    owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = "
-                         "'owned_by_service'").fetchone()
+    owner = conn.execute(
+        "SELECT tableowner FROM pg_tables WHERE tablename = 'owned_by_service'"
+    ).fetchone()
     assert owner == ("postgres",)
     quiet = cli("roles", "apply", "--config", str(config), "--database-url", database.url)
     assert quiet.code == 0
@@ -170,9 +219,14 @@ def test_drift_is_reported_and_apply_revokes_it(
 
 def test_mapping_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown privilege"):
-        roles.parse_mapping({"services": {s: {"tables": {"logs": ["SELECT"]}}
-                                          for s in roles.SERVICES}
-                             | {"log": {"tables": {"logs": ["DROP"]}}}}, "k_", "test")
+        roles.parse_mapping(
+            {
+                "services": {s: {"tables": {"logs": ["SELECT"]}} for s in roles.SERVICES}
+                | {"log": {"tables": {"logs": ["DROP"]}}}
+            },
+            "k_",
+            "test",
+        )
     with pytest.raises(ConfigError, match="unknown service"):
         roles.parse_mapping({"services": {"billing": {}}}, "k_", "test")
     shipped = roles.load_mapping(Settings())
@@ -180,9 +234,7 @@ def test_mapping_is_validated(tmp_path: Path) -> None:
     assert shipped.services[2].tables == {"logs": ("INSERT", "SELECT")}
 
 
-def test_missing_table_is_refused_by_apply(
-    empty_database: Any, role_settings: Settings
-) -> None:
+def test_missing_table_is_refused_by_apply(empty_database: Any, role_settings: Settings) -> None:
     with empty_database.connect() as conn:
         report = roles.check_roles(conn, role_settings)
         assert any(d.kind == "missing table" for d in report.drift)
@@ -191,5 +243,7 @@ def test_missing_table_is_refused_by_apply(
         with pytest.raises(UsageError, match="migrate first"):
             roles.apply_roles(conn, role_settings)
         # nothing was created
-        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE %(p)s",
-                            {"p": role_settings.security.role_prefix + "%"}).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE %(p)s",
+            {"p": role_settings.security.role_prefix + "%"},
+        ).fetchone() == (0,)

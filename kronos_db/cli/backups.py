@@ -26,13 +26,19 @@ from kronos_db.cli.common import (
 )
 from kronos_db.errors import BackupVerificationError
 
-app = typer.Typer(help="Backups: pg_dump files recorded in the backups table, verified by "
-                  "restoring them.", no_args_is_help=True)
+app = typer.Typer(
+    help="Backups: pg_dump files recorded in the backups table, verified by restoring them.",
+    no_args_is_help=True,
+)
 
 NowOption = Annotated[
     str | None,
-    typer.Option("--now", hidden=True, help="The current time (ISO 8601 with a zone), for tests.",
-                 show_default=False),
+    typer.Option(
+        "--now",
+        hidden=True,
+        help="The current time (ISO 8601 with a zone), for tests.",
+        show_default=False,
+    ),
 ]
 
 
@@ -44,8 +50,9 @@ def parse_now(value: str | None) -> datetime:
     except ValueError:
         raise typer.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--now") from None
     if moment.tzinfo is None:
-        raise typer.BadParameter("--now needs a time zone, e.g. 2026-01-01T00:00:00+00:00",
-                                 param_hint="--now")
+        raise typer.BadParameter(
+            "--now needs a time zone, e.g. 2026-01-01T00:00:00+00:00", param_hint="--now"
+        )
     return moment.astimezone(UTC)
 
 
@@ -70,8 +77,11 @@ def _verified(backup: backups.Backup) -> str:
 def create(
     directory: Annotated[
         Path | None,
-        typer.Option("--directory", help="Write the dump here (default: [backups] directory).",
-                     show_default=False),
+        typer.Option(
+            "--directory",
+            help="Write the dump here (default: [backups] directory).",
+            show_default=False,
+        ),
     ] = None,
     now: NowOption = None,
     database_url: DatabaseUrlOption = None,
@@ -89,12 +99,20 @@ def create(
     target = target_for(database_url, settings)
     moment = parse_now(now)
     if stderr.is_terminal and not json:
-        with Progress(SpinnerColumn(), TextColumn("pg_dump {task.description}"),
-                      DownloadColumn(), TransferSpeedColumn(), console=stderr,
-                      transient=True) as bar:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("pg_dump {task.description}"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=stderr,
+            transient=True,
+        ) as bar:
             task = bar.add_task(target.dbname, total=None)
             backup = backups.create_backup(
-                target, settings, now=moment, directory=directory,
+                target,
+                settings,
+                now=moment,
+                directory=directory,
                 progress=lambda size: bar.update(task, completed=size),
             )
     else:
@@ -105,12 +123,18 @@ def create(
     if json:
         emit_json(backup)
         return
-    seconds = (backup.finished_at - backup.started_at).total_seconds() \
-        if backup.finished_at and backup.started_at else 0.0
+    seconds = (
+        (backup.finished_at - backup.started_at).total_seconds()
+        if backup.finished_at and backup.started_at
+        else 0.0
+    )
     stdout.print(f"backup {backup.id}: {backup.file_path}", markup=False)
-    stdout.print(f"  {human_size(backup.size_bytes)}, sha256 {backup.sha256}, "
-                 f"{len(backup.row_counts or {})} tables, {backup.total_rows} rows, "
-                 f"{seconds:.1f}s", markup=False)
+    stdout.print(
+        f"  {human_size(backup.size_bytes)}, sha256 {backup.sha256}, "
+        f"{len(backup.row_counts or {})} tables, {backup.total_rows} rows, "
+        f"{seconds:.1f}s",
+        markup=False,
+    )
 
 
 @app.command("list")
@@ -118,8 +142,11 @@ def list_(
     all_: Annotated[bool, typer.Option("--all", help="Include pruned backups.")] = False,
     kind: Annotated[
         str | None,
-        typer.Option("--kind", help="Only this kind: pg_dump, partition_archive or unknown.",
-                     show_default=False),
+        typer.Option(
+            "--kind",
+            help="Only this kind: pg_dump, partition_archive or unknown.",
+            show_default=False,
+        ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")] = 50,
     database_url: DatabaseUrlOption = None,
@@ -145,8 +172,15 @@ def list_(
         return
     table = Table("id", "created (UTC)", "kind", "status", "size", "verified", "file")
     for row in rows:
-        table.add_row(str(row.id), f"{row.created_at.astimezone(UTC):%Y-%m-%d %H:%M}", row.kind,
-                      row.status, human_size(row.size_bytes), _verified(row), row.file_path)
+        table.add_row(
+            str(row.id),
+            f"{row.created_at.astimezone(UTC):%Y-%m-%d %H:%M}",
+            row.kind,
+            row.status,
+            human_size(row.size_bytes),
+            _verified(row),
+            row.file_path,
+        )
     stdout.print(table)
 
 
@@ -154,13 +188,19 @@ def list_(
 def prune(
     keep: Annotated[
         int | None,
-        typer.Option("--keep", min=1, help="Keep the newest N dumps (default: [backups] keep "
-                     "when --older-than is not given).", show_default=False),
+        typer.Option(
+            "--keep",
+            min=1,
+            help="Keep the newest N dumps (default: [backups] keep "
+            "when --older-than is not given).",
+            show_default=False,
+        ),
     ] = None,
     older_than: Annotated[
         str | None,
-        typer.Option("--older-than", help="Only dumps older than this, e.g. 30d.",
-                     show_default=False),
+        typer.Option(
+            "--older-than", help="Only dumps older than this, e.g. 30d.", show_default=False
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go.")] = False,
     now: NowOption = None,
@@ -178,8 +218,9 @@ def prune(
     age = duration_option(older_than)
     settings = settings_for(config)
     target = target_for(database_url, settings)
-    result = backups.prune_backups(target, settings, now=parse_now(now), keep=keep,
-                                   older_than=age, dry_run=dry_run)
+    result = backups.prune_backups(
+        target, settings, now=parse_now(now), keep=keep, older_than=age, dry_run=dry_run
+    )
     if result is None:
         notify("another `backup prune` is running on this database: nothing done")
         return
@@ -195,8 +236,11 @@ def prune(
         return
     for backup in result.pruned:
         created = f"{backup.created_at.astimezone(UTC):%Y-%m-%d %H:%M}"
-        stdout.print(f"{verb} backup {backup.id} ({created}, {human_size(backup.size_bytes)}): "
-                     f"{backup.file_path}", markup=False)
+        stdout.print(
+            f"{verb} backup {backup.id} ({created}, {human_size(backup.size_bytes)}): "
+            f"{backup.file_path}",
+            markup=False,
+        )
     if result.kept_newest_verified is not None:
         stdout.print(f"kept backup {result.kept_newest_verified}, the newest verified one")
 
@@ -205,16 +249,21 @@ def prune(
 def restore(
     backup_id: Annotated[int, typer.Argument(help="The backup's id (see `backup list`).")],
     target_db: Annotated[
-        str, typer.Option("--target-db", help="The new database to restore into.",
-                          show_default=False),
+        str,
+        typer.Option("--target-db", help="The new database to restore into.", show_default=False),
     ],
     force: Annotated[
-        bool, typer.Option("--force", help="Replace TARGET_DB when it exists (its sessions are "
-                           "terminated).")
+        bool,
+        typer.Option(
+            "--force", help="Replace TARGET_DB when it exists (its sessions are terminated)."
+        ),
     ] = False,
     no_owner: Annotated[
-        bool, typer.Option("--no-owner", help="Skip ownership and GRANTs (restoring on a "
-                           "server without the same roles).")
+        bool,
+        typer.Option(
+            "--no-owner",
+            help="Skip ownership and GRANTs (restoring on a server without the same roles).",
+        ),
     ] = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -231,19 +280,23 @@ def restore(
     target = target_for(database_url, settings)
     if not json:
         notify(f"restoring backup {backup_id} into {target_db}…")
-    result = backups.restore_backup(target, settings, backup_id, database=target_db,
-                                    force=force, keep_owners=not no_owner)
+    result = backups.restore_backup(
+        target, settings, backup_id, database=target_db, force=force, keep_owners=not no_owner
+    )
     if json:
         emit_json(result)
     else:
         replaced = " (replaced)" if result.replaced else ""
-        stdout.print(f"restored backup {result.backup_id} into {result.database}{replaced}: "
-                     f"{result.tables_compared} tables, {result.rows_compared} rows, "
-                     f"{result.seconds:.1f}s")
+        stdout.print(
+            f"restored backup {result.backup_id} into {result.database}{replaced}: "
+            f"{result.tables_compared} tables, {result.rows_compared} rows, "
+            f"{result.seconds:.1f}s"
+        )
     if result.problems:
         raise BackupVerificationError(
             f"backup {result.backup_id} restored into {result.database}, but its row counts "
-            f"differ: {'; '.join(result.problems[:5])}")
+            f"differ: {'; '.join(result.problems[:5])}"
+        )
 
 
 @app.command("verify")
@@ -268,13 +321,12 @@ def verify(
     if json:
         emit_json({**_as_dict(result), "message": result.message})
     elif result.passed:
-        stdout.print(f"backup {result.backup_id} passed: {result.message} "
-                     f"({result.seconds:.1f}s)")
+        stdout.print(f"backup {result.backup_id} passed: {result.message} ({result.seconds:.1f}s)")
     if not result.passed:
         raise BackupVerificationError(
-            f"backup {result.backup_id} FAILED verification: {result.message}")
+            f"backup {result.backup_id} FAILED verification: {result.message}"
+        )
 
 
 def _as_dict(result: backups.VerifyResult) -> dict[str, object]:
     return dataclasses.asdict(result)
-

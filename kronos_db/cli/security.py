@@ -25,15 +25,16 @@ from kronos_db.cli.common import (
 )
 from kronos_db.errors import ExitCode, RoleDriftError
 
-roles_app = typer.Typer(help="Least privilege: one PostgreSQL role per Kronos service.",
-                        no_args_is_help=True)
-users_app = typer.Typer(help="Kronos accounts with Argon2id password hashes.",
-                        no_args_is_help=True)
+roles_app = typer.Typer(
+    help="Least privilege: one PostgreSQL role per Kronos service.", no_args_is_help=True
+)
+users_app = typer.Typer(help="Kronos accounts with Argon2id password hashes.", no_args_is_help=True)
 
 PasswordStdinOption = Annotated[
     bool,
-    typer.Option("--password-stdin", help="Read the password from stdin (one line) instead of "
-                 "prompting."),
+    typer.Option(
+        "--password-stdin", help="Read the password from stdin (one line) instead of prompting."
+    ),
 ]
 
 
@@ -47,8 +48,10 @@ def read_password(from_stdin: bool, *, confirm: bool) -> str:
             raise typer.BadParameter("stdin held no password", param_hint="--password-stdin")
         return password
     if not sys.stdin.isatty():
-        raise typer.BadParameter("no terminal to prompt on: pipe the password with "
-                                 "--password-stdin", param_hint="--password-stdin")
+        raise typer.BadParameter(
+            "no terminal to prompt on: pipe the password with --password-stdin",
+            param_hint="--password-stdin",
+        )
     value = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
     return str(value)
 
@@ -119,7 +122,8 @@ def roles_apply(
     if result.remaining:
         raise RoleDriftError(
             f"{len(result.remaining)} difference(s) remain after apply: "
-            + "; ".join(d.describe() for d in result.remaining[:5]))
+            + "; ".join(d.describe() for d in result.remaining[:5])
+        )
 
 
 @roles_app.command("show")
@@ -140,8 +144,12 @@ def roles_show(
     table = Table("role", "table", "privileges", "service")
     for service in mapping.services:
         for index, (name, privileges) in enumerate(sorted(service.tables.items())):
-            table.add_row(service.role if index == 0 else "", name, ", ".join(privileges),
-                          service.description if index == 0 else "")
+            table.add_row(
+                service.role if index == 0 else "",
+                name,
+                ", ".join(privileges),
+                service.description if index == 0 else "",
+            )
     stdout.print(table)
 
 
@@ -151,8 +159,7 @@ def roles_show(
 @users_app.command("create")
 def users_create(
     username: Annotated[str, typer.Argument(help="The account's username.")],
-    email: Annotated[str, typer.Option("--email", help="The account's email.",
-                                       show_default=False)],
+    email: Annotated[str, typer.Option("--email", help="The account's email.", show_default=False)],
     role: Annotated[
         str | None,
         typer.Option("--role", help="Name of a row of the roles table.", show_default=False),
@@ -170,8 +177,9 @@ def users_create(
     target = target_for(database_url, settings)
     password = read_password(password_stdin, confirm=True)
     with db.connection(target) as conn:
-        account = security.create_user(conn, settings, username=username, email=email,
-                                       password=password, role=role)
+        account = security.create_user(
+            conn, settings, username=username, email=email, password=password, role=role
+        )
     if json:
         emit_json(account)
         return
@@ -243,14 +251,16 @@ def security_report(
     with db.connection(target) as conn:
         report = security.security_report(conn, settings)
     if json:
-        emit_json({"database": report.database, "status": report.status,
-                   "findings": report.findings})
+        emit_json(
+            {"database": report.database, "status": report.status, "findings": report.findings}
+        )
     else:
         stdout.print(f"{report.database}: security {report.status.upper()}")
         for finding in report.findings:
             style = _SEVERITY_STYLE[finding.severity]
-            stdout.print(f"[{style}]{finding.severity.upper():8}[/{style}] {finding.check}: ",
-                         end="")
+            stdout.print(
+                f"[{style}]{finding.severity.upper():8}[/{style}] {finding.check}: ", end=""
+            )
             stdout.print(finding.summary, markup=False)
             for detail in finding.details:
                 stdout.print(f"           {detail}", markup=False)
