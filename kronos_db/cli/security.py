@@ -114,7 +114,8 @@ def roles_apply(
     if json:
         emit_json(result)
     elif not result.changes:
-        stdout.print(f"{result.database}: the service roles already match the mapping")
+        if stdout.is_terminal:  # quiet for CI and cron when there is nothing to do
+            stdout.print(f"{result.database}: the service roles already match the mapping")
     else:
         verb = "would change" if dry_run else "changed"
         stdout.print(f"{result.database}: {verb} {len(result.changes)} thing(s):")
