@@ -8,13 +8,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import unique_name, url_for
 from psycopg import errors as pg_errors
 from psycopg import sql
 
 from kronos_db import roles
 from kronos_db.config import SecuritySettings, Settings
 from kronos_db.errors import ConfigError
-from tests.conftest import unique_name, url_for
 
 ARGON2 = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA"
 

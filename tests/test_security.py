@@ -13,12 +13,12 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from argon2 import PasswordHasher
+from conftest import HOST, PORT
 from psycopg import errors as pg_errors
 
 from kronos_db import security
 from kronos_db.config import SecuritySettings, Settings
 from kronos_db.errors import UsageError
-from tests.conftest import HOST, PORT
 
 PROBE_ROLE = "kronos_auth_probe"
 PROBE_SECRET = "kronos-probe-secret"
@@ -212,6 +212,13 @@ def test_security_report_says_unknown_when_not_allowed(
 def _ensure_probe_role() -> None:
     """kronos_auth_probe is shared by other tests: create it once, never drop it."""
     with psycopg.connect(f"postgresql://postgres@{HOST}:{PORT}/postgres", autocommit=True) as admin:
+        rule = admin.execute(
+            "SELECT 1 FROM pg_hba_file_rules WHERE %(r)s = ANY(user_name)"
+            " AND auth_method = 'scram-sha-256'",
+            {"r": PROBE_ROLE},
+        ).fetchone()
+        if rule is None:
+            pytest.skip(f"pg_hba.conf has no scram-sha-256 rule for {PROBE_ROLE}: run .ci/run")
         if admin.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = %(r)s", {"r": PROBE_ROLE}
         ).fetchone():
