@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -434,6 +435,19 @@ def check_roles(
     )
 
 
+def _run_fixes(conn: psycopg.Connection[Any], fixes: list[_Fix], settings: Settings) -> None:
+    # REASSIGN first (owners keep implicit privileges), then roles, then the rest
+    order = {"owns objects": 0, "missing role": 1, "attributes": 2, "membership": 3}
+    with conn.transaction():
+        conn.execute(
+            "SELECT set_config('lock_timeout', %(value)s::text, true)",
+            {"value": postgres_interval(settings.migrations.lock_timeout)},
+        )
+        for fix in sorted(fixes, key=lambda fix: order.get(fix.drift.kind, 9)):
+            assert fix.statement is not None
+            conn.execute(fix.statement)
+
+
 def apply_roles(
     conn: psycopg.Connection[Any],
     settings: Settings,
@@ -451,26 +465,25 @@ def apply_roles(
     mapping = mapping or load_mapping(settings)
     database = str(conn.info.dbname)
     with locks.advisory_lock(conn, ROLES_LOCK, wait=settings.migrations.lock_wait):
-        with _catalog_timeout(conn):
-            fixes = _plan(conn, mapping, settings)
-        unfixable = [fix.drift for fix in fixes if fix.statement is None]
-        if unfixable:
-            raise UsageError("; ".join(drift.detail for drift in unfixable))
-        if dry_run or not fixes:
-            return ApplyResult(
-                database, tuple(mapping.role_names), tuple(fix.drift for fix in fixes), ()
-            )
-        # REASSIGN first (owners keep implicit privileges), then roles, then the rest
-        order = {"owns objects": 0, "missing role": 1, "attributes": 2, "membership": 3}
-        fixes.sort(key=lambda fix: order.get(fix.drift.kind, 9))
-        with conn.transaction():
-            conn.execute(
-                "SELECT set_config('lock_timeout', %(value)s::text, true)",
-                {"value": postgres_interval(settings.migrations.lock_timeout)},
-            )
-            for fix in fixes:
-                assert fix.statement is not None
-                conn.execute(fix.statement)
+        # The advisory lock is per database, roles are per cluster: an apply in another
+        # database may create the same role between our plan and our CREATE ROLE. The
+        # transaction then rolls back whole, and a fresh plan sees the role.
+        for attempt in range(3):
+            with _catalog_timeout(conn):
+                fixes = _plan(conn, mapping, settings)
+            unfixable = [fix.drift for fix in fixes if fix.statement is None]
+            if unfixable:
+                raise UsageError("; ".join(drift.detail for drift in unfixable))
+            if dry_run or not fixes:
+                return ApplyResult(
+                    database, tuple(mapping.role_names), tuple(fix.drift for fix in fixes), ()
+                )
+            try:
+                _run_fixes(conn, fixes, settings)
+                break
+            except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
+                if attempt == 2:
+                    raise
         with _catalog_timeout(conn):
             remaining = [fix.drift for fix in _plan(conn, mapping, settings)]
     return ApplyResult(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import unique_name, url_for
+from conftest import _janitor, unique_name, url_for
 from psycopg import errors as pg_errors
 from psycopg import sql
 
@@ -247,3 +248,47 @@ def test_missing_table_is_refused_by_apply(empty_database: Any, role_settings: S
             "SELECT count(*) FROM pg_roles WHERE rolname LIKE %(p)s",
             {"p": role_settings.security.role_prefix + "%"},
         ).fetchone() == (0,)
+
+
+def test_concurrent_apply_in_two_databases_sharing_the_roles(
+    template_database: Any, database: Any, role_settings: Settings, prefix: str
+) -> None:
+    other_name = unique_name("kronos_test")
+    errors: list[BaseException] = []
+
+    def apply(url: str) -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                roles.apply_roles(conn, role_settings)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with _janitor(other_name, template=template_database.name):
+        other_url = url_for(other_name)
+        try:
+            threads = [threading.Thread(target=apply, args=(u,)) for u in (database.url, other_url)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert errors == []
+            for url in (database.url, other_url):
+                with psycopg.connect(url, autocommit=True) as conn:
+                    assert roles.check_roles(conn, role_settings).in_sync
+        finally:
+            for url in (other_url, database.url):
+                with psycopg.connect(url, autocommit=True) as conn:
+                    for service in roles.SERVICES:
+                        name = sql.Identifier(f"{prefix}{service}")
+                        if conn.execute(
+                            "SELECT 1 FROM pg_roles WHERE rolname = %(r)s",
+                            {"r": f"{prefix}{service}"},
+                        ).fetchone():
+                            conn.execute(sql.SQL("DROP OWNED BY {}").format(name))
+            with psycopg.connect(database.url, autocommit=True) as conn:
+                for service in roles.SERVICES:
+                    conn.execute(
+                        sql.SQL("DROP ROLE IF EXISTS {}").format(
+                            sql.Identifier(f"{prefix}{service}")
+                        )
+                    )
