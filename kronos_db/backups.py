@@ -763,3 +763,56 @@ def prune_backups(
                 )
             pruned.append(dataclasses.replace(backup, status="pruned", pruned_at=now))
         return PruneResult(tuple(pruned), tuple(missing), newest_verified, False)
+
+
+# --------------------------------------------------------------------------- health
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupHealth:
+    """Monitoring view: is there a recent dump that is known to restore?"""
+
+    severity: Literal["ok", "warning", "critical"]
+    summary: str
+    newest: Backup | None
+    newest_verified: Backup | None
+    verified_age_seconds: float | None
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": 0, "warning": 1, "critical": 2}[self.severity]
+
+
+def backup_health(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    *,
+    now: datetime,
+    warning_age: timedelta | None = None,
+    critical_age: timedelta | None = None,
+) -> BackupHealth:
+    """OK when the newest dump that passed verification is recent, WARNING/CRITICAL otherwise.
+
+    Only a *verified* dump counts: an unverified file is a hope, not a backup. The newest dump
+    having failed verification is at least a WARNING.
+    """
+    warning_age = warning_age if warning_age is not None else settings.backups.warning_age
+    critical_age = critical_age if critical_age is not None else settings.backups.critical_age
+    dumps = list_backups(conn, kind="pg_dump")
+    newest = dumps[0] if dumps else None
+    verified = next((b for b in dumps if b.verify_result == "passed"), None)
+    if verified is None:
+        detail = f"; newest dump is backup {newest.id}, not verified" if newest else ""
+        return BackupHealth("critical", f"no verified backup{detail}", newest, None, None)
+    age = now - verified.created_at
+    hours = age.total_seconds() / 3600
+    summary = f"newest verified backup is {verified.id}, {hours:.1f}h old"
+    severity: Literal["ok", "warning", "critical"] = "ok"
+    if age >= critical_age:
+        severity = "critical"
+    elif age >= warning_age:
+        severity = "warning"
+    if newest is not None and newest.verify_result == "failed":
+        summary += f"; newest backup {newest.id} FAILED verification: {newest.verify_message}"
+        severity = "critical" if severity == "critical" else "warning"
+    return BackupHealth(severity, summary, newest, verified, age.total_seconds())

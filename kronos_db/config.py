@@ -25,9 +25,7 @@ DEFAULT_CONFIG_FILE = "kronos.toml"
 CONFIG_ENV = "KRONOS_CONFIG"
 
 
-def setting(
-    default: Any, doc: str, *, minimum: float | None = None, secret: bool = False
-) -> Any:
+def setting(default: Any, doc: str, *, minimum: float | None = None, secret: bool = False) -> Any:
     """Declare a setting: its default, one line of documentation, and its validation."""
     return dataclasses.field(
         default=default, metadata={"doc": doc, "minimum": minimum, "secret": secret}
@@ -46,9 +44,7 @@ class DatabaseSettings:
     connect_timeout: timedelta = setting(
         timedelta(seconds=10), "How long to wait for the server to accept a connection."
     )
-    application_name: str = setting(
-        "kronos-db", "application_name reported in pg_stat_activity."
-    )
+    application_name: str = setting("kronos-db", "application_name reported in pg_stat_activity.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,15 +85,21 @@ class BackupSettings:
     compression: int = setting(
         6, "pg_dump custom-format compression level, 0 (none) to 9.", minimum=0
     )
-    keep: int = setting(
-        7, "`backup prune` with no option keeps this many newest dumps.", minimum=1
-    )
+    keep: int = setting(7, "`backup prune` with no option keeps this many newest dumps.", minimum=1)
     lock_wait_timeout: timedelta = setting(
         timedelta(seconds=30),
         "pg_dump --lock-wait-timeout: fail instead of queueing behind a DDL lock.",
     )
     restore_jobs: int = setting(
         1, "pg_restore --jobs for `backup restore` and `backup verify`.", minimum=1
+    )
+    warning_age: timedelta = setting(
+        timedelta(hours=26),
+        "`backup status` is WARNING when the newest verified dump is older than this.",
+    )
+    critical_age: timedelta = setting(
+        timedelta(hours=50),
+        "`backup status` is CRITICAL when the newest verified dump is older than this.",
     )
 
 
@@ -157,10 +159,10 @@ def _convert(value: Any, kind: Any, key: str, origin: str) -> Any:
 
     if kind is timedelta:
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise fail(f"expected a duration such as \"5s\", got {value!r}")
+            raise fail(f'expected a duration such as "5s", got {value!r}')
         if isinstance(value, int):
             if value != 0:
-                raise fail(f"a duration needs a unit, e.g. \"{value}s\"")
+                raise fail(f'a duration needs a unit, e.g. "{value}s"')
             return timedelta(0)
         try:
             return parse_duration(value)
@@ -263,8 +265,7 @@ def load_settings(
     for section_name, table in data.items():
         if section_name not in sections:
             raise ConfigError(
-                f"{path}: unknown section [{section_name}] "
-                f"(known: {', '.join(sorted(sections))})"
+                f"{path}: unknown section [{section_name}] (known: {', '.join(sorted(sections))})"
             )
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section_name}: expected a table [{section_name}]")
@@ -272,8 +273,7 @@ def load_settings(
         for key, value in table.items():
             if key not in known:
                 raise ConfigError(
-                    f"{path}: unknown key {section_name}.{key} "
-                    f"(known: {', '.join(sorted(known))})"
+                    f"{path}: unknown key {section_name}.{key} (known: {', '.join(sorted(known))})"
                 )
             per_section[section_name][key] = (value, str(path))
     for dotted, (value, origin) in (overrides or {}).items():
@@ -321,7 +321,8 @@ def effective_settings(settings: Settings) -> list[EffectiveSetting]:
 
                 shown = mask_conninfo(shown)
             rows.append(
-                EffectiveSetting(key, shown, settings.sources.get(key, "default"),
-                                 field.metadata.get("doc", ""))
+                EffectiveSetting(
+                    key, shown, settings.sources.get(key, "default"), field.metadata.get("doc", "")
+                )
             )
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -299,3 +300,74 @@ def test_backups_table_rules(conn: psycopg.Connection[Any]) -> None:
         )
     with pytest.raises(UsageError):
         backups.record_backup(conn, kind="tape", file_path="/x")
+
+
+def test_status_is_critical_without_a_verified_backup_and_ages(
+    database: Any,
+    conn: psycopg.Connection[Any],
+    backup_settings: Settings,
+    cli: Any,
+    config_file: Path,
+) -> None:
+    common = ("--config", str(config_file), "--database-url", database.url)
+    empty = cli("backup", "status", "--now", NOW.isoformat(), *common)
+    assert empty.code == 2
+    assert "BACKUP CRITICAL: no verified backup" in empty.stdout
+    backup = backups.create_backup(database.target, backup_settings, now=NOW)
+    assert backup is not None
+    assert cli("backup", "status", "--now", NOW.isoformat(), *common).code == 2  # unverified
+    assert backups.verify_backup(database.target, backup_settings, backup.id, now=NOW).passed
+    fresh = cli("backup", "status", "--now", (NOW + timedelta(hours=1)).isoformat(), *common)
+    assert fresh.code == 0, fresh.output
+    stale = cli("backup", "status", "--now", (NOW + timedelta(hours=30)).isoformat(), *common)
+    assert stale.code == 1
+    old = cli(
+        "backup",
+        "status",
+        "--critical",
+        "1d",
+        "--now",
+        (NOW + timedelta(hours=30)).isoformat(),
+        *common,
+    )
+    assert old.code == 2
+    bad = cli("backup", "status", "--warning", "soon", *common)
+    assert bad.code == 2
+    # a newer dump that fails verification is a warning even while the old one is fresh
+    newer = backups.create_backup(database.target, backup_settings, now=NOW + timedelta(hours=1))
+    assert newer is not None
+    Path(newer.file_path).unlink()
+    assert not backups.verify_backup(database.target, backup_settings, newer.id, now=NOW).passed
+    health = backups.backup_health(conn, backup_settings, now=NOW + timedelta(hours=2))
+    assert health.severity == "warning"
+    assert f"newest backup {newer.id} FAILED verification" in health.summary
+
+
+def test_prune_and_list_from_the_command_line(
+    database: Any, backup_settings: Settings, cli: Any, config_file: Path
+) -> None:
+    for days_ago in (40, 35, 1):
+        assert backups.create_backup(
+            database.target, backup_settings, now=NOW - timedelta(days=days_ago)
+        )
+    common = ("--config", str(config_file), "--database-url", database.url)
+    dry = cli(
+        "backup", "prune", "--older-than", "30d", "--dry-run", "--now", NOW.isoformat(), *common
+    )
+    assert dry.code == 0, dry.output
+    assert dry.stdout.count("would prune backup") == 2
+    done = cli(
+        "backup", "prune", "--older-than", "30d", "--now", NOW.isoformat(), "--json", *common
+    )
+    assert done.code == 0, done.output
+    assert len(json.loads(done.stdout)["pruned"]) == 2
+    again = cli("backup", "prune", "--older-than", "30d", "--now", NOW.isoformat(), *common)
+    assert again.code == 0
+    assert again.stdout == ""  # nothing to do, no terminal: quiet
+    listed = json.loads(cli("backup", "list", "--json", *common).stdout)
+    assert [b["status"] for b in listed] == ["available"]
+    everything = json.loads(cli("backup", "list", "--all", "--json", *common).stdout)
+    assert [b["status"] for b in everything] == ["available", "pruned", "pruned"]
+    assert cli("backup", "prune", "--older-than", "a while", *common).code == 2
+    assert cli("backup", "prune", "--keep", "0", *common).code == 2
+    assert cli("backup", "verify", "999", *common).code == 2

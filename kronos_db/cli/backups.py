@@ -330,3 +330,57 @@ def verify(
 
 def _as_dict(result: backups.VerifyResult) -> dict[str, object]:
     return dataclasses.asdict(result)
+
+
+@app.command("status")
+def status(
+    warning: Annotated[
+        str | None,
+        typer.Option(
+            "--warning",
+            help="WARNING when the newest verified dump is older "
+            "(default: [backups] warning_age, 26h).",
+            show_default=False,
+        ),
+    ] = None,
+    critical: Annotated[
+        str | None,
+        typer.Option(
+            "--critical",
+            help="CRITICAL when the newest verified dump is older "
+            "(default: [backups] critical_age, 50h).",
+            show_default=False,
+        ),
+    ] = None,
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Monitoring check: is there a recent backup that passed verification?
+
+    Exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (cannot connect).
+
+    Example: kronos-db backup status --warning 26h --critical 50h
+    """
+    warning_age = duration_option(warning)
+    critical_age = duration_option(critical)
+    settings = settings_for(config)
+    target = target_for(database_url, settings)
+    with db.connection(target) as conn:
+        health = backups.backup_health(
+            conn, settings, now=parse_now(now), warning_age=warning_age, critical_age=critical_age
+        )
+    if json:
+        emit_json(
+            {
+                "severity": health.severity,
+                "summary": health.summary,
+                "newest_id": health.newest.id if health.newest else None,
+                "newest_verified_id": health.newest_verified.id if health.newest_verified else None,
+                "verified_age_seconds": health.verified_age_seconds,
+            }
+        )
+    else:
+        stdout.print(f"BACKUP {health.severity.upper()}: {health.summary}", markup=False)
+    raise typer.Exit(health.exit_code)
