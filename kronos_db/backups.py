@@ -130,6 +130,7 @@ class PruneResult:
     missing_files: tuple[str, ...]
     kept_newest_verified: int | None
     dry_run: bool
+    stale_partials: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- recording
@@ -705,6 +706,23 @@ def restore_backup(
 # --------------------------------------------------------------------------- prune
 
 
+STALE_PARTIAL_AGE = timedelta(days=1)
+
+
+def _stale_partials(settings: Settings, now: datetime) -> list[Path]:
+    """Temporary dump files a killed ``backup create`` left in the backup directory.
+
+    pg_dump keeps writing to a live one, so one untouched for a day is dead.
+    """
+    if not settings.backups.directory:
+        return []
+    folder = Path(settings.backups.directory).expanduser()
+    if not folder.is_dir():
+        return []
+    cutoff = (now - STALE_PARTIAL_AGE).timestamp()
+    return sorted(path for path in folder.glob(".*.partial") if path.stat().st_mtime < cutoff)
+
+
 def prune_backups(
     target: db.Target,
     settings: Settings,
@@ -719,8 +737,9 @@ def prune_backups(
     A dump is pruned when every given rule matches it: beyond the newest ``keep`` and/or older
     than ``older_than``; with neither, ``[backups] keep`` applies. The newest dump that passed
     verification is never pruned, whatever the rules. Only ``pg_dump`` rows are considered:
-    partition archives are the only copy of their rows. Returns ``None`` when another prune
-    holds the lock.
+    partition archives are the only copy of their rows. Temporary files a killed ``backup
+    create`` left in ``[backups] directory`` (untouched for a day) are removed too. Returns
+    ``None`` when another prune holds the lock.
     """
     if keep is not None and keep < 1:
         raise UsageError("--keep must be at least 1")
@@ -739,7 +758,8 @@ def prune_backups(
             None,
         )
         if dry_run:
-            return PruneResult(tuple(candidates), (), newest_verified, True)
+            stale = _stale_partials(settings, now)
+            return PruneResult(tuple(candidates), (), newest_verified, True, tuple(map(str, stale)))
         pruned: list[Backup] = []
         missing: list[str] = []
         for backup in candidates:
@@ -762,7 +782,11 @@ def prune_backups(
                     query("backups", "update_backup_pruned"), {"id": backup.id, "pruned_at": now}
                 )
             pruned.append(dataclasses.replace(backup, status="pruned", pruned_at=now))
-        return PruneResult(tuple(pruned), tuple(missing), newest_verified, False)
+        removed = []
+        for leftover in _stale_partials(settings, now):
+            leftover.unlink(missing_ok=True)
+            removed.append(str(leftover))
+        return PruneResult(tuple(pruned), tuple(missing), newest_verified, False, tuple(removed))
 
 
 # --------------------------------------------------------------------------- health

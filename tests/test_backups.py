@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -232,6 +233,12 @@ def test_prune_never_deletes_the_newest_verified_backup(
         **backups.file_digest(archive).__dict__,
     )
 
+    leftover = Path(backup_settings.backups.directory) / ".kronos_x.dump.123.partial"
+    leftover.write_bytes(b"half a dump")
+    os.utime(leftover, (NOW.timestamp() - 2 * 86400,) * 2)
+    fresh_leftover = Path(backup_settings.backups.directory) / ".kronos_y.dump.456.partial"
+    fresh_leftover.write_bytes(b"a dump being written")
+    os.utime(fresh_leftover, (NOW.timestamp() - 60,) * 2)
     dry = backups.prune_backups(database.target, backup_settings, now=NOW, keep=1, dry_run=True)
     assert dry is not None
     assert [b.id for b in dry.pruned] == [second.id, third.id]
@@ -246,6 +253,9 @@ def test_prune_never_deletes_the_newest_verified_backup(
     assert not Path(second.file_path).exists()
     assert not Path(third.file_path).exists()
     assert archive.exists()  # partition archives are never pruned
+    assert result.stale_partials == (str(leftover),)
+    assert not leftover.exists()
+    assert fresh_leftover.exists()  # a dump in progress keeps its file
     statuses = dict(conn.execute("SELECT id, status FROM backups").fetchall())
     assert statuses[second.id] == "pruned"
     assert statuses[oldest.id] == "available"

@@ -229,6 +229,9 @@ def prune(
         return
     for path in result.missing_files:
         notify(f"warning: {path} was already gone; its row is marked pruned")
+    for path in result.stale_partials:
+        verb_partial = "would remove" if result.dry_run else "removed"
+        notify(f"{verb_partial} {path}, left by an interrupted backup create")
     verb = "would prune" if result.dry_run else "pruned"
     if not result.pruned:
         if stdout.is_terminal:
