@@ -118,9 +118,17 @@ def test_truncated_copy_fails_verify_with_a_clear_message(
 ) -> None:
     _seed(conn, 2000)
     created = cli(
-        "backup", "create", "--config", str(config_file), "--database-url", database.url, "--json"
+        "backup",
+        "create",
+        "--config",
+        str(config_file),
+        "--database-url",
+        database.url,
+        "--verify",
+        "--json",
     )
     assert created.code == 0, created.stderr
+    assert json.loads(created.stdout)["verification"]["passed"] is True
     row = conn.execute("SELECT id, file_path, size_bytes FROM backups").fetchone()
     assert row is not None
     backup_id, file_path, size = row

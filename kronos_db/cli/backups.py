@@ -83,6 +83,14 @@ def create(
             show_default=False,
         ),
     ] = None,
+    verify_after: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Then verify the new dump (restore into a scratch database, compare row "
+            "counts); exit 1 when it fails.",
+        ),
+    ] = False,
     now: NowOption = None,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -93,7 +101,7 @@ def create(
     Row counts are taken in the dump's own snapshot, so `backup verify` can compare them
     exactly. A second run while one is in progress does nothing and exits 0.
 
-    Example: kronos-db backup create --directory /var/backups/kronos
+    Example: kronos-db backup create --directory /var/backups/kronos --verify
     """
     settings = settings_for(config)
     target = target_for(database_url, settings)
@@ -120,9 +128,26 @@ def create(
     if backup is None:
         notify("another `backup create` is running on this database: nothing done")
         return
+    result = (
+        backups.verify_backup(target, settings, backup.id, now=moment) if verify_after else None
+    )
     if json:
-        emit_json(backup)
-        return
+        emit_json(
+            {**dataclasses.asdict(backup), "verification": result and _as_dict(result)}
+            if verify_after
+            else backup
+        )
+    else:
+        _print_created(backup)
+        if result is not None and result.passed:
+            stdout.print(f"  verified: {result.message} ({result.seconds:.1f}s)", markup=False)
+    if result is not None and not result.passed:
+        raise BackupVerificationError(
+            f"backup {result.backup_id} FAILED verification: {result.message}"
+        )
+
+
+def _print_created(backup: backups.Backup) -> None:
     seconds = (
         (backup.finished_at - backup.started_at).total_seconds()
         if backup.finished_at and backup.started_at
