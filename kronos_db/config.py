@@ -115,6 +115,36 @@ class HousekeepingSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class BackupSettings:
+    directory: str = setting(
+        "",
+        "Directory `kronos-db backup create` writes dumps to (created if missing). Empty: "
+        "--directory is required.",
+    )
+    pg_dump: str = setting("pg_dump", "The pg_dump program (a name on PATH or a path).")
+    pg_restore: str = setting("pg_restore", "The pg_restore program (a name on PATH or a path).")
+    compression: int = setting(
+        6, "pg_dump custom-format compression level, 0 (none) to 9.", minimum=0
+    )
+    keep: int = setting(7, "`backup prune` with no option keeps this many newest dumps.", minimum=1)
+    lock_wait_timeout: timedelta = setting(
+        timedelta(seconds=30),
+        "pg_dump --lock-wait-timeout: fail instead of queueing behind a DDL lock.",
+    )
+    restore_jobs: int = setting(
+        1, "pg_restore --jobs for `backup restore` and `backup verify`.", minimum=1
+    )
+    warning_age: timedelta = setting(
+        timedelta(hours=26),
+        "`backup status` is WARNING when the newest verified dump is older than this.",
+    )
+    critical_age: timedelta = setting(
+        timedelta(hours=50),
+        "`backup status` is CRITICAL when the newest verified dump is older than this.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class PartitionSettings:
     table: str = setting(
         "public.logs", "The range-partitioned table whose partitions kronos-db manages."
@@ -172,11 +202,40 @@ class PartitionSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecuritySettings:
+    argon2_time_cost: int = setting(
+        3, "Argon2id iterations (t) for new password hashes.", minimum=1
+    )
+    argon2_memory_cost: int = setting(
+        65536, "Argon2id memory in KiB (m) for new password hashes.", minimum=8
+    )
+    argon2_parallelism: int = setting(4, "Argon2id lanes (p) for new password hashes.", minimum=1)
+    argon2_hash_len: int = setting(32, "Argon2id digest length in bytes.", minimum=16)
+    argon2_salt_len: int = setting(16, "Argon2id salt length in bytes.", minimum=8)
+    min_password_length: int = setting(
+        12, "`users create`/`set-password` refuse shorter passwords.", minimum=1
+    )
+    role_prefix: str = setting(
+        "kronos_", "Prefix of the per-service PostgreSQL roles (kronos_auth, kronos_log...)."
+    )
+    role_login: bool = setting(
+        True,
+        "Create the service roles with LOGIN (services connect as them; set their passwords "
+        "yourself). false: NOLOGIN group roles to grant to per-instance login roles.",
+    )
+    roles_file: str = setting(
+        "", "The service-to-privileges mapping (TOML). Empty: the one shipped with kronos-db."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
     housekeeping: HousekeepingSettings = dataclasses.field(default_factory=HousekeepingSettings)
     partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
+    backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)
+    security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
     # "section.key" -> where the value came from: "default", a file path, an option, a variable.
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     path: Path | None = None

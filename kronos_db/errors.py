@@ -96,6 +96,20 @@ class InsufficientPrivilegeError(KronosError):
     """The connected role lacks a privilege this operation needs."""
 
 
+class BackupError(KronosError):
+    """The backup operation failed."""
+
+
+class BackupVerificationError(BackupError):
+    """The backup failed verification."""
+
+
+class RoleDriftError(KronosError):
+    """The service roles differ from the mapping."""
+
+    exit_code = ExitCode.DRIFT
+
+
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else text.strip()

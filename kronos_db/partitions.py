@@ -47,7 +47,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq, sql
 from psycopg.rows import class_row
 
-from kronos_db import db, locks
+from kronos_db import backups, db, locks
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
@@ -1185,11 +1185,25 @@ class _Rotation:
         path = Path(directory) / f"{self.parent.schema}.{name}.{self.now:%Y%m%dT%H%M%SZ}.copy.gz"
         copy = sql.SQL("COPY {} TO STDOUT").format(table)
         count = sql.SQL(query("partitions", "count_rows")).format(table=table)
-        record = sql.SQL(query("partitions", "insert_backup"))
+        record = sql.SQL(query("backups", "insert_backup"))
+        planned = {
+            "created_at": None,
+            "file_path": str(path),
+            "kind": "partition_archive",
+            "database_name": self.conn.info.dbname,
+            "size_bytes": None,
+            "sha256": None,
+            "compression": "gzip",
+            "row_counts": None,
+            "server_version": None,
+            "tool_version": None,
+            "started_at": None,
+            "finished_at": None,
+        }
         if self.dry_run:
             runner.execute(copy)
             runner.execute(count)
-            runner.execute(record, {"file_path": str(path)})
+            runner.execute(record, planned)
             return {"archive_file": str(path)}
         try:
             rows = archive_table(self.conn, table, path)
@@ -1209,8 +1223,18 @@ class _Rotation:
                 f"archive of {name}: the table has {expected} row(s), COPY sent "
                 f"{rows}, the file holds {written}: file removed, table kept"
             )
-        record_backup(self.conn, str(path))
-        runner.record(_render_with_params(self.conn, record, {"file_path": str(path)}))
+        digest = backups.file_digest(path)
+        recorded = backups.record_backup(
+            self.conn,
+            kind="partition_archive",
+            file_path=path,
+            size_bytes=digest.size_bytes,
+            sha256=digest.sha256,
+            row_counts={f"{self.parent.schema}.{name}": written},
+            database_name=self.conn.info.dbname,
+            compression="gzip",
+        )
+        runner.record(f"-- recorded as backup {recorded.id}: {path} ({digest.size_bytes} bytes)")
         return {"archive_file": str(path), "archived_rows": written}
 
     def finalize(self, action: Action) -> StepResult:
@@ -1281,13 +1305,6 @@ def count_archive_rows(path: Path) -> int:
         while chunk := handle.read(1 << 20):
             rows += chunk.count(b"\n")
     return rows
-
-
-def record_backup(conn: psycopg.Connection[Any], file_path: str) -> int:
-    """Record a file kronos-db wrote in ``backups``; the one place that inserts there."""
-    row = conn.execute(query("partitions", "insert_backup"), {"file_path": file_path}).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def rotate(

@@ -9,6 +9,7 @@ random part, so concurrent runs on one server never collide.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from kronos_db import db, migrations
@@ -87,6 +89,31 @@ def empty_database() -> Iterator[Database]:
 def conn(database: Database) -> Iterator[psycopg.Connection[Any]]:
     with database.connect() as connection:
         yield connection
+
+
+PROBE_ROLE = "kronos_auth_probe"
+PROBE_PASSWORD = "kronos-probe-secret"
+
+
+@pytest.fixture(scope="session")
+def password_role() -> str:
+    """A role that must log in with a password: .ci/run adds its scram rule to pg_hba.conf.
+
+    Roles are cluster-wide and shared by concurrent runs: created or updated, never dropped.
+    """
+    with psycopg.connect(url_for("postgres"), autocommit=True) as conn:
+        rule = conn.execute(
+            "SELECT 1 FROM pg_hba_file_rules WHERE %s = ANY(user_name)"
+            " AND auth_method = 'scram-sha-256'",
+            (PROBE_ROLE,),
+        ).fetchone()
+        if rule is None:
+            pytest.skip(f"pg_hba.conf has no scram-sha-256 rule for {PROBE_ROLE}: run .ci/run")
+        role, password = sql.Identifier(PROBE_ROLE), sql.Literal(PROBE_PASSWORD)
+        with contextlib.suppress(psycopg.errors.DuplicateObject):
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, password))
+    return PROBE_ROLE
 
 
 @pytest.fixture

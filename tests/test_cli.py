@@ -9,12 +9,20 @@ from typing import Any
 import psycopg
 import pytest
 import typer
-from conftest import HOST, PORT, REPO, USER, Database, run_cli, unique_name, url_for
+from conftest import (
+    HOST,
+    PORT,
+    PROBE_PASSWORD,
+    PROBE_ROLE,
+    REPO,
+    USER,
+    Database,
+    run_cli,
+    unique_name,
+    url_for,
+)
 
 from kronos_db.cli import app
-
-PROBE_ROLE = "kronos_auth_probe"
-PROBE_PASSWORD = "kronos-probe-secret"
 
 
 def _one_error_line(result: Any, code: int) -> str:
@@ -43,28 +51,7 @@ def test_missing_database_suggests_create_db() -> None:
     assert "--create-db" in line
 
 
-@pytest.fixture(scope="module")
-def password_role() -> None:
-    """A role that must log in with a password (.ci/run adds its scram rule to pg_hba)."""
-    with psycopg.connect(url_for("postgres"), autocommit=True) as conn:
-        rule = conn.execute(
-            "SELECT 1 FROM pg_hba_file_rules WHERE %s = ANY(user_name)"
-            " AND auth_method = 'scram-sha-256'",
-            (PROBE_ROLE,),
-        ).fetchone()
-        if rule is None:
-            pytest.skip(f"pg_hba.conf has no scram-sha-256 rule for {PROBE_ROLE}: run .ci/run")
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PROBE_ROLE,)).fetchone()
-        verb = "ALTER" if exists else "CREATE"
-        conn.execute(
-            psycopg.sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(  # type: ignore[operator]
-                psycopg.sql.Identifier(PROBE_ROLE), psycopg.sql.Literal(PROBE_PASSWORD)
-            )
-        )
-    return
-
-
-def test_wrong_password_is_refused_without_showing_it(password_role: None) -> None:
+def test_wrong_password_is_refused_without_showing_it(password_role: str) -> None:
     secret = "Wr0ng-Secret-4711"
     url = f"postgresql://{PROBE_ROLE}:{secret}@{HOST}:{PORT}/postgres"
     for args in (("status", "--database-url", url), ("migrate", "--database-url", url)):
@@ -78,7 +65,7 @@ def test_wrong_password_is_refused_without_showing_it(password_role: None) -> No
     assert secret not in result.output
 
 
-def test_right_password_connects(password_role: None, empty_database: Database) -> None:
+def test_right_password_connects(password_role: str, empty_database: Database) -> None:
     url = f"postgresql://{PROBE_ROLE}:{PROBE_PASSWORD}@{HOST}:{PORT}/{empty_database.name}"
     result = run_cli("status", "--database-url", url)
     assert result.code == 5, result.output  # connected; nothing applied yet

@@ -180,8 +180,8 @@ def test_revision_writes_the_sql_pair_after_head(tree_copy: tuple[Path, Path]) -
     revision_file = root / "migrations" / "versions" / f"{number}_index_routes_by_service.py"
     assert revision_file.is_file(), result.stdout
     text = revision_file.read_text(encoding="utf-8")
-    assert f"revision = '{number}'" in text
-    assert f"down_revision = '{head}'" in text
+    assert f'revision = "{number}"' in text
+    assert f'down_revision = "{head}"' in text
     assert 'run_sql(__file__, "upgrade")' in text
     assert sql_path(revision_file, "upgrade").is_file()
     assert sql_path(revision_file, "downgrade").is_file()

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from conftest import REPO, Database
 
-from kronos_db import locks, partitions, partman
+from kronos_db import backups, locks, partitions, partman
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.partitions import add_intervals, floor_time, partition_name
 
@@ -167,8 +167,14 @@ def test_archive_writes_verifies_records_then_drops(
         lines = handle.read().splitlines()
     assert len(lines) == 50
     assert "line\\nwith\\ttab" in lines[0]
-    recorded = conn.execute("SELECT file_path FROM backups").fetchall()
-    assert (str(path),) in recorded
+    recorded = conn.execute(
+        "SELECT kind, size_bytes, sha256, row_counts FROM backups WHERE file_path = %s",
+        (str(path),),
+    ).fetchall()
+    digest = backups.file_digest(path)
+    assert recorded == [
+        ("partition_archive", digest.size_bytes, digest.sha256, {f"public.{old}": 50})
+    ]
     assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
     assert not list(tmp_path.glob("*.partial"))
 

@@ -14,10 +14,12 @@ from typing import Annotated
 import typer
 
 from kronos_db import __version__
+from kronos_db.cli import backups as backup_commands
 from kronos_db.cli import config as config_commands
 from kronos_db.cli import housekeeping as housekeeping_commands
 from kronos_db.cli import migrate as migrate_commands
 from kronos_db.cli import partitions as partitions_commands
+from kronos_db.cli import security as security_commands
 from kronos_db.cli.common import configure_logging, redact, stderr
 from kronos_db.errors import ExitCode, KronosError
 
@@ -59,6 +61,8 @@ migrate_commands.register(app)
 app.add_typer(config_commands.app, name="config")
 housekeeping_commands.register(app)
 app.add_typer(partitions_commands.app, name="partitions")
+app.add_typer(backup_commands.app, name="backup", rich_help_panel="Backups")
+security_commands.register(app)
 
 
 def _fail(message: str, code: int) -> None:

@@ -110,12 +110,6 @@ SELECT {columns} FROM moved;
 -- exact row count of one table (an archived partition, checked against its file)
 SELECT count(*)::bigint AS rows FROM {table};
 
--- name: insert_backup
--- records a file written by kronos-db in backups; returns its id
-INSERT INTO backups (file_path)
-VALUES (%(file_path)s::text)
-RETURNING id;
-
 -- name: select_partman
 -- pg_partman's schema when the extension is installed, with the table's part_config row if any
 SELECT extension.extnamespace::regnamespace::text AS schema,

@@ -1,0 +1,842 @@
+"""Backups: pg_dump files written atomically, recorded in ``backups``, verified by restoring them.
+
+``create_backup`` exports a REPEATABLE READ snapshot, hands it to ``pg_dump --snapshot`` and
+counts every table's rows in that same snapshot, so the counts recorded are exactly the rows the
+file holds even while the services keep writing. The dump goes to a hidden temporary file in the
+backup directory; once pg_dump succeeded the file is fsynced, hashed and renamed into place (and
+the directory fsynced) before its row is inserted: a half-written file is never recorded.
+
+``verify_backup`` checks size and SHA-256, restores into a scratch database, compares the row
+counts with the recorded ones, drops the scratch database and records the outcome.
+
+The password never reaches a command line: pg_dump and pg_restore get the connection string
+without it and the password through ``PGPASSWORD`` in their environment.
+
+Other jobs (the log partition archiver) record their files with :func:`record_backup`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from kronos_db import db, locks
+from kronos_db.config import Settings
+from kronos_db.durations import postgres_interval
+from kronos_db.errors import (
+    BackupError,
+    BackupVerificationError,
+    InsufficientPrivilegeError,
+    KronosError,
+    UsageError,
+    translate_database_error,
+)
+from kronos_db.resources import query
+
+Kind = Literal["pg_dump", "partition_archive", "unknown"]
+KINDS: tuple[str, ...] = ("pg_dump", "partition_archive", "unknown")
+CREATE_LOCK = "backup-create"
+PRUNE_LOCK = "backup-prune"
+Progress = Callable[[int], None]
+# libpq parameters that are secrets: never on a command line
+_SECRET_PARAMETERS = ("password", "sslpassword")
+_READ_CHUNK = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Backup:
+    """One row of ``backups``."""
+
+    id: int
+    created_at: datetime
+    file_path: str
+    kind: str
+    status: str
+    database_name: str | None
+    size_bytes: int | None
+    sha256: str | None
+    compression: str | None
+    row_counts: dict[str, int] | None
+    server_version: str | None
+    tool_version: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    verified_at: datetime | None
+    verify_result: str | None
+    verify_message: str | None
+    pruned_at: datetime | None
+
+    @property
+    def total_rows(self) -> int | None:
+        return sum(self.row_counts.values()) if self.row_counts is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDigest:
+    size_bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    backup_id: int
+    file_path: str
+    passed: bool
+    problems: tuple[str, ...]
+    tables_compared: int
+    rows_compared: int
+    scratch_database: str | None
+    seconds: float
+
+    @property
+    def message(self) -> str:
+        if self.passed:
+            return (
+                f"checksum matches; restored and compared {self.tables_compared} tables "
+                f"({self.rows_compared} rows)"
+            )
+        return "; ".join(self.problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreResult:
+    backup_id: int
+    database: str
+    replaced: bool
+    tables_compared: int
+    rows_compared: int
+    problems: tuple[str, ...]
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneResult:
+    pruned: tuple[Backup, ...]
+    missing_files: tuple[str, ...]
+    kept_newest_verified: int | None
+    dry_run: bool
+    stale_partials: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def file_digest(path: str | Path) -> FileDigest:
+    """Size and SHA-256 (lowercase hex) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return FileDigest(size, digest.hexdigest())
+
+
+def record_backup(
+    conn: psycopg.Connection[Any],
+    *,
+    kind: str,
+    file_path: str | Path,
+    size_bytes: int | None = None,
+    sha256: str | None = None,
+    row_counts: Mapping[str, int] | None = None,
+    database_name: str | None = None,
+    compression: str | None = None,
+    server_version: str | None = None,
+    tool_version: str | None = None,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    created_at: datetime | None = None,
+) -> Backup:
+    """Insert a row into ``backups`` for a file that is complete on disk; return it.
+
+    For the partition archiver: ``record_backup(conn, kind="partition_archive",
+    file_path=path, **dataclasses.asdict(file_digest(path)), row_counts={"public.logs_p…": n})``
+    once the archive file is fsynced and renamed into place.
+    """
+    if kind not in KINDS:
+        raise UsageError(f"unknown backup kind {kind!r} (one of {', '.join(KINDS)})")
+    if sha256 is not None:
+        sha256 = sha256.lower()
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise UsageError(f"not a SHA-256 hex digest: {sha256!r}")
+    params = {
+        "created_at": created_at,
+        "file_path": str(file_path),
+        "kind": kind,
+        "database_name": database_name,
+        "size_bytes": size_bytes,
+        "sha256": sha256,
+        "compression": compression,
+        "row_counts": Jsonb(dict(row_counts)) if row_counts is not None else None,
+        "server_version": server_version,
+        "tool_version": tool_version,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+    with conn.cursor(row_factory=class_row(Backup)) as cur:
+        row = cur.execute(query("backups", "insert_backup"), params).fetchone()
+    assert row is not None
+    return row
+
+
+def list_backups(
+    conn: psycopg.Connection[Any],
+    *,
+    kind: str | None = None,
+    include_pruned: bool = False,
+    limit: int = 1000,
+) -> list[Backup]:
+    """Backups newest first."""
+    with conn.cursor(row_factory=class_row(Backup)) as cur:
+        return cur.execute(
+            query("backups", "select_backups"),
+            {"kind": kind, "include_pruned": include_pruned, "limit": limit},
+        ).fetchall()
+
+
+def get_backup(conn: psycopg.Connection[Any], backup_id: int) -> Backup:
+    with conn.cursor(row_factory=class_row(Backup)) as cur:
+        row = cur.execute(query("backups", "select_backup"), {"id": backup_id}).fetchone()
+    if row is None:
+        raise UsageError(f"no backup with id {backup_id} (see `kronos-db backup list`)")
+    return row
+
+
+# --------------------------------------------------------------------------- external tools
+
+
+@dataclasses.dataclass(frozen=True)
+class _Libpq:
+    """How to hand a target to a libpq program: a password-free conninfo and an environment."""
+
+    conninfo: str
+    environment: dict[str, str]
+
+
+def _libpq_for(target: db.Target) -> _Libpq:
+    params = {k: v for k, v in target.params.items() if v not in (None, "")}
+    environment = dict(os.environ)
+    password = params.get("password")
+    for key in _SECRET_PARAMETERS:
+        params.pop(key, None)
+    if password:
+        environment["PGPASSWORD"] = str(password)
+    return _Libpq(make_conninfo(**params), environment)
+
+
+def _tool_version(program: str) -> str:
+    try:
+        completed = subprocess.run(
+            [program, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except FileNotFoundError:
+        raise BackupError(
+            f"{program}: not found; install postgresql-client or set its path "
+            "in [backups] of the configuration"
+        ) from None
+    except OSError as exc:
+        raise BackupError(f"{program}: cannot run: {exc.strerror}") from None
+    return completed.stdout.strip()
+
+
+def _tool_failure(program: str, code: int, stderr: str, target: db.Target) -> BackupError:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    # pg_dump prefixes with "pg_dump: error: "; the last lines say why
+    reason = " / ".join(line.strip() for line in lines[-3:]) or "no message"
+    return BackupError(target.redact(f"{Path(program).name} failed (exit {code}): {reason}"))
+
+
+def _start_tool(arguments: list[str], libpq: _Libpq) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
+            arguments,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=libpq.environment,
+            text=True,
+        )
+    except FileNotFoundError:
+        raise BackupError(
+            f"{arguments[0]}: not found; install postgresql-client or set its "
+            "path in [backups] of the configuration"
+        ) from None
+    except OSError as exc:
+        raise BackupError(f"{arguments[0]}: cannot run: {exc.strerror}") from None
+
+
+def _wait_tool(
+    process: subprocess.Popen[str],
+    target: db.Target,
+    *,
+    while_running: Callable[[], None] | None = None,
+) -> None:
+    try:
+        while True:
+            try:
+                _, stderr = process.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if while_running is not None:
+                    while_running()
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    if process.returncode != 0:
+        program = process.args[0] if isinstance(process.args, list) else str(process.args)
+        raise _tool_failure(str(program), process.returncode, stderr, target)
+
+
+def _run_tool(arguments: list[str], libpq: _Libpq, target: db.Target) -> None:
+    _wait_tool(_start_tool(arguments, libpq), target)
+
+
+# --------------------------------------------------------------------------- row counts
+
+
+def table_row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Exact rows per table (``schema.table`` → count), in the connection's current snapshot."""
+    tables = conn.execute(query("backups", "select_data_tables")).fetchall()
+    counts: dict[str, int] = {}
+    for schema_name, table_name in tables:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema_name, table_name))
+        ).fetchone()
+        counts[f"{schema_name}.{table_name}"] = int(row[0]) if row else 0
+    return counts
+
+
+def compare_row_counts(recorded: Mapping[str, int], restored: Mapping[str, int]) -> list[str]:
+    problems = []
+    for table, expected in sorted(recorded.items()):
+        if table not in restored:
+            problems.append(f"table {table} is missing from the restored database")
+        elif restored[table] != expected:
+            problems.append(
+                f"table {table} has {restored[table]} rows, the backup recorded {expected}"
+            )
+    problems += [
+        f"table {table} was restored but the backup recorded no such table"
+        for table in sorted(set(restored) - set(recorded))
+    ]
+    return problems
+
+
+# --------------------------------------------------------------------------- create
+
+
+def _backup_directory(settings: Settings, directory: str | Path | None) -> Path:
+    chosen = directory or settings.backups.directory
+    if not chosen:
+        raise UsageError(
+            "no backup directory: set [backups] directory in the configuration or pass --directory"
+        )
+    path = Path(chosen).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"cannot create the backup directory {path}: {exc.strerror}") from None
+    return path
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sync_and_digest(path: Path) -> FileDigest:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+    return file_digest(path)
+
+
+def _final_path(directory: Path, database: str, now: datetime) -> Path:
+    stem = f"{database or 'kronos'}_{now.strftime('%Y%m%dT%H%M%SZ')}"
+    candidate = directory / f"{stem}.dump"
+    number = 1
+    while candidate.exists():
+        candidate = directory / f"{stem}-{number}.dump"
+        number += 1
+    return candidate
+
+
+@contextmanager
+def _exported_snapshot(
+    target: db.Target, settings: Settings
+) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    """A READ ONLY REPEATABLE READ transaction kept open while pg_dump imports its snapshot."""
+    conn = db.connect(target, autocommit=False)
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        # the exporting transaction sits idle while pg_dump works: a server-wide
+        # idle_in_transaction_session_timeout must not end it before pg_dump imported it
+        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        conn.execute(
+            "SELECT set_config('lock_timeout', %(timeout)s::text, true)",
+            {"timeout": postgres_interval(settings.backups.lock_wait_timeout)},
+        )
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        yield conn, str(row[0])
+        conn.rollback()
+    except psycopg.Error as exc:
+        error = translate_database_error(exc, target=target.describe())
+        raise type(error)(target.redact(error.message)) from exc
+    finally:
+        conn.close()
+
+
+def create_backup(
+    target: db.Target,
+    settings: Settings,
+    *,
+    now: datetime,
+    directory: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Backup | None:
+    """Dump the target database to the backup directory and record it.
+
+    Returns ``None`` when another ``backup create`` holds the lock (it did nothing).
+    """
+    if settings.backups.compression > 9:
+        raise UsageError("[backups] compression must be between 0 and 9")
+    folder = _backup_directory(settings, directory)
+    program = settings.backups.pg_dump
+    tool_version = _tool_version(program)
+    started = time.monotonic()
+    with db.connection(target) as conn, locks.try_advisory_lock(conn, CREATE_LOCK) as acquired:
+        if not acquired:
+            return None
+        server_version = str(conn.execute(query("backups", "select_server_version")).fetchone()[0])  # type: ignore[index]
+        database = target.dbname or str(conn.info.dbname)
+        final = _final_path(folder, database, now)
+        partial = folder / f".{final.name}.{os.getpid()}.partial"
+        libpq = _libpq_for(target)
+
+        def report() -> None:
+            if progress is not None and partial.exists():
+                progress(partial.stat().st_size)
+
+        try:
+            with _exported_snapshot(target, settings) as (snapshot_conn, snapshot):
+                arguments = [
+                    program,
+                    "--format=custom",
+                    f"--compress={settings.backups.compression}",
+                    f"--snapshot={snapshot}",
+                    "--no-password",
+                    f"--lock-wait-timeout={postgres_interval(settings.backups.lock_wait_timeout)}",
+                    f"--file={partial}",
+                    f"--dbname={libpq.conninfo}",
+                ]
+                # pg_dump imports the snapshot as it starts; count in the same snapshot
+                # meanwhile, so counts and file agree whatever the services write
+                process = _start_tool(arguments, libpq)
+                try:
+                    counts = table_row_counts(snapshot_conn)
+                except BaseException:
+                    process.kill()
+                    process.communicate()
+                    raise
+                _wait_tool(process, target, while_running=report)
+            digest = _sync_and_digest(partial)
+            if progress is not None:
+                progress(digest.size_bytes)
+            os.rename(partial, final)
+            _fsync_directory(folder)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        seconds = time.monotonic() - started
+        try:
+            return record_backup(
+                conn,
+                kind="pg_dump",
+                file_path=final,
+                size_bytes=digest.size_bytes,
+                sha256=digest.sha256,
+                row_counts=counts,
+                database_name=database,
+                compression=f"zlib:{settings.backups.compression}",
+                server_version=server_version,
+                tool_version=tool_version,
+                started_at=now,
+                finished_at=now + timedelta(seconds=seconds),
+                created_at=now,
+            )
+        except psycopg.Error as exc:
+            error = translate_database_error(exc, target=target.describe())
+            raise BackupError(
+                f"{final} was written but could not be recorded in backups: {error.message}"
+            ) from exc
+
+
+# --------------------------------------------------------------------------- verify and restore
+
+
+def _check_file(backup: Backup) -> list[str]:
+    """Size and checksum problems of a backup's file (empty: the file is what was recorded)."""
+    path = Path(backup.file_path)
+    if not path.is_file():
+        return [f"{path}: the file is missing"]
+    problems = []
+    size = path.stat().st_size
+    if backup.size_bytes is not None and size != backup.size_bytes:
+        how = "it is truncated" if size < backup.size_bytes else "it was altered"
+        problems.append(
+            f"{path}: the file has {size} bytes but {backup.size_bytes} were recorded: {how}"
+        )
+    if backup.sha256 is not None:
+        actual = file_digest(path).sha256
+        if actual != backup.sha256:
+            problems.append(
+                f"{path}: checksum mismatch (SHA-256 {actual[:12]}…, recorded "
+                f"{backup.sha256[:12]}…): the file is corrupted"
+            )
+    return problems
+
+
+def _server_connection(target: db.Target) -> db.Target:
+    return db.maintenance_target(target)
+
+
+def _create_empty_database(target: db.Target, name: str) -> None:
+    try:
+        with db.connection(_server_connection(target)) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+            )
+    except InsufficientPrivilegeError:
+        raise InsufficientPrivilegeError(
+            f"cannot create database {name!r}: the connected role needs CREATEDB "
+            "(backup verify and restore create a database on the same server)"
+        ) from None
+
+
+def _restore_into(
+    settings: Settings,
+    target: db.Target,
+    backup: Backup,
+    database: str,
+    *,
+    keep_owners: bool,
+) -> dict[str, int]:
+    """pg_restore the backup into the (empty) database; return its row counts."""
+    restore_target = target.with_dbname(database)
+    libpq = _libpq_for(restore_target)
+    arguments = [
+        settings.backups.pg_restore,
+        "--exit-on-error",
+        "--no-password",
+        f"--jobs={settings.backups.restore_jobs}",
+        f"--dbname={libpq.conninfo}",
+    ]
+    if not keep_owners:
+        arguments += ["--no-owner", "--no-privileges"]
+    arguments.append(backup.file_path)
+    _run_tool(arguments, libpq, target)
+    with db.connection(restore_target) as conn:
+        return table_row_counts(conn)
+
+
+def _check_archive(settings: Settings, backup: Backup, target: db.Target) -> list[str]:
+    """pg_restore --list reads the whole table of contents: a cut file fails here."""
+    libpq = _libpq_for(target)
+    try:
+        _run_tool([settings.backups.pg_restore, "--list", backup.file_path], libpq, target)
+    except BackupError as exc:
+        return [f"{backup.file_path}: not a readable pg_dump archive: {exc.message}"]
+    return []
+
+
+def _verifiable(backup: Backup) -> None:
+    if backup.status == "pruned":
+        raise BackupError(
+            f"backup {backup.id} was pruned (its file was deleted) at "
+            f"{backup.pruned_at:%Y-%m-%d %H:%M} UTC"
+        )
+    if backup.kind != "pg_dump" and backup.sha256 is None:
+        raise BackupError(
+            f"backup {backup.id} ({backup.kind}) has no recorded checksum: "
+            "there is nothing to verify it against"
+        )
+
+
+def verify_backup(
+    target: db.Target,
+    settings: Settings,
+    backup_id: int,
+    *,
+    now: datetime,
+) -> VerifyResult:
+    """Check the file, restore it into a scratch database, compare row counts; record the result.
+
+    A ``partition_archive`` has its size and checksum checked only. The connecting role needs
+    CREATEDB (the scratch database is created and dropped on the same server).
+    """
+    started = time.monotonic()
+    with db.connection(target) as conn:
+        backup = get_backup(conn, backup_id)
+    _verifiable(backup)
+    problems = _check_file(backup)
+    scratch: str | None = None
+    tables = rows = 0
+    if not problems and backup.kind == "pg_dump":
+        problems = _check_archive(settings, backup, target)
+    if not problems and backup.kind == "pg_dump":
+        scratch = f"kronos_verify_{backup.id}_{secrets.token_hex(4)}"
+        _create_empty_database(target, scratch)
+        try:
+            restored = _restore_into(settings, target, backup, scratch, keep_owners=False)
+            problems = compare_row_counts(backup.row_counts or {}, restored)
+            tables, rows = len(restored), sum(restored.values())
+        except BackupError as exc:
+            problems = [f"restore failed: {exc.message}"]
+        finally:
+            db.drop_database(target.with_dbname(scratch), force=True)
+    result = VerifyResult(
+        backup.id,
+        backup.file_path,
+        not problems,
+        tuple(problems),
+        tables,
+        rows,
+        scratch,
+        time.monotonic() - started,
+    )
+    with db.connection(target) as conn:
+        conn.execute(
+            query("backups", "update_backup_verification"),
+            {
+                "id": backup.id,
+                "verified_at": now,
+                "verify_result": "passed" if result.passed else "failed",
+                "verify_message": result.message,
+            },
+        )
+    return result
+
+
+_PROTECTED_DATABASES = ("postgres", "template0", "template1")
+
+
+def restore_backup(
+    target: db.Target,
+    settings: Settings,
+    backup_id: int,
+    *,
+    database: str,
+    force: bool = False,
+    keep_owners: bool = True,
+) -> RestoreResult:
+    """Restore a backup into a new database ``database`` on the target's server.
+
+    Refuses an existing database unless ``force`` (which drops it first, ending its sessions),
+    and always refuses the database the connection points at and the system databases. The
+    file's checksum is checked first: a corrupted file is never restored.
+    """
+    started = time.monotonic()
+    if not database:
+        raise UsageError("the target database needs a name")
+    if database == target.dbname or database in _PROTECTED_DATABASES:
+        raise UsageError(
+            f"refusing to restore over {database!r}: restore into a new database, "
+            "then rename it if you must replace the live one"
+        )
+    with db.connection(target) as conn:
+        backup = get_backup(conn, backup_id)
+    if backup.kind != "pg_dump":
+        raise UsageError(f"backup {backup.id} is a {backup.kind}, not a pg_dump archive")
+    _verifiable(backup)
+    problems = _check_file(backup)
+    if problems:
+        raise BackupVerificationError(
+            f"backup {backup.id} cannot be restored: " + "; ".join(problems)
+        )
+    destination = target.with_dbname(database)
+    replaced = db.database_exists(destination)
+    if replaced and not force:
+        raise UsageError(
+            f"database {database!r} already exists; pass --force to replace it "
+            "(its sessions are terminated)"
+        )
+    if replaced:
+        db.drop_database(destination, force=True)
+    _create_empty_database(target, database)
+    try:
+        restored = _restore_into(settings, target, backup, database, keep_owners=keep_owners)
+    except KronosError as exc:
+        raise BackupError(
+            f"{exc.message} (the partly restored database {database!r} was left "
+            "for inspection; drop it or rerun with --force)"
+        ) from exc
+    problems = compare_row_counts(backup.row_counts or {}, restored)
+    return RestoreResult(
+        backup.id,
+        database,
+        replaced,
+        len(restored),
+        sum(restored.values()),
+        tuple(problems),
+        time.monotonic() - started,
+    )
+
+
+# --------------------------------------------------------------------------- prune
+
+
+STALE_PARTIAL_AGE = timedelta(days=1)
+
+
+def _stale_partials(settings: Settings, now: datetime) -> list[Path]:
+    """Temporary dump files a killed ``backup create`` left in the backup directory.
+
+    pg_dump keeps writing to a live one, so one untouched for a day is dead.
+    """
+    if not settings.backups.directory:
+        return []
+    folder = Path(settings.backups.directory).expanduser()
+    if not folder.is_dir():
+        return []
+    cutoff = (now - STALE_PARTIAL_AGE).timestamp()
+    return sorted(path for path in folder.glob(".*.partial") if path.stat().st_mtime < cutoff)
+
+
+def prune_backups(
+    target: db.Target,
+    settings: Settings,
+    *,
+    now: datetime,
+    keep: int | None = None,
+    older_than: timedelta | None = None,
+    dry_run: bool = False,
+) -> PruneResult | None:
+    """Delete the files of old dumps and mark their rows pruned.
+
+    A dump is pruned when every given rule matches it: beyond the newest ``keep`` and/or older
+    than ``older_than``; with neither, ``[backups] keep`` applies. The newest dump that passed
+    verification is never pruned, whatever the rules. Only ``pg_dump`` rows are considered:
+    partition archives are the only copy of their rows. Temporary files a killed ``backup
+    create`` left in ``[backups] directory`` (untouched for a day) are removed too. Returns
+    ``None`` when another prune holds the lock.
+    """
+    if keep is not None and keep < 1:
+        raise UsageError("--keep must be at least 1")
+    if keep is None and older_than is None:
+        keep = settings.backups.keep
+    before = now - older_than if older_than is not None else None
+    with db.connection(target) as conn, locks.try_advisory_lock(conn, PRUNE_LOCK) as acquired:
+        if not acquired:
+            return None
+        with conn.cursor(row_factory=class_row(Backup)) as cur:
+            candidates = cur.execute(
+                query("backups", "select_prunable_backups"), {"keep": keep, "before": before}
+            ).fetchall()
+        newest_verified = next(
+            (b.id for b in list_backups(conn, kind="pg_dump") if b.verify_result == "passed"),
+            None,
+        )
+        if dry_run:
+            stale = _stale_partials(settings, now)
+            return PruneResult(tuple(candidates), (), newest_verified, True, tuple(map(str, stale)))
+        pruned: list[Backup] = []
+        missing: list[str] = []
+        for backup in candidates:
+            with conn.transaction():
+                if (
+                    conn.execute(
+                        query("backups", "lock_available_backup"), {"id": backup.id}
+                    ).fetchone()
+                    is None
+                ):
+                    continue  # pruned meanwhile, or being pruned by someone else
+                path = Path(backup.file_path)
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    missing.append(str(path))
+                except OSError as exc:
+                    raise BackupError(f"cannot delete {path}: {exc.strerror}") from None
+                conn.execute(
+                    query("backups", "update_backup_pruned"), {"id": backup.id, "pruned_at": now}
+                )
+            pruned.append(dataclasses.replace(backup, status="pruned", pruned_at=now))
+        removed = []
+        for leftover in _stale_partials(settings, now):
+            leftover.unlink(missing_ok=True)
+            removed.append(str(leftover))
+        return PruneResult(tuple(pruned), tuple(missing), newest_verified, False, tuple(removed))
+
+
+# --------------------------------------------------------------------------- health
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupHealth:
+    """Monitoring view: is there a recent dump that is known to restore?"""
+
+    severity: Literal["ok", "warning", "critical"]
+    summary: str
+    newest: Backup | None
+    newest_verified: Backup | None
+    verified_age_seconds: float | None
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": 0, "warning": 1, "critical": 2}[self.severity]
+
+
+def backup_health(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    *,
+    now: datetime,
+    warning_age: timedelta | None = None,
+    critical_age: timedelta | None = None,
+) -> BackupHealth:
+    """OK when the newest dump that passed verification is recent, WARNING/CRITICAL otherwise.
+
+    Only a *verified* dump counts: an unverified file is a hope, not a backup. The newest dump
+    having failed verification is at least a WARNING.
+    """
+    warning_age = warning_age if warning_age is not None else settings.backups.warning_age
+    critical_age = critical_age if critical_age is not None else settings.backups.critical_age
+    dumps = list_backups(conn, kind="pg_dump")
+    newest = dumps[0] if dumps else None
+    verified = next((b for b in dumps if b.verify_result == "passed"), None)
+    if verified is None:
+        detail = f"; newest dump is backup {newest.id}, not verified" if newest else ""
+        return BackupHealth("critical", f"no verified backup{detail}", newest, None, None)
+    age = now - verified.created_at
+    hours = age.total_seconds() / 3600
+    summary = f"newest verified backup is {verified.id}, {hours:.1f}h old"
+    severity: Literal["ok", "warning", "critical"] = "ok"
+    if age >= critical_age:
+        severity = "critical"
+    elif age >= warning_age:
+        severity = "warning"
+    if newest is not None and newest.verify_result == "failed":
+        summary += f"; newest backup {newest.id} FAILED verification: {newest.verify_message}"
+        severity = "critical" if severity == "critical" else "warning"
+    return BackupHealth(severity, summary, newest, verified, age.total_seconds())
