@@ -16,6 +16,7 @@ import typer
 from kronos_db import __version__
 from kronos_db.cli import config as config_commands
 from kronos_db.cli import migrate as migrate_commands
+from kronos_db.cli import reports as report_commands
 from kronos_db.cli.common import configure_logging, redact, stderr
 from kronos_db.errors import ExitCode, KronosError
 
@@ -55,6 +56,7 @@ def root(
 
 migrate_commands.register(app)
 app.add_typer(config_commands.app, name="config")
+report_commands.register(app)
 
 
 def _fail(message: str, code: int) -> None:

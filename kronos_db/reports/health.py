@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from kronos_db.config import HealthSettings
-from kronos_db.durations import format_duration
+from kronos_db.durations import format_duration, human_duration
 from kronos_db.errors import ReportUnavailableError, UsageError
 from kronos_db.reports import (
     activity,
@@ -115,7 +115,7 @@ def _seconds(value: timedelta) -> float:
 
 
 def _age(seconds: float) -> str:
-    return format_duration(timedelta(seconds=round(seconds)))
+    return human_duration(timedelta(seconds=seconds))
 
 
 def _size(size: float) -> str:
