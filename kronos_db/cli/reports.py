@@ -27,6 +27,7 @@ from kronos_db.cli.common import (
     JsonOption,
     duration_option,
     emit_json,
+    is_terminal,
     notify,
     settings_for,
     stderr,
@@ -689,6 +690,13 @@ def _print_health(report: health.HealthReport) -> None:
     problems = [r for r in report.checks if r.status is not health.Status.OK]
     first = "; ".join(f"{r.name}: {r.summary}" for r in problems[:3]) or "all checks OK"
     stdout.print(f"KRONOS {report.status.name} - {first}", markup=False, highlight=False)
+    if not is_terminal():
+        # Nagios' long output and mail from cron: one line per check, never wrapped
+        for result in report.checks:
+            hint = f" (hint: {result.hint})" if result.hint else ""
+            stdout.print(f"{result.status.name:<8} {result.name}: {result.summary}{hint}",
+                         markup=False, highlight=False)
+        return
     table = Table("status", "check", "finding", "warn / crit", title=f"{report.database}: "
                   + ", ".join(f"{n} {s.name}" for s, n in counts.items() if n),
                   title_justify="left")
