@@ -13,19 +13,34 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from conftest import REPO, Database
-from kronos_db.reports.health import CHECK_NAMES
-from kronos_db.config import HealthSettings
 
-REPORTS = ("slow-queries", "indexes", "bloat", "vacuum", "locks", "activity", "connections",
-           "cache", "sequences", "settings", "space", "kronos", "snapshot")
+from kronos_db.config import HealthSettings
+from kronos_db.reports.health import CHECK_NAMES
+
+REPORTS = (
+    "slow-queries",
+    "indexes",
+    "bloat",
+    "vacuum",
+    "locks",
+    "activity",
+    "connections",
+    "cache",
+    "sequences",
+    "settings",
+    "space",
+    "kronos",
+    "snapshot",
+)
 
 
 def write_config(tmp_path: Path, **health: str) -> Path:
     path = tmp_path / "kronos.toml"
-    lines = ["[health]"] + [f'{key} = "{value}"' if not value.isdigit() else f"{key} = {value}"
-                            for key, value in health.items()]
+    lines = ["[health]"] + [
+        f'{key} = "{value}"' if not value.isdigit() else f"{key} = {value}"
+        for key, value in health.items()
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -44,9 +59,11 @@ def test_every_report_runs_as_json(cli: Any, database: Database) -> None:
 
 def test_every_report_renders_a_table(cli: Any, database: Database) -> None:
     result = cli("report", "indexes", "--database-url", database.url)
-    assert result.code == 0 and "Unused indexes" in result.stdout
+    assert result.code == 0
+    assert "Unused indexes" in result.stdout
     result = cli("report", "kronos", "--database-url", database.url)
-    assert result.code == 0 and "8 partitions" in result.stdout
+    assert result.code == 0
+    assert "8 partitions" in result.stdout
 
 
 def test_health_exit_codes(cli: Any, database: Database, conn: psycopg.Connection[Any]) -> None:
@@ -61,9 +78,11 @@ def test_health_exit_codes(cli: Any, database: Database, conn: psycopg.Connectio
     result = health(cli, database, "--json")
     assert result.code == 2
     data = json.loads(result.stdout)
-    assert data["status"] == "CRITICAL" and data["exit_code"] == 2
+    assert data["status"] == "CRITICAL"
+    assert data["exit_code"] == 2
     (sequences,) = [c for c in data["checks"] if c["name"] == "sequences"]
-    assert sequences["status"] == "CRITICAL" and "users_id_seq" in sequences["summary"]
+    assert sequences["status"] == "CRITICAL"
+    assert "users_id_seq" in sequences["summary"]
     # one check at a time, as a Nagios service per check
     assert health(cli, database, "--check", "last_backup").code == 0
 
@@ -72,27 +91,33 @@ def test_health_unknown(cli: Any, database: Database, conn: psycopg.Connection[A
     conn.execute("DROP EXTENSION pg_stat_statements")
     result = health(cli, database, "--check", "slow_queries")
     assert result.code == 3
-    assert "UNKNOWN" in result.stdout and "CREATE EXTENSION pg_stat_statements" in result.stdout
+    assert "UNKNOWN" in result.stdout
+    assert "CREATE EXTENSION pg_stat_statements" in result.stdout
     result = cli("health", "--database-url", "postgresql://postgres@127.0.0.1:1/nowhere")
-    assert result.code == 3 and result.stderr.startswith("kronos-db: UNKNOWN:")
+    assert result.code == 3
+    assert result.stderr.startswith("kronos-db: UNKNOWN:")
     assert "Traceback" not in result.output
     result = health(cli, database, "--check", "no_such_check")
-    assert result.code == 3 and "unknown check" in result.stderr
+    assert result.code == 3
+    assert "unknown check" in result.stderr
 
 
-def test_health_thresholds_from_the_configuration(cli: Any, database: Database,
-                                                  conn: psycopg.Connection[Any],
-                                                  tmp_path: Path) -> None:
-    conn.execute("INSERT INTO backups (created_at, file_path) "
-                 "VALUES (now() - interval '2 hours', '/b')")
+def test_health_thresholds_from_the_configuration(
+    cli: Any, database: Database, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    conn.execute(
+        "INSERT INTO backups (created_at, file_path) VALUES (now() - interval '2 hours', '/b')"
+    )
     args = ("--check", "last_backup")
     assert health(cli, database, *args).code == 0
     config = write_config(tmp_path, backup_age_warning="1h", backup_age_critical="90m")
     result = health(cli, database, *args, "--config", str(config))
-    assert result.code == 2 and "last backup 2h" in result.stdout
+    assert result.code == 2
+    assert "last backup 2h" in result.stdout
     bad = write_config(tmp_path, backup_age_warning="soon")
     result = health(cli, database, *args, "--config", str(bad))
-    assert result.code == 3 and "health.backup_age_warning" in result.stderr
+    assert result.code == 3
+    assert "health.backup_age_warning" in result.stderr
 
 
 def test_health_prometheus(cli: Any, database: Database) -> None:
@@ -101,7 +126,7 @@ def test_health_prometheus(cli: Any, database: Database) -> None:
     lines = result.stdout.splitlines()
     assert "# TYPE kronos_health_status gauge" in lines
     assert f'kronos_health_status{{database="{database.name}",check="last_backup"}} 1' in lines
-    metric = re.compile(r'^[a-z_]+\{[^}]*\} -?[0-9.e+-]+$')
+    metric = re.compile(r"^[a-z_]+\{[^}]*\} -?[0-9.e+-]+$")
     assert all(line.startswith("#") or metric.match(line) for line in lines)
 
 
@@ -109,15 +134,22 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 @pytest.mark.slow
-def test_health_html_renders_in_headless_chromium(cli: Any, database: Database,
-                                                  conn: psycopg.Connection[Any],
-                                                  tmp_path: Path) -> None:
+def test_health_html_renders_in_headless_chromium(
+    cli: Any, database: Database, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     browser = _chromium()
     if browser is None:
         pytest.skip("Debian's chromium package is not installed (apt-get install chromium)")
@@ -130,24 +162,44 @@ def test_health_html_renders_in_headless_chromium(cli: Any, database: Database,
     result = health(cli, database, "--html", str(page))
     assert result.code == 1, result.output
     text = page.read_text(encoding="utf-8")
-    assert "<script" not in text and "http://" not in text.replace(
-        'xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+    assert "<script" not in text
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     with tempfile.TemporaryDirectory() as profile:
         flags = (*CHROMIUM_FLAGS, f"--user-data-dir={profile}")
-        dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()],
-                             capture_output=True, text=True, timeout=120, check=False)
+        dom = subprocess.run(
+            [browser, *flags, "--dump-dom", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         screenshot = tmp_path / "health.png"
-        shot = subprocess.run([browser, *flags, f"--screenshot={screenshot}",
-                               "--window-size=1280,2000", page.as_uri()],
-                              capture_output=True, text=True, timeout=120, check=False)
+        shot = subprocess.run(
+            [
+                browser,
+                *flags,
+                f"--screenshot={screenshot}",
+                "--window-size=1280,2000",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert dom.returncode == 0, dom.stderr[-2000:]
     rendered = dom.stdout
-    assert 'id="overall-status"' in rendered and ">WARNING<" in rendered
-    assert 'data-check="invalid_indexes"' in rendered and "codes_code_key" in rendered
+    assert 'id="overall-status"' in rendered
+    assert ">WARNING<" in rendered
+    assert 'data-check="invalid_indexes"' in rendered
+    assert "codes_code_key" in rendered
     assert 'id="finding-invalid_indexes"' in rendered
-    assert '<svg id="chart-largest-tables"' in rendered and "public.logs" in rendered
-    assert '<svg id="chart-slowest-queries"' in rendered and "pg_sleep" in rendered
-    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000
+    assert '<svg id="chart-largest-tables"' in rendered
+    assert "public.logs" in rendered
+    assert '<svg id="chart-slowest-queries"' in rendered
+    assert "pg_sleep" in rendered
+    assert shot.returncode == 0
+    assert screenshot.stat().st_size > 10_000
     artifacts = REPO / "artifacts"
     if artifacts.is_dir():  # keep the screenshot when CI collects artefacts
         shutil.copy(screenshot, artifacts / "health-report.png")
@@ -169,5 +221,6 @@ def test_every_command_has_help(cli: Any) -> None:
     for name in REPORTS:
         assert name in result.stdout
         sub = cli("report", name, "--help")
-        assert sub.code == 0 and "Example:" in sub.stdout
+        assert sub.code == 0
+        assert "Example:" in sub.stdout
     assert "Nagios" in cli("health", "--help").stdout

@@ -63,36 +63,71 @@ class ActivityReport:
     idle_in_transaction: tuple[IdleInTransaction, ...]
 
 
-def blocking_chains(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime,
-                    all_databases: bool = False) -> list[BlockedSession]:
-    return fetch(conn, query("reports_activity", "select_blocking_chains"),
-                 {"now": now, "all_databases": all_databases}, BlockedSession, limits)
+def blocking_chains(
+    conn: psycopg.Connection[Any], limits: Limits, *, now: datetime, all_databases: bool = False
+) -> list[BlockedSession]:
+    return fetch(
+        conn,
+        query("reports_activity", "select_blocking_chains"),
+        {"now": now, "all_databases": all_databases},
+        BlockedSession,
+        limits,
+    )
 
 
-def long_queries(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime,
-                 threshold: timedelta, all_databases: bool = False) -> list[LongQuery]:
-    return fetch(conn, query("reports_activity", "select_long_queries"),
-                 {"now": now, "threshold": threshold, "all_databases": all_databases},
-                 LongQuery, limits)
+def long_queries(
+    conn: psycopg.Connection[Any],
+    limits: Limits,
+    *,
+    now: datetime,
+    threshold: timedelta,
+    all_databases: bool = False,
+) -> list[LongQuery]:
+    return fetch(
+        conn,
+        query("reports_activity", "select_long_queries"),
+        {"now": now, "threshold": threshold, "all_databases": all_databases},
+        LongQuery,
+        limits,
+    )
 
 
-def idle_in_transaction(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime,
-                        threshold: timedelta, all_databases: bool = False
-                        ) -> list[IdleInTransaction]:
-    return fetch(conn, query("reports_activity", "select_idle_in_transaction"),
-                 {"now": now, "threshold": threshold, "all_databases": all_databases},
-                 IdleInTransaction, limits)
+def idle_in_transaction(
+    conn: psycopg.Connection[Any],
+    limits: Limits,
+    *,
+    now: datetime,
+    threshold: timedelta,
+    all_databases: bool = False,
+) -> list[IdleInTransaction]:
+    return fetch(
+        conn,
+        query("reports_activity", "select_idle_in_transaction"),
+        {"now": now, "threshold": threshold, "all_databases": all_databases},
+        IdleInTransaction,
+        limits,
+    )
 
 
-def activity_report(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime,
-                    long_query_threshold: timedelta, idle_threshold: timedelta,
-                    all_databases: bool = False) -> ActivityReport:
+def activity_report(
+    conn: psycopg.Connection[Any],
+    limits: Limits,
+    *,
+    now: datetime,
+    long_query_threshold: timedelta,
+    idle_threshold: timedelta,
+    all_databases: bool = False,
+) -> ActivityReport:
     return ActivityReport(
         blocked=tuple(blocking_chains(conn, limits, now=now, all_databases=all_databases)),
-        long_queries=tuple(long_queries(conn, limits, now=now, threshold=long_query_threshold,
-                                        all_databases=all_databases)),
+        long_queries=tuple(
+            long_queries(
+                conn, limits, now=now, threshold=long_query_threshold, all_databases=all_databases
+            )
+        ),
         idle_in_transaction=tuple(
-            idle_in_transaction(conn, limits, now=now, threshold=idle_threshold,
-                                all_databases=all_databases)
+            idle_in_transaction(
+                conn, limits, now=now, threshold=idle_threshold, all_databases=all_databases
+            )
         ),
     )

@@ -39,6 +39,11 @@ def hit_rates(conn: psycopg.Connection[Any], limits: Limits) -> list[HitRate]:
 
 
 def cache_report(conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 20) -> CacheReport:
-    tables = fetch(conn, query("reports_cache", "select_table_cache_hit_rates"),
-                   {"limit": limit}, TableHitRate, limits)
+    tables = fetch(
+        conn,
+        query("reports_cache", "select_table_cache_hit_rates"),
+        {"limit": limit},
+        TableHitRate,
+        limits,
+    )
     return CacheReport(tuple(hit_rates(conn, limits)), tuple(tables))

@@ -37,12 +37,19 @@ class ConnectionsReport:
 
 
 def connection_usage(conn: psycopg.Connection[Any], limits: Limits) -> ConnectionUsage:
-    return fetch_one(conn, query("reports_connections", "select_connection_usage"), {},
-                     ConnectionUsage, limits)
+    return fetch_one(
+        conn, query("reports_connections", "select_connection_usage"), {}, ConnectionUsage, limits
+    )
 
 
-def connections_report(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime
-                       ) -> ConnectionsReport:
-    groups = fetch(conn, query("reports_connections", "select_connections"), {"now": now},
-                   ConnectionGroup, limits)
+def connections_report(
+    conn: psycopg.Connection[Any], limits: Limits, *, now: datetime
+) -> ConnectionsReport:
+    groups = fetch(
+        conn,
+        query("reports_connections", "select_connections"),
+        {"now": now},
+        ConnectionGroup,
+        limits,
+    )
     return ConnectionsReport(connection_usage(conn, limits), tuple(groups))

@@ -26,7 +26,8 @@ h1 { font-size: 1.5rem; margin-bottom: .25rem; }
 h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; padding-bottom: .25rem; }
 .meta { color: #666; margin-top: 0; }
 table { border-collapse: collapse; width: 100%; font-size: .9rem; }
-th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #eee; vertical-align: top; }
+th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #eee;
+         vertical-align: top; }
 th { background: #f6f6f6; }
 .status { display: inline-block; min-width: 5.5rem; text-align: center; color: #fff;
           border-radius: 3px; padding: .1rem .4rem; font-weight: 600; font-size: .8rem; }
@@ -42,8 +43,10 @@ def _e(value: Any) -> str:
 
 
 def _badge(status: Status) -> str:
-    return (f'<span class="status status-{status.name.lower()}" '
-            f'style="background:{_COLOURS[status]}">{status.name}</span>')
+    return (
+        f'<span class="status status-{status.name.lower()}" '
+        f'style="background:{_COLOURS[status]}">{status.name}</span>'
+    )
 
 
 def _size(size: float) -> str:
@@ -62,17 +65,21 @@ def bar_chart(title: str, bars: Sequence[tuple[str, float, str]], *, chart_id: s
     height = row_height * len(bars) + 30
     width = label_width + bar_width + value_width
     largest = max(value for _, value, _ in bars) or 1.0
-    parts = [f'<svg id="{_e(chart_id)}" role="img" aria-label="{_e(title)}" '
-             f'xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}">',
-             f'<text x="0" y="14" font-weight="600">{_e(title)}</text>']
+    parts = [
+        f'<svg id="{_e(chart_id)}" role="img" aria-label="{_e(title)}" '
+        f'xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">',
+        f'<text x="0" y="14" font-weight="600">{_e(title)}</text>',
+    ]
     for index, (label, value, shown) in enumerate(bars):
         y = 24 + index * row_height
         length = max(1.0, bar_width * value / largest)
         short = label if len(label) <= 48 else label[:47] + "…"
         parts.append(f'<text x="0" y="{y + 14}"><title>{_e(label)}</title>{_e(short)}</text>')
-        parts.append(f'<rect x="{label_width}" y="{y + 3}" width="{length:.1f}" '
-                     f'height="{row_height - 6}" fill="#3f6fb5"/>')
+        parts.append(
+            f'<rect x="{label_width}" y="{y + 3}" width="{length:.1f}" '
+            f'height="{row_height - 6}" fill="#3f6fb5"/>'
+        )
         parts.append(f'<text x="{label_width + length + 6:.1f}" y="{y + 14}">{_e(shown)}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -109,10 +116,12 @@ def _cell(value: Any) -> str:
 
 def _check_row(result: CheckResult) -> str:
     hint = f'<div class="hint">{_e(result.hint)}</div>' if result.hint else ""
-    return (f'<tr class="check check-{result.status.name.lower()}" data-check="{_e(result.name)}">'
-            f"<td>{_badge(result.status)}</td><td>{_e(result.title)}<br><small>"
-            f"{_e(result.name)}</small></td><td>{_e(result.summary)}{hint}</td>"
-            f"<td>{_e(result.warning)} / {_e(result.critical)}</td></tr>")
+    return (
+        f'<tr class="check check-{result.status.name.lower()}" data-check="{_e(result.name)}">'
+        f"<td>{_badge(result.status)}</td><td>{_e(result.title)}<br><small>"
+        f"{_e(result.name)}</small></td><td>{_e(result.summary)}{hint}</td>"
+        f"<td>{_e(result.warning)} / {_e(result.critical)}</td></tr>"
+    )
 
 
 def render_html(report: HealthReport) -> str:
@@ -121,8 +130,10 @@ def render_html(report: HealthReport) -> str:
     checks = "".join(_check_row(result) for result in report.checks)
     tables_chart = bar_chart(
         "Largest tables (total size)",
-        [(f"{t.schema_name}.{t.table_name}", float(t.total_bytes), _size(t.total_bytes))
-         for t in report.largest_tables],
+        [
+            (f"{t.schema_name}.{t.table_name}", float(t.total_bytes), _size(t.total_bytes))
+            for t in report.largest_tables
+        ],
         chart_id="chart-largest-tables",
     )
     queries_chart = bar_chart(
@@ -130,12 +141,15 @@ def render_html(report: HealthReport) -> str:
         [(q.query, q.total_ms, f"{q.total_ms:,.0f} ms") for q in report.slowest_queries],
         chart_id="chart-slowest-queries",
     )
-    findings = "".join(
-        f'<section class="finding" id="finding-{_e(r.name)}"><h3>{_badge(r.status)} '
-        f"{_e(r.title)}</h3><p>{_e(r.summary)}</p>{_details_table(r.details)}</section>"
-        for r in report.checks
-        if r.status is not Status.OK
-    ) or "<p>Nothing to report: every check is OK.</p>"
+    findings = (
+        "".join(
+            f'<section class="finding" id="finding-{_e(r.name)}"><h3>{_badge(r.status)} '
+            f"{_e(r.title)}</h3><p>{_e(r.summary)}</p>{_details_table(r.details)}</section>"
+            for r in report.checks
+            if r.status is not Status.OK
+        )
+        or "<p>Nothing to report: every check is OK.</p>"
+    )
     title = f"kronos-db health: {report.database}"
     return f"""<!DOCTYPE html>
 <html lang="en">

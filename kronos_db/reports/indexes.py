@@ -85,26 +85,32 @@ def unused_indexes(conn: psycopg.Connection[Any], limits: Limits) -> list[Unused
 
 
 def statistics_reset(conn: psycopg.Connection[Any], limits: Limits) -> datetime | None:
-    rows = fetch(conn, query("reports_indexes", "select_statistics_reset"), {},
-                 _StatisticsReset, limits)
+    rows = fetch(
+        conn, query("reports_indexes", "select_statistics_reset"), {}, _StatisticsReset, limits
+    )
     return rows[0].stats_reset if rows else None
 
 
 def duplicate_indexes(conn: psycopg.Connection[Any], limits: Limits) -> list[DuplicateIndex]:
-    return fetch(conn, query("reports_indexes", "select_duplicate_indexes"), {},
-                 DuplicateIndex, limits)
+    return fetch(
+        conn, query("reports_indexes", "select_duplicate_indexes"), {}, DuplicateIndex, limits
+    )
 
 
 def invalid_indexes(conn: psycopg.Connection[Any], limits: Limits) -> list[InvalidIndex]:
-    return fetch(conn, query("reports_indexes", "select_invalid_indexes"), {},
-                 InvalidIndex, limits)
+    return fetch(conn, query("reports_indexes", "select_invalid_indexes"), {}, InvalidIndex, limits)
 
 
 def unindexed_foreign_keys(
     conn: psycopg.Connection[Any], limits: Limits
 ) -> list[UnindexedForeignKey]:
-    return fetch(conn, query("reports_indexes", "select_unindexed_foreign_keys"), {},
-                 UnindexedForeignKey, limits)
+    return fetch(
+        conn,
+        query("reports_indexes", "select_unindexed_foreign_keys"),
+        {},
+        UnindexedForeignKey,
+        limits,
+    )
 
 
 def sequential_scan_tables(
@@ -114,9 +120,13 @@ def sequential_scan_tables(
     minimum_rows: int = 10_000,
     maximum_index_percent: float = 95.0,
 ) -> list[SequentialScanTable]:
-    return fetch(conn, query("reports_indexes", "select_sequential_scan_tables"),
-                 {"minimum_rows": minimum_rows, "maximum_index_percent": maximum_index_percent},
-                 SequentialScanTable, limits)
+    return fetch(
+        conn,
+        query("reports_indexes", "select_sequential_scan_tables"),
+        {"minimum_rows": minimum_rows, "maximum_index_percent": maximum_index_percent},
+        SequentialScanTable,
+        limits,
+    )
 
 
 def index_report(conn: psycopg.Connection[Any], limits: Limits) -> IndexReport:

@@ -12,6 +12,7 @@ estimate.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,8 +29,10 @@ COUNT_CAP = 10_000_000
 
 
 def data_hint(tables: str) -> str:
-    return (f"GRANT SELECT ON {tables} TO <role> (or GRANT pg_read_all_data TO <role>): "
-            "pg_monitor alone cannot read the Kronos tables")
+    return (
+        f"GRANT SELECT ON {tables} TO <role> (or GRANT pg_read_all_data TO <role>): "
+        "pg_monitor alone cannot read the Kronos tables"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,17 +95,23 @@ class _Count:
     row_count: int
 
 
-def coverage_from(partitions: list[LogPartition], now: datetime) -> tuple[
-        bool, datetime | None, tuple[Gap, ...]]:
+def coverage_from(
+    partitions: list[LogPartition], now: datetime
+) -> tuple[bool, datetime | None, tuple[Gap, ...]]:
     """Whether ``now`` is covered, where the contiguous coverage from now ends, and the gaps."""
     ranges = sorted(
-        (p.lower_bound or datetime.min.replace(tzinfo=now.tzinfo),
-         p.upper_bound or datetime.max.replace(tzinfo=now.tzinfo))
-        for p in partitions if not p.is_default
+        (
+            p.lower_bound or datetime.min.replace(tzinfo=now.tzinfo),
+            p.upper_bound or datetime.max.replace(tzinfo=now.tzinfo),
+        )
+        for p in partitions
+        if not p.is_default
     )
-    gaps = tuple(Gap(previous_end, start)
-                 for (_, previous_end), (start, _) in zip(ranges, ranges[1:], strict=False)
-                 if start > previous_end)
+    gaps = tuple(
+        Gap(previous_end, start)
+        for (_, previous_end), (start, _) in itertools.pairwise(ranges)
+        if start > previous_end
+    )
     covered_until: datetime | None = None
     for start, end in ranges:
         if covered_until is None:
@@ -119,12 +128,14 @@ def log_partition_coverage(
     names = {"schema": LOGS_SCHEMA, "table": LOGS_TABLE}
     kinds = fetch(conn, query("reports_kronos", "select_partitioned"), names, _Relkind, limits)
     if not kinds:
-        raise ReportUnavailableError("there is no public.logs table",
-                                     hint="is the database migrated (kronos-db migrate)?")
+        raise ReportUnavailableError(
+            "there is no public.logs table", hint="is the database migrated (kronos-db migrate)?"
+        )
     if kinds[0].relkind != "p":
         raise ReportUnavailableError("public.logs is not a partitioned table")
-    partitions = fetch(conn, query("reports_kronos", "select_log_partitions"), names,
-                       LogPartition, limits)
+    partitions = fetch(
+        conn, query("reports_kronos", "select_log_partitions"), names, LogPartition, limits
+    )
     covers_now, covered_until, gaps = coverage_from(partitions, now)
     default = next((p for p in partitions if p.is_default), None)
     default_rows: int | None = None
@@ -132,9 +143,9 @@ def log_partition_coverage(
     if default is not None:
         if default.readable:
             statement = sql.SQL(query("reports_kronos", "count_partition_rows")).format(
-                partition=sql.Identifier(default.schema_name, default.partition_name))
-            default_rows = fetch_one(conn, statement, {"cap": COUNT_CAP}, _Count,
-                                     limits).row_count
+                partition=sql.Identifier(default.schema_name, default.partition_name)
+            )
+            default_rows = fetch_one(conn, statement, {"cap": COUNT_CAP}, _Count, limits).row_count
             exact = True
         else:
             default_rows = default.estimated_rows
@@ -151,21 +162,39 @@ def log_partition_coverage(
     )
 
 
-def expired_rows(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime
-                 ) -> list[ExpiredRows]:
-    return fetch(conn, query("reports_kronos", "select_expired_rows"),
-                 {"now": now, "cap": COUNT_CAP}, ExpiredRows, limits,
-                 privilege_hint=data_hint("sessions, cache"))
+def expired_rows(
+    conn: psycopg.Connection[Any], limits: Limits, *, now: datetime
+) -> list[ExpiredRows]:
+    return fetch(
+        conn,
+        query("reports_kronos", "select_expired_rows"),
+        {"now": now, "cap": COUNT_CAP},
+        ExpiredRows,
+        limits,
+        privilege_hint=data_hint("sessions, cache"),
+    )
 
 
 def pending_messages(conn: psycopg.Connection[Any], limits: Limits) -> list[PendingTopic]:
-    return fetch(conn, query("reports_kronos", "select_pending_messages"), {}, PendingTopic,
-                 limits, privilege_hint=data_hint("message_queue"))
+    return fetch(
+        conn,
+        query("reports_kronos", "select_pending_messages"),
+        {},
+        PendingTopic,
+        limits,
+        privilege_hint=data_hint("message_queue"),
+    )
 
 
 def last_backup(conn: psycopg.Connection[Any], limits: Limits) -> LastBackup:
-    return fetch_one(conn, query("reports_kronos", "select_last_backup"), {}, LastBackup, limits,
-                     privilege_hint=data_hint("backups"))
+    return fetch_one(
+        conn,
+        query("reports_kronos", "select_last_backup"),
+        {},
+        LastBackup,
+        limits,
+        privilege_hint=data_hint("backups"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +206,7 @@ class KronosReport:
     unavailable: tuple[str, ...]  # what could not be read, with the hint
 
 
-def kronos_report(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime
-                  ) -> KronosReport:
+def kronos_report(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime) -> KronosReport:
     """Every Kronos check's data; a part that cannot be read is listed, not fatal."""
     unavailable: list[str] = []
 

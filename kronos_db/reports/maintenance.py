@@ -93,32 +93,55 @@ class VacuumReport:
     xmin_holders: tuple[XminHolder, ...]
 
 
-def vacuum_stats(conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 50
-                 ) -> list[VacuumStats]:
-    return fetch(conn, query("reports_maintenance", "select_vacuum_stats"), {"limit": limit},
-                 VacuumStats, limits)
+def vacuum_stats(
+    conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 50
+) -> list[VacuumStats]:
+    return fetch(
+        conn,
+        query("reports_maintenance", "select_vacuum_stats"),
+        {"limit": limit},
+        VacuumStats,
+        limits,
+    )
 
 
-def database_wraparound(conn: psycopg.Connection[Any], limits: Limits
-                        ) -> list[DatabaseWraparound]:
-    return fetch(conn, query("reports_maintenance", "select_database_wraparound"), {},
-                 DatabaseWraparound, limits)
+def database_wraparound(conn: psycopg.Connection[Any], limits: Limits) -> list[DatabaseWraparound]:
+    return fetch(
+        conn,
+        query("reports_maintenance", "select_database_wraparound"),
+        {},
+        DatabaseWraparound,
+        limits,
+    )
 
 
-def table_wraparound(conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 10
-                     ) -> list[TableWraparound]:
-    return fetch(conn, query("reports_maintenance", "select_table_wraparound"),
-                 {"limit": limit}, TableWraparound, limits)
+def table_wraparound(
+    conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 10
+) -> list[TableWraparound]:
+    return fetch(
+        conn,
+        query("reports_maintenance", "select_table_wraparound"),
+        {"limit": limit},
+        TableWraparound,
+        limits,
+    )
 
 
-def xmin_holders(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime,
-                 all_databases: bool = False) -> list[XminHolder]:
-    return fetch(conn, query("reports_maintenance", "select_xmin_holders"),
-                 {"now": now, "all_databases": all_databases}, XminHolder, limits)
+def xmin_holders(
+    conn: psycopg.Connection[Any], limits: Limits, *, now: datetime, all_databases: bool = False
+) -> list[XminHolder]:
+    return fetch(
+        conn,
+        query("reports_maintenance", "select_xmin_holders"),
+        {"now": now, "all_databases": all_databases},
+        XminHolder,
+        limits,
+    )
 
 
-def vacuum_report(conn: psycopg.Connection[Any], limits: Limits, *, now: datetime,
-                  limit: int = 50) -> VacuumReport:
+def vacuum_report(
+    conn: psycopg.Connection[Any], limits: Limits, *, now: datetime, limit: int = 50
+) -> VacuumReport:
     return VacuumReport(
         tables=tuple(vacuum_stats(conn, limits, limit=limit)),
         databases=tuple(database_wraparound(conn, limits)),
@@ -127,14 +150,18 @@ def vacuum_report(conn: psycopg.Connection[Any], limits: Limits, *, now: datetim
     )
 
 
-def bloat(conn: psycopg.Connection[Any], limits: Limits, *, minimum_bytes: int = 10 * 1024 * 1024
-          ) -> list[BloatEstimate]:
+def bloat(
+    conn: psycopg.Connection[Any], limits: Limits, *, minimum_bytes: int = 10 * 1024 * 1024
+) -> list[BloatEstimate]:
     """Estimated table and btree index bloat, largest first; tables below ``minimum_bytes``
     are skipped (an estimate on a few pages is noise)."""
     params = {"minimum_bytes": minimum_bytes}
-    tables = fetch(conn, query("reports_maintenance", "select_table_bloat"), params,
-                   BloatEstimate, limits)
-    indexes = fetch(conn, query("reports_maintenance", "select_index_bloat"), params,
-                    BloatEstimate, limits)
-    return sorted(tables + indexes, key=lambda row: (-row.bloat_bytes, row.schema_name,
-                                                     row.table_name))
+    tables = fetch(
+        conn, query("reports_maintenance", "select_table_bloat"), params, BloatEstimate, limits
+    )
+    indexes = fetch(
+        conn, query("reports_maintenance", "select_index_bloat"), params, BloatEstimate, limits
+    )
+    return sorted(
+        tables + indexes, key=lambda row: (-row.bloat_bytes, row.schema_name, row.table_name)
+    )

@@ -118,8 +118,13 @@ def shorten_query(text: str, width: int = 300) -> str:
 
 
 def statements_extension(conn: psycopg.Connection[Any], limits: Limits) -> StatementsExtension:
-    return fetch_one(conn, query("reports_queries", "select_statements_extension"), {},
-                     StatementsExtension, limits)
+    return fetch_one(
+        conn,
+        query("reports_queries", "select_statements_extension"),
+        {},
+        StatementsExtension,
+        limits,
+    )
 
 
 def require_statements(conn: psycopg.Connection[Any], limits: Limits) -> StatementsExtension:
@@ -136,7 +141,8 @@ def require_statements(conn: psycopg.Connection[Any], limits: Limits) -> Stateme
     if not extension.preloaded:
         raise ReportUnavailableError(
             "pg_stat_statements is installed but not in shared_preload_libraries: "
-            "it records nothing", hint=ENABLE_HINT
+            "it records nothing",
+            hint=ENABLE_HINT,
         )
     return extension
 

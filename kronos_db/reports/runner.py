@@ -13,11 +13,11 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.abc import Query
+from psycopg import sql
 from psycopg.rows import class_row
 
 from kronos_db.config import HealthSettings
@@ -25,6 +25,8 @@ from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import ReportUnavailableError
 
 RowT = TypeVar("RowT")
+# SQL from our own files, or composed from them with psycopg.sql identifiers
+Statement = LiteralString | sql.Composed
 
 MONITOR_HINT = "connect as a role with pg_monitor (GRANT pg_monitor TO <role>)"
 
@@ -77,8 +79,12 @@ def guarded(
             f"cancelled after statement_timeout {format_duration(limits.statement_timeout)}",
             hint="raise health.statement_timeout for this server",
         ) from exc
-    except (pg_errors.UndefinedTable, pg_errors.UndefinedColumn,
-            pg_errors.UndefinedFunction, pg_errors.UndefinedObject) as exc:
+    except (
+        pg_errors.UndefinedTable,
+        pg_errors.UndefinedColumn,
+        pg_errors.UndefinedFunction,
+        pg_errors.UndefinedObject,
+    ) as exc:
         raise ReportUnavailableError(
             f"not available here: {_first_line(exc)}",
             hint="is the database migrated (kronos-db migrate)?",
@@ -93,7 +99,7 @@ def guarded(
 
 def fetch(
     conn: psycopg.Connection[Any],
-    statement: Query,
+    statement: Statement,
     params: Mapping[str, Any],
     row_type: type[RowT],
     limits: Limits,
@@ -101,15 +107,16 @@ def fetch(
     privilege_hint: str = MONITOR_HINT,
 ) -> list[RowT]:
     """Run one report query under ``limits`` and return its rows as ``row_type``."""
-    with guarded(conn, limits, privilege_hint=privilege_hint), conn.cursor(
-        row_factory=class_row(row_type)
-    ) as cursor:
+    with (
+        guarded(conn, limits, privilege_hint=privilege_hint),
+        conn.cursor(row_factory=class_row(row_type)) as cursor,
+    ):
         return cursor.execute(statement, dict(params)).fetchall()
 
 
 def fetch_one(
     conn: psycopg.Connection[Any],
-    statement: Query,
+    statement: Statement,
     params: Mapping[str, Any],
     row_type: type[RowT],
     limits: Limits,

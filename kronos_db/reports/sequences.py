@@ -11,8 +11,10 @@ import psycopg
 from kronos_db.reports.runner import Limits, fetch
 from kronos_db.resources import query
 
-READ_HINT = ("the role may not read some sequences: GRANT SELECT ON ALL SEQUENCES IN SCHEMA "
-             "public TO <role> (pg_monitor alone does not give it)")
+READ_HINT = (
+    "the role may not read some sequences: GRANT SELECT ON ALL SEQUENCES IN SCHEMA "
+    "public TO <role> (pg_monitor alone does not give it)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,5 +36,6 @@ class SequenceHeadroom:
 
 
 def sequence_headroom(conn: psycopg.Connection[Any], limits: Limits) -> list[SequenceHeadroom]:
-    return fetch(conn, query("reports_sequences", "select_sequence_headroom"), {},
-                 SequenceHeadroom, limits)
+    return fetch(
+        conn, query("reports_sequences", "select_sequence_headroom"), {}, SequenceHeadroom, limits
+    )

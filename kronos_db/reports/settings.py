@@ -43,37 +43,90 @@ def _bytes(setting: ServerSetting) -> int:
 Rule = Callable[[ServerSetting], tuple[Severity, str]]
 
 RULES: dict[str, Rule] = {
-    "fsync": lambda s: ("ok", "") if _on(s.setting) else
-    ("critical", "fsync is off: a crash can corrupt the database"),
-    "full_page_writes": lambda s: ("ok", "") if _on(s.setting) else
-    ("critical", "full_page_writes is off: a crash can leave torn pages"),
-    "autovacuum": lambda s: ("ok", "") if _on(s.setting) else
-    ("critical", "autovacuum is off: dead rows pile up and wraparound protection relies on "
-     "emergency vacuums"),
-    "track_counts": lambda s: ("ok", "") if _on(s.setting) else
-    ("critical", "track_counts is off: autovacuum cannot know what to vacuum"),
-    "shared_preload_libraries": lambda s: ("ok", "") if "pg_stat_statements" in s.setting else
-    ("warning", "pg_stat_statements is not preloaded: slow queries are not recorded"),
-    "track_io_timing": lambda s: ("ok", "") if _on(s.setting) else
-    ("info", "track_io_timing is off: the I/O time of statements is not measured"),
-    "idle_in_transaction_session_timeout": lambda s: ("ok", "") if s.setting != "0" else
-    ("info", "no idle_in_transaction_session_timeout: a forgotten transaction holds its locks "
-     "and the xmin horizon forever (consider setting it per role for the services)"),
-    "log_lock_waits": lambda s: ("ok", "") if _on(s.setting) else
-    ("info", "log_lock_waits is off: lock waits longer than deadlock_timeout are not logged"),
-    "log_min_duration_statement": lambda s: ("ok", "") if s.setting != "-1" else
-    ("info", "log_min_duration_statement is off: slow statements are not logged with their "
-     "parameters"),
-    "max_connections": lambda s: ("ok", "") if int(s.setting) <= 500 else
-    ("warning", f"max_connections is {s.setting}: put a connection pooler in front instead"),
-    "shared_buffers": lambda s: ("ok", "") if _bytes(s) >= 128 * 1024**2 else
-    ("warning", "shared_buffers is below 128MB: the usual start is 25% of the memory"),
+    "fsync": lambda s: (
+        ("ok", "")
+        if _on(s.setting)
+        else ("critical", "fsync is off: a crash can corrupt the database")
+    ),
+    "full_page_writes": lambda s: (
+        ("ok", "")
+        if _on(s.setting)
+        else ("critical", "full_page_writes is off: a crash can leave torn pages")
+    ),
+    "autovacuum": lambda s: (
+        ("ok", "")
+        if _on(s.setting)
+        else (
+            "critical",
+            "autovacuum is off: dead rows pile up and wraparound protection relies on "
+            "emergency vacuums",
+        )
+    ),
+    "track_counts": lambda s: (
+        ("ok", "")
+        if _on(s.setting)
+        else ("critical", "track_counts is off: autovacuum cannot know what to vacuum")
+    ),
+    "shared_preload_libraries": lambda s: (
+        ("ok", "")
+        if "pg_stat_statements" in s.setting
+        else ("warning", "pg_stat_statements is not preloaded: slow queries are not recorded")
+    ),
+    "track_io_timing": lambda s: (
+        ("ok", "")
+        if _on(s.setting)
+        else ("info", "track_io_timing is off: the I/O time of statements is not measured")
+    ),
+    "idle_in_transaction_session_timeout": lambda s: (
+        ("ok", "")
+        if s.setting != "0"
+        else (
+            "info",
+            "no idle_in_transaction_session_timeout: a forgotten transaction holds its locks "
+            "and the xmin horizon forever (consider setting it per role for the services)",
+        )
+    ),
+    "log_lock_waits": lambda s: (
+        ("ok", "")
+        if _on(s.setting)
+        else (
+            "info",
+            "log_lock_waits is off: lock waits longer than deadlock_timeout are not logged",
+        )
+    ),
+    "log_min_duration_statement": lambda s: (
+        ("ok", "")
+        if s.setting != "-1"
+        else (
+            "info",
+            "log_min_duration_statement is off: slow statements are not logged with their "
+            "parameters",
+        )
+    ),
+    "max_connections": lambda s: (
+        ("ok", "")
+        if int(s.setting) <= 500
+        else (
+            "warning",
+            f"max_connections is {s.setting}: put a connection pooler in front instead",
+        )
+    ),
+    "shared_buffers": lambda s: (
+        ("ok", "")
+        if _bytes(s) >= 128 * 1024**2
+        else ("warning", "shared_buffers is below 128MB: the usual start is 25% of the memory")
+    ),
 }
 
 
 def server_settings(conn: psycopg.Connection[Any], limits: Limits) -> list[ServerSetting]:
-    return fetch(conn, query("reports_settings", "select_settings"), {"names": list(RULES)},
-                 ServerSetting, limits)
+    return fetch(
+        conn,
+        query("reports_settings", "select_settings"),
+        {"names": list(RULES)},
+        ServerSetting,
+        limits,
+    )
 
 
 def setting_findings(conn: psycopg.Connection[Any], limits: Limits) -> list[SettingFinding]:

@@ -99,16 +99,16 @@ def take_snapshot(
                 deleted = conn.execute(
                     query("reports_snapshots", "delete_old_snapshots"), {"before": now - keep}
                 ).rowcount
-    return SnapshotResult(True, snapshot_id, now, statement_count, table_count, deleted,
-                          tuple(notes))
+    return SnapshotResult(
+        True, snapshot_id, now, statement_count, table_count, deleted, tuple(notes)
+    )
 
 
-def snapshot_before(
-    conn: psycopg.Connection[Any], at: datetime, limits: Limits
-) -> Snapshot | None:
+def snapshot_before(conn: psycopg.Connection[Any], at: datetime, limits: Limits) -> Snapshot | None:
     """The newest snapshot taken at or before ``at``, else the oldest one, else None."""
-    rows = fetch(conn, query("reports_snapshots", "select_snapshot_before"), {"at": at},
-                 Snapshot, limits)
+    rows = fetch(
+        conn, query("reports_snapshots", "select_snapshot_before"), {"at": at}, Snapshot, limits
+    )
     return rows[0] if rows else None
 
 
@@ -126,6 +126,11 @@ def table_growth(
             "no snapshot to compare with",
             hint="run `kronos-db report snapshot` regularly (cron), then ask for a window",
         )
-    rows = fetch(conn, query("reports_snapshots", "select_table_growth"),
-                 {"snapshot_id": snapshot.id, "limit": limit}, TableGrowth, limits)
+    rows = fetch(
+        conn,
+        query("reports_snapshots", "select_table_growth"),
+        {"snapshot_id": snapshot.id, "limit": limit},
+        TableGrowth,
+        limits,
+    )
     return snapshot, rows

@@ -44,21 +44,24 @@ class SpaceReport:
     indexes: tuple[IndexSize, ...]
 
 
-def largest_tables(conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 20
-                   ) -> list[TableSize]:
-    return fetch(conn, query("reports_space", "select_largest_tables"), {"limit": limit},
-                 TableSize, limits)
+def largest_tables(
+    conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 20
+) -> list[TableSize]:
+    return fetch(
+        conn, query("reports_space", "select_largest_tables"), {"limit": limit}, TableSize, limits
+    )
 
 
-def largest_indexes(conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 20
-                    ) -> list[IndexSize]:
-    return fetch(conn, query("reports_space", "select_largest_indexes"), {"limit": limit},
-                 IndexSize, limits)
+def largest_indexes(
+    conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 20
+) -> list[IndexSize]:
+    return fetch(
+        conn, query("reports_space", "select_largest_indexes"), {"limit": limit}, IndexSize, limits
+    )
 
 
 def database_size(conn: psycopg.Connection[Any], limits: Limits) -> DatabaseSize:
-    return fetch_one(conn, query("reports_space", "select_database_size"), {}, DatabaseSize,
-                     limits)
+    return fetch_one(conn, query("reports_space", "select_database_size"), {}, DatabaseSize, limits)
 
 
 def space_report(conn: psycopg.Connection[Any], limits: Limits, *, limit: int = 20) -> SpaceReport:

@@ -7,8 +7,8 @@ Create Date: 2026-11-25 00:45:00
 
 from kronos_db.migration_sql import run_sql
 
-revision = '0009'
-down_revision = '0007'
+revision = "0009"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
