@@ -543,3 +543,25 @@ def test_prometheus_exposition(conn: psycopg.Connection[Any]) -> None:
     assert f'kronos_health_overall_status{{database="{database}"}} 1' in text
     for line in text.splitlines():
         assert line.startswith("#") or line.count(" ") == 1  # name{labels} value
+
+
+def test_migration_0009_downgrade_keeps_the_extension(database: Database) -> None:
+    from kronos_db import migrations
+    from kronos_db.config import Settings
+
+    tables = (
+        "SELECT count(*) FROM pg_class WHERE relname IN "
+        "('kronos_stat_snapshots', 'kronos_statement_snapshots', 'kronos_table_snapshots')"
+    )
+    extension = "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'"
+    with database.connect() as connection:
+        assert connection.execute(tables).fetchone() == (3,)
+        assert connection.execute(extension).fetchone() == (1,)
+    migrations.downgrade(Settings(), database.target, "0007")
+    with database.connect() as connection:
+        assert connection.execute(tables).fetchone() == (0,)
+        # left on purpose: server-level monitoring others may rely on (docs/reports.md)
+        assert connection.execute(extension).fetchone() == (1,)
+    migrations.upgrade(Settings(), database.target, "head")  # and again: IF NOT EXISTS
+    with database.connect() as connection:
+        assert connection.execute(tables).fetchone() == (3,)
