@@ -50,6 +50,19 @@ def health(cli: Any, database: Database, *args: str) -> Any:
     return cli("health", "--database-url", database.url, "--skip", "settings", *args)
 
 
+def test_snapshot_is_quiet_for_cron(cli: Any, database: Database) -> None:
+    result = cli("report", "snapshot", "--database-url", database.url, "--keep", "30d")
+    assert result.code == 0
+    assert result.output == ""
+    result = cli(
+        "report", "slow-queries", "--database-url", database.url, "--since", "1h", "--json"
+    )
+    assert result.code == 0, result.output
+    assert json.loads(result.stdout)["window_start"] is not None
+    result = cli("report", "space", "--database-url", database.url, "--since", "bogus")
+    assert result.code == 2
+
+
 def test_every_report_runs_as_json(cli: Any, database: Database) -> None:
     for name in REPORTS:
         result = cli("report", name, "--database-url", database.url, "--json")
@@ -89,6 +102,11 @@ def test_health_exit_codes(cli: Any, database: Database, conn: psycopg.Connectio
 
 def test_health_unknown(cli: Any, database: Database, conn: psycopg.Connection[Any]) -> None:
     conn.execute("DROP EXTENSION pg_stat_statements")
+    result = cli("report", "slow-queries", "--database-url", database.url)
+    assert result.code == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1  # one line, with the way out
+    assert "not installed in this database (hint: add pg_stat_statements" in result.stderr
     result = health(cli, database, "--check", "slow_queries")
     assert result.code == 3
     assert "UNKNOWN" in result.stdout
@@ -157,7 +175,7 @@ def test_health_html_renders_in_headless_chromium(
     conn.execute("INSERT INTO codes VALUES ('a'), ('a')")
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("CREATE UNIQUE INDEX CONCURRENTLY codes_code_key ON codes (code)")
-    conn.execute("SELECT pg_sleep(0.1)")
+    conn.execute("SELECT pg_sleep(0.3)")
     page = tmp_path / "health.html"
     result = health(cli, database, "--html", str(page))
     assert result.code == 1, result.output

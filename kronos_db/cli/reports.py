@@ -856,7 +856,8 @@ def snapshot_command(
         return
     for note in result.notes:
         notify(note)
-    if result.taken:
+    # cron mails whatever a job prints: a routine snapshot says nothing off a terminal
+    if result.taken and is_terminal():
         stdout.print(
             f"snapshot {result.snapshot_id}: {result.statements} statements, "
             f"{result.tables} tables; {result.deleted} old snapshot(s) deleted"
