@@ -26,7 +26,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import ClientCursor
@@ -44,7 +44,7 @@ PGBENCH_SECONDS = 10
 class RecordingCursor(ClientCursor[Any]):
     """Keeps every statement with its values bound, so psql can replay exactly the same SQL."""
 
-    recorded: list[str] = []
+    recorded: ClassVar[list[str]] = []
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         RecordingCursor.recorded.append(self.mogrify(query, params))
@@ -88,36 +88,70 @@ def main() -> None:
             ).fetchone() or (0,)
         pgbench = pgbench_binary()
         environment = {**os.environ, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
-        subprocess.run([pgbench, "-i", "-q", "-s", "1", name], check=True, env=environment,
-                       capture_output=True)
-        subprocess.run([pgbench, "-c", "2", "-j", "1", "-T", str(PGBENCH_SECONDS), name],
-                       check=True, env=environment, capture_output=True)
+        subprocess.run(
+            [pgbench, "-i", "-q", "-s", "1", name], check=True, env=environment, capture_output=True
+        )
+        subprocess.run(
+            [pgbench, "-c", "2", "-j", "1", "-T", str(PGBENCH_SECONDS), name],
+            check=True,
+            env=environment,
+            capture_output=True,
+        )
 
-        cli = [sys.executable, "-m", "kronos_db", "health", "--format", "json",
-               "--database-url", url]
-        cli_times = [timed(lambda: subprocess.run(cli, capture_output=True, check=False))
-                     for _ in range(RUNS)]
+        cli = [
+            sys.executable,
+            "-m",
+            "kronos_db",
+            "health",
+            "--format",
+            "json",
+            "--database-url",
+            url,
+        ]
+        cli_times = [
+            timed(lambda: subprocess.run(cli, capture_output=True, check=False))
+            for _ in range(RUNS)
+        ]
 
         library_times = []
         for _ in range(RUNS):
             RecordingCursor.recorded = []
             with psycopg.connect(url, autocommit=True, cursor_factory=RecordingCursor) as conn:
-                library_times.append(timed(lambda conn=conn: health_report(
-                    conn, HealthSettings(), now=datetime.now(UTC))))
+                library_times.append(
+                    timed(
+                        lambda conn=conn: health_report(
+                            conn, HealthSettings(), now=datetime.now(UTC)
+                        )
+                    )
+                )
         statements = list(RecordingCursor.recorded)
 
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
             for statement in statements:
                 script.write(statement.rstrip().rstrip(";") + ";\n")
-        psql = [shutil.which("psql") or "psql", "-X", "-q", "-o", "/dev/null",
-                "-v", "ON_ERROR_STOP=1", "-f", script.name, url]
-        psql_times = [timed(lambda: subprocess.run(psql, check=True, capture_output=True))
-                      for _ in range(RUNS)]
+        psql = [
+            shutil.which("psql") or "psql",
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            script.name,
+            url,
+        ]
+        psql_times = [
+            timed(lambda: subprocess.run(psql, check=True, capture_output=True))
+            for _ in range(RUNS)
+        ]
         os.unlink(script.name)
 
         floor = statistics.median(psql_times)
-        print(f"database: {partitions} logs partitions, pgbench scale 1 + {PGBENCH_SECONDS}s "
-              f"workload; {len(statements)} statements per health run; median of {RUNS} runs")
+        print(
+            f"database: {partitions} logs partitions, pgbench scale 1 + {PGBENCH_SECONDS}s "
+            f"workload; {len(statements)} statements per health run; median of {RUNS} runs"
+        )
         print(f"{'what':<44} {'seconds':>9} {'ratio':>7}")
         for label, times in (
             ("psql -f <same SQL> (floor)", psql_times),
