@@ -911,13 +911,16 @@ def health_command(
         list[str] | None,
         typer.Option(
             "--check",
+            metavar="NAME",
             help=f"Run only this check (repeatable): {', '.join(health.CHECK_NAMES)}.",
             show_default=False,
         ),
     ] = None,
     skip: Annotated[
         list[str] | None,
-        typer.Option("--skip", help="Leave this check out (repeatable).", show_default=False),
+        typer.Option(
+            "--skip", metavar="NAME", help="Leave this check out (repeatable).", show_default=False
+        ),
     ] = None,
     now: NowOption = None,
     database_url: DatabaseUrlOption = None,
@@ -926,7 +929,7 @@ def health_command(
 ) -> None:
     """Every check with a status; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
 
-    Thresholds come from the [health] section of the configuration. A check that cannot run
+    Thresholds come from the health section of the configuration file. A check that cannot run
     (a missing privilege or extension, a timeout) is UNKNOWN with a hint; the others still run.
 
     Example: kronos-db health --format prometheus > /var/lib/node_exporter/kronos.prom
