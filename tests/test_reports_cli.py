@@ -136,6 +136,12 @@ def test_health_thresholds_from_the_configuration(
     result = health(cli, database, *args, "--config", str(bad))
     assert result.code == 3
     assert "health.backup_age_warning" in result.stderr
+    swapped = write_config(tmp_path, backup_age_warning="2d", backup_age_critical="1d")
+    result = health(cli, database, *args, "--config", str(swapped))
+    assert result.code == 3
+    assert "health.backup_age_critical (1d) is below health.backup_age_warning (2d)" in (
+        result.stderr
+    )
 
 
 def test_health_prometheus(cli: Any, database: Database) -> None:

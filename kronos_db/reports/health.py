@@ -21,9 +21,9 @@ from typing import Any
 
 import psycopg
 
-from kronos_db.config import HealthSettings
+from kronos_db.config import HealthSettings, describe
 from kronos_db.durations import format_duration, human_duration
-from kronos_db.errors import ReportUnavailableError, UsageError
+from kronos_db.errors import ConfigError, ReportUnavailableError, UsageError
 from kronos_db.reports import (
     activity,
     cache,
@@ -858,6 +858,40 @@ def run_check(check: Check, ctx: Context) -> CheckResult:
     )
 
 
+_HIGHER_IS_WORSE = (
+    "connections",
+    "long_query",
+    "idle_in_transaction",
+    "blocked",
+    "xmin_horizon",
+    "wraparound",
+    "sequence",
+    "dead_tuples",
+    "bloat",
+    "slow_query",
+    "logs_default",
+    "expired_rows",
+    "queue_age",
+    "queue_pending",
+    "backup_age",
+)
+_LOWER_IS_WORSE = ("cache_hit", "partition_ahead")
+
+
+def validate_thresholds(thresholds: HealthSettings) -> None:
+    """A critical level milder than its warning level is a typo: say so instead of grading."""
+    for prefix in (*_HIGHER_IS_WORSE, *_LOWER_IS_WORSE):
+        warning = getattr(thresholds, f"{prefix}_warning")
+        critical = getattr(thresholds, f"{prefix}_critical")
+        wrong = critical < warning if prefix in _HIGHER_IS_WORSE else critical > warning
+        if wrong:
+            direction = "below" if prefix in _HIGHER_IS_WORSE else "above"
+            raise ConfigError(
+                f"health.{prefix}_critical ({describe(critical)}) is {direction} "
+                f"health.{prefix}_warning ({describe(warning)})"
+            )
+
+
 def health_report(
     conn: psycopg.Connection[Any],
     thresholds: HealthSettings,
@@ -868,6 +902,7 @@ def health_report(
     with_charts: bool = False,
 ) -> HealthReport:
     """Run the checks (all, or ``only`` those, minus ``skip``) and grade them."""
+    validate_thresholds(thresholds)
     limits = Limits.from_settings(thresholds)
     ctx = Context(conn, limits, thresholds, now)
     results = tuple(run_check(check, ctx) for check in select_checks(only, skip))
