@@ -54,8 +54,7 @@ class Database:
 
 
 def _janitor(name: str, template: str | None = None) -> DatabaseJanitor:
-    return DatabaseJanitor(user=USER, host=HOST, port=PORT, dbname=name,
-                           template_dbname=template)
+    return DatabaseJanitor(user=USER, host=HOST, port=PORT, dbname=name, template_dbname=template)
 
 
 @pytest.fixture(scope="session")
@@ -106,15 +105,29 @@ class CliResult:
         return self.stdout + self.stderr
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 120, input: str | None = None) -> CliResult:
+def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    input: str | None = None,
+) -> CliResult:
     """Run ``kronos-db`` in a subprocess, as cron or CI would (no terminal)."""
-    environment = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("KRONOS_", "PG")) and k != "DATABASE_URL"}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KRONOS_", "PG")) and k != "DATABASE_URL"
+    }
     environment.update(env or {})
     completed = subprocess.run(
-        [sys.executable, "-m", "kronos_db", *args], capture_output=True, text=True,
-        env=environment, cwd=cwd or REPO, timeout=timeout, input=input, check=False,
+        [sys.executable, "-m", "kronos_db", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        input=input,
+        check=False,
     )
     return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
