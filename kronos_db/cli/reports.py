@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import psycopg
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kronos_db import db
 from kronos_db.cli.common import (
@@ -135,7 +136,8 @@ def render_table(
         return
     table = Table(*[header for header, _ in columns], title=title, title_justify="left")
     for row in rows:
-        table.add_row(*[getter(row) for _, getter in columns])
+        # Text: query texts and names come from the database; "[" must not read as markup
+        table.add_row(*[Text(getter(row)) for _, getter in columns])
     stdout.print(table)
 
 
@@ -995,12 +997,14 @@ def _print_health(report: health.HealthReport) -> None:
         title_justify="left",
     )
     for result in report.checks:
-        finding = result.summary + (f"\n[dim]hint: {result.hint}[/dim]" if result.hint else "")
+        finding = Text(result.summary)
+        if result.hint:
+            finding.append(f"\nhint: {result.hint}", style="dim")
         table.add_row(
-            f"[{_STYLE[result.status]}]{result.status.name}[/]",
-            result.name,
-            finding.replace("[", "\\[").replace("\\[dim]", "[dim]").replace("\\[/dim]", "[/dim]"),
-            f"{result.warning} / {result.critical}",
+            Text(result.status.name, style=_STYLE[result.status]),
+            Text(result.name),
+            finding,
+            Text(f"{result.warning} / {result.critical}"),
         )
     stdout.print(table)
 
