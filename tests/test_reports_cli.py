@@ -248,3 +248,22 @@ def test_every_command_has_help(cli: Any) -> None:
         assert sub.code == 0
         assert "Example:" in sub.stdout
     assert "Nagios" in cli("health", "--help").stdout
+
+
+def test_slow_queries_reset_only_when_asked(
+    cli: Any, database: Database, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("SELECT pg_sleep(0.01)")
+    args = ("report", "slow-queries", "--database-url", database.url, "--json", "--limit", "500")
+
+    def sleeps() -> list[dict[str, Any]]:
+        result = cli(*args)
+        assert result.code == 0, result.output
+        return [q for q in json.loads(result.stdout)["queries"] if "pg_sleep" in q["query"]]
+
+    assert sleeps()  # reading never resets (PgHero's fault)
+    assert sleeps()
+    result = cli("report", "slow-queries", "--database-url", database.url, "--reset")
+    assert result.code == 0
+    assert "reset for this database" in result.stderr
+    assert sleeps() == []
