@@ -521,6 +521,9 @@ def test_shorten_query() -> None:
     text = "SELECT *\n  FROM t WHERE id IN ($1, $2, $3, $4, $5, $6)   AND x = $7"
     assert queries.shorten_query(text) == "SELECT * FROM t WHERE id IN ($1, …) AND x = $7"
     assert queries.shorten_query("x" * 50, 10) == "x" * 9 + "…"
+    commented = "-- name: select_x\n-- what it returns\nSELECT 1 -- trailing\nFROM t"
+    assert queries.shorten_query(commented) == "SELECT 1 -- trailing FROM t"
+    assert queries.shorten_query("/* app=api */ SELECT 1") == "SELECT 1"
 
 
 # ----------------------------------------------------------------------------- health overall

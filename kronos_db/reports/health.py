@@ -567,7 +567,7 @@ def check_logs_default(ctx: Context) -> Outcome:
         if status is Status.OK
         else "rows outside every partition: create the missing partitions, then move them "
         "out (`kronos-db partitions rotate`)"
-        + ("" if coverage.default_rows_exact else "; " + kronos.data_hint("logs")),
+        + ("" if coverage.default_rows_exact else "; " + kronos.data_hint("logs_default")),
     )
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import html
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
+from kronos_db.durations import human_duration
 from kronos_db.reports.health import CheckResult, HealthReport, Status
 
 _COLOURS = {
@@ -33,6 +35,7 @@ th { background: #f6f6f6; }
           border-radius: 3px; padding: .1rem .4rem; font-weight: 600; font-size: .8rem; }
 .hint { color: #555; font-style: italic; }
 .overall { font-size: 1.1rem; }
+.scroll { overflow-x: auto; margin-bottom: 1rem; }
 code { font-size: .8rem; white-space: pre-wrap; word-break: break-all; }
 svg text { font-family: system-ui, sans-serif; font-size: 12px; }
 """
@@ -74,7 +77,7 @@ def bar_chart(title: str, bars: Sequence[tuple[str, float, str]], *, chart_id: s
     for index, (label, value, shown) in enumerate(bars):
         y = 24 + index * row_height
         length = max(1.0, bar_width * value / largest)
-        short = label if len(label) <= 48 else label[:47] + "…"
+        short = label if len(label) <= 42 else label[:41] + "…"
         parts.append(f'<text x="0" y="{y + 14}"><title>{_e(label)}</title>{_e(short)}</text>')
         parts.append(
             f'<rect x="{label_width}" y="{y + 3}" width="{length:.1f}" '
@@ -101,11 +104,18 @@ def _details_table(rows: Sequence[Any]) -> str:
             "<tr>" + "".join(f"<td>{_cell(getattr(item, name))}</td>" for name in names) + "</tr>"
             for item in items[:50]
         )
-        out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        out.append(
+            f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>"
+        )
     return "".join(out)
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, timedelta):
+        return _e(human_duration(value))
+    if isinstance(value, datetime):
+        return _e(f"{value:%Y-%m-%d %H:%M:%S %Z}")
     if isinstance(value, float):
         return _e(f"{value:,.2f}")
     if isinstance(value, tuple):

@@ -105,11 +105,14 @@ class _Info:
     dealloc: int | None
 
 
+_LEADING_COMMENTS = re.compile(r"\A(?:\s*--[^\n]*(?:\n|\Z)|\s*/\*.*?\*/)+", re.DOTALL)
 _PARAMETER_LIST = re.compile(r"\$\d+(?:\s*,\s*\$\d+){3,}")
 
 
 def shorten_query(text: str, width: int = 300) -> str:
     """Collapse whitespace and long parameter lists, then cut at ``width`` (0: no cut)."""
+    # the description comment our own queries open with says nothing about the statement
+    text = _LEADING_COMMENTS.sub("", text)
     text = " ".join(text.split())
     text = _PARAMETER_LIST.sub(lambda m: m.group(0).split(",")[0] + ", …", text)
     if width and len(text) > width:
