@@ -602,3 +602,22 @@ def test_migration_0009_downgrade_keeps_the_extension(database: Database) -> Non
     migrations.upgrade(Settings(), database.target, "head")  # and again: IF NOT EXISTS
     with database.connect() as connection:
         assert connection.execute(tables).fetchone() == (3,)
+
+
+def test_xmin_horizon_held_by_a_snapshot(
+    conn: psycopg.Connection[Any], other: psycopg.Connection[Any]
+) -> None:
+    thresholds = {"xmin_horizon_warning": timedelta(0), "xmin_horizon_critical": timedelta(hours=1)}
+    pid = other.info.backend_pid
+    assert str(pid) not in {h.name for h in maintenance.xmin_holders(conn, LIMITS, now=now())}
+    other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    other.execute("SELECT count(*) FROM users")  # the snapshot is kept until the end
+    try:
+        holders = maintenance.xmin_holders(conn, LIMITS, now=now())
+        assert str(pid) in {h.name for h in holders if h.kind == "session"}
+        result = check(conn, "xmin_horizon", **thresholds)
+        assert result.status is Status.WARNING
+        assert f"session {pid} holds it" in result.summary
+    finally:
+        other.execute("ROLLBACK")
+    assert str(pid) not in {h.name for h in maintenance.xmin_holders(conn, LIMITS, now=now())}
