@@ -229,6 +229,142 @@ class SecuritySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class HealthSettings:
+    """Thresholds of `kronos-db health` (each check: a warning and a critical level)."""
+
+    statement_timeout: timedelta = setting(
+        timedelta(seconds=5),
+        "statement_timeout of each check's query: a slow catalog never hangs the whole report.",
+    )
+    lock_timeout: timedelta = setting(
+        timedelta(milliseconds=500),
+        "lock_timeout of each check: a catalog query never queues behind a DDL lock.",
+    )
+    connections_warning: float = setting(
+        70.0, "Connections in use, % of max_connections (minus reserved), for WARNING.", minimum=0
+    )
+    connections_critical: float = setting(
+        90.0, "Connections in use, % of max_connections (minus reserved), for CRITICAL.", minimum=0
+    )
+    long_query_warning: timedelta = setting(
+        timedelta(minutes=5), "A query running longer than this is a WARNING."
+    )
+    long_query_critical: timedelta = setting(
+        timedelta(minutes=30), "A query running longer than this is CRITICAL."
+    )
+    idle_in_transaction_warning: timedelta = setting(
+        timedelta(minutes=1), "A session idle in transaction longer than this is a WARNING."
+    )
+    idle_in_transaction_critical: timedelta = setting(
+        timedelta(minutes=10), "A session idle in transaction longer than this is CRITICAL."
+    )
+    blocked_warning: timedelta = setting(
+        timedelta(seconds=10), "A session waiting on another's lock longer than this: WARNING."
+    )
+    blocked_critical: timedelta = setting(
+        timedelta(minutes=1), "A session waiting on another's lock longer than this: CRITICAL."
+    )
+    xmin_horizon_warning: timedelta = setting(
+        timedelta(minutes=30),
+        "A session/slot/prepared transaction holding back the xmin horizon this long: WARNING.",
+    )
+    xmin_horizon_critical: timedelta = setting(
+        timedelta(hours=2), "Something holding back the xmin horizon this long: CRITICAL."
+    )
+    wraparound_warning: float = setting(
+        50.0, "Transaction/multixact IDs used, % of the 2^31 limit, for WARNING.", minimum=0
+    )
+    wraparound_critical: float = setting(
+        75.0, "Transaction/multixact IDs used, % of the 2^31 limit, for CRITICAL.", minimum=0
+    )
+    sequence_warning: float = setting(
+        75.0,
+        "A sequence's values used, % of its max (or its column type's), for WARNING.",
+        minimum=0,
+    )
+    sequence_critical: float = setting(
+        90.0, "A sequence's values used, % of its effective limit, for CRITICAL.", minimum=0
+    )
+    dead_tuples_warning: float = setting(
+        20.0, "Dead tuples, % of a table's rows, for WARNING.", minimum=0
+    )
+    dead_tuples_critical: float = setting(
+        50.0, "Dead tuples, % of a table's rows, for CRITICAL.", minimum=0
+    )
+    dead_tuples_minimum: int = setting(
+        10_000, "Tables with fewer dead tuples than this are never flagged.", minimum=0
+    )
+    bloat_warning: float = setting(
+        50.0, "Estimated bloat, % of a table or index, for WARNING.", minimum=0
+    )
+    bloat_critical: float = setting(
+        80.0, "Estimated bloat, % of a table or index, for CRITICAL.", minimum=0
+    )
+    bloat_minimum_bytes: int = setting(
+        10 * 1024 * 1024,
+        "Tables and indexes smaller than this are not judged for bloat.",
+        minimum=0,
+    )
+    cache_hit_warning: float = setting(
+        95.0, "Buffer cache hit rate (%) below this is a WARNING.", minimum=0
+    )
+    cache_hit_critical: float = setting(
+        80.0, "Buffer cache hit rate (%) below this is CRITICAL.", minimum=0
+    )
+    cache_minimum_reads: int = setting(
+        10_000, "The cache hit rate is judged only after this many block accesses.", minimum=0
+    )
+    slow_query_warning: timedelta = setting(
+        timedelta(milliseconds=500), "A statement whose mean time exceeds this is a WARNING."
+    )
+    slow_query_critical: timedelta = setting(
+        timedelta(seconds=5), "A statement whose mean time exceeds this is CRITICAL."
+    )
+    slow_query_minimum_calls: int = setting(
+        1, "Statements called fewer times than this are not judged slow.", minimum=1
+    )
+    unused_index_minimum_bytes: int = setting(
+        1024 * 1024, "Unused indexes smaller than this are listed but not a WARNING.", minimum=0
+    )
+    partition_ahead_warning: timedelta = setting(
+        timedelta(days=3), "logs partitions must cover at least this far ahead, else WARNING."
+    )
+    partition_ahead_critical: timedelta = setting(
+        timedelta(days=1), "logs partitions must cover at least this far ahead, else CRITICAL."
+    )
+    logs_default_warning: int = setting(
+        1, "Rows in logs_default (no partition covered them) for WARNING.", minimum=0
+    )
+    logs_default_critical: int = setting(10_000, "Rows in logs_default for CRITICAL.", minimum=0)
+    expired_rows_warning: int = setting(
+        10_000, "Expired sessions or cache rows still waiting to be deleted: WARNING.", minimum=0
+    )
+    expired_rows_critical: int = setting(
+        1_000_000,
+        "Expired sessions or cache rows still waiting to be deleted: CRITICAL.",
+        minimum=0,
+    )
+    queue_age_warning: timedelta = setting(
+        timedelta(minutes=5), "Oldest pending message older than this: WARNING."
+    )
+    queue_age_critical: timedelta = setting(
+        timedelta(hours=1), "Oldest pending message older than this: CRITICAL."
+    )
+    queue_pending_warning: int = setting(
+        10_000, "Pending messages in one topic for WARNING.", minimum=0
+    )
+    queue_pending_critical: int = setting(
+        100_000, "Pending messages in one topic for CRITICAL.", minimum=0
+    )
+    backup_age_warning: timedelta = setting(
+        timedelta(hours=26), "Last backup older than this (or none recorded): WARNING."
+    )
+    backup_age_critical: timedelta = setting(
+        timedelta(hours=50), "Last backup older than this: CRITICAL."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
@@ -236,6 +372,7 @@ class Settings:
     partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
     backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
+    health: HealthSettings = dataclasses.field(default_factory=HealthSettings)
     # "section.key" -> where the value came from: "default", a file path, an option, a variable.
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     path: Path | None = None

@@ -53,3 +53,21 @@ def format_duration(value: timedelta) -> str:
 def postgres_interval(value: timedelta) -> str:
     """The value as a PostgreSQL setting in milliseconds (``lock_timeout`` and the like)."""
     return f"{round(value.total_seconds() * 1000)}ms"
+
+
+def human_duration(value: timedelta) -> str:
+    """Two units at most, for people reading a report: ``3d 4h``, ``5m 12s``, ``800ms``."""
+    total = value.total_seconds()
+    sign = "-" if total < 0 else ""
+    total = abs(total)
+    if total < 1:
+        return f"{sign}{round(total * 1000)}ms"
+    parts = []
+    remaining = round(total)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if remaining >= size:
+            parts.append(f"{remaining // size}{unit}")
+            remaining %= size
+        if len(parts) == 2:
+            break
+    return sign + " ".join(parts)

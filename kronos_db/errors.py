@@ -110,6 +110,19 @@ class RoleDriftError(KronosError):
     exit_code = ExitCode.DRIFT
 
 
+class ReportUnavailableError(KronosError):
+    """A report could not run here (a missing extension or privilege, a timeout)."""
+
+    def __init__(self, message: str | None = None, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    @property
+    def message(self) -> str:
+        text = str(self.args[0])
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else text.strip()

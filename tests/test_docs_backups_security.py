@@ -39,4 +39,4 @@ def test_every_command_has_help_and_is_documented(group: str, app: typer.Typer, 
 
 def test_security_report_is_documented() -> None:
     assert security_commands.security_report.__doc__
-    assert "kronos-db security-report" in (DOCS / "security.md").read_text(encoding="utf-8")
+    assert "kronos-db report security" in (DOCS / "security.md").read_text(encoding="utf-8")

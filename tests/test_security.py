@@ -176,7 +176,7 @@ def test_security_report_flags_raw_tokens_and_public_grants(
 
     conn.execute("INSERT INTO sessions (token) VALUES ('raw-jwt-token')")
     conn.execute("GRANT SELECT ON users TO PUBLIC")
-    result = cli("security-report", "--json", "--database-url", database.url)
+    result = cli("report", "security", "--json", "--database-url", database.url)
     assert result.code == 2, result.output  # CRITICAL
     data = json.loads(result.stdout)
     assert data["status"] == "critical"
@@ -255,8 +255,8 @@ def test_no_password_or_dsn_secret_in_any_output(
         ("backup", "prune", "--keep", "5", "--database-url", url, *common),
         ("roles", "check", "--database-url", url, *common),
         ("roles", "apply", "--database-url", url, *common),
-        ("security-report", "--database-url", url, *common),
-        ("security-report", "--json", "--database-url", keyword, *common),
+        ("report", "security", "--database-url", url, *common),
+        ("report", "security", "--json", "--database-url", keyword, *common),
         ("config", "show", "--database-url", url, *common),
         ("status", "--database-url", url, *common),
         ("backup", "list", "--database-url", wrong, *common),

@@ -19,6 +19,7 @@ from kronos_db.cli import config as config_commands
 from kronos_db.cli import housekeeping as housekeeping_commands
 from kronos_db.cli import migrate as migrate_commands
 from kronos_db.cli import partitions as partitions_commands
+from kronos_db.cli import reports as report_commands
 from kronos_db.cli import security as security_commands
 from kronos_db.cli.common import configure_logging, redact, stderr
 from kronos_db.errors import ExitCode, KronosError
@@ -63,6 +64,7 @@ housekeeping_commands.register(app)
 app.add_typer(partitions_commands.app, name="partitions")
 app.add_typer(backup_commands.app, name="backup", rich_help_panel="Backups")
 security_commands.register(app)
+report_commands.register(app)
 
 
 def _fail(message: str, code: int) -> None:

@@ -1,4 +1,4 @@
-"""``kronos-db roles``, ``kronos-db users`` and ``kronos-db security-report``.
+"""``kronos-db roles``, ``kronos-db users`` and ``kronos-db report security``.
 
 Passwords are read from a hidden, confirmed prompt or from stdin (``--password-stdin``), never
 from an argument (it would sit in the shell history and in ``ps``).
@@ -245,7 +245,7 @@ def security_report(
     Monitoring-style exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a check needs more
     privileges than the connected role has).
 
-    Example: kronos-db security-report --json
+    Example: kronos-db report security --json
     """
     settings = settings_for(config)
     target = target_for(database_url, settings)
@@ -271,5 +271,4 @@ def security_report(
 def register(app: typer.Typer) -> None:
     app.add_typer(roles_app, name="roles", rich_help_panel="Security")
     app.add_typer(users_app, name="users", rich_help_panel="Security")
-    # the lead moves this under `report security` when the report group is merged
-    app.command("security-report", rich_help_panel="Security")(security_report)
+    # `report security` sits with the other reports (kronos_db.cli.reports registers it)

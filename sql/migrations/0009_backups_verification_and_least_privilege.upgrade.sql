@@ -52,7 +52,7 @@ COMMENT ON COLUMN backups.status IS
 -- Session tokens: the auth service stores the lowercase hex SHA-256 of the token, never the
 -- token itself (docs/security.md). sessions_token_excl (a hash index) already serves
 -- `WHERE token = $1` for a 64-character digest; no CHECK yet, because that would reject the
--- raw tokens a not-yet-updated auth service still writes. `kronos-db security-report` counts them.
+-- raw tokens a not-yet-updated auth service still writes. `kronos-db report security` counts them.
 COMMENT ON COLUMN sessions.token IS
     'hex SHA-256 of the session token (64 characters), never the token itself; see docs/security.md';
 

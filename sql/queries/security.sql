@@ -1,4 +1,4 @@
--- Security: accounts (`kronos-db users`) and the checks of `kronos-db security-report`.
+-- Security: accounts (`kronos-db users`) and the checks of `kronos-db report security`.
 
 -- name: insert_user
 -- create an account; the role is looked up by name (NULL: no role); returns the account
@@ -64,6 +64,8 @@ SELECT n.nspname AS schema_name, acl.privilege_type AS privilege
 
 -- name: select_public_relation_privileges
 -- privileges PUBLIC holds on tables, views and sequences of user schemas: relation, privilege
+-- (an extension's own grants are left out: pg_stat_statements grants SELECT on its views to
+-- PUBLIC and shows each role only its own queries' text)
 SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS relation_name,
        acl.privilege_type AS privilege
   FROM pg_class AS c
@@ -73,6 +75,9 @@ SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS relation_name,
    AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname NOT LIKE 'pg\_%%'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend AS d
+                    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                      AND d.deptype = 'e')
  ORDER BY 1, 2
 
 -- name: select_public_database_privileges
