@@ -401,6 +401,18 @@ def test_expired_rows_queue_and_backups(conn: psycopg.Connection[Any]) -> None:
     assert result.status is Status.WARNING
     assert "10m" in result.summary
     assert check(conn, "last_backup", moment).status is Status.WARNING  # none recorded
+    # neither a log partition archive nor a dump that failed verify is a usable backup
+    conn.execute(
+        "INSERT INTO backups (created_at, file_path, kind) VALUES"
+        " (%(at)s, '/archives/logs_p2026_01_01.copy.gz', 'partition_archive')",
+        {"at": moment},
+    )
+    conn.execute(
+        "INSERT INTO backups (created_at, file_path, verified_at, verify_result) VALUES"
+        " (%(at)s, '/backups/broken.dump', %(at)s, 'failed')",
+        {"at": moment},
+    )
+    assert check(conn, "last_backup", moment).status is Status.WARNING
     conn.execute(
         "INSERT INTO backups (created_at, file_path) VALUES "
         "(%(at)s::timestamptz - interval '1 hour', '/backups/a.dump')",

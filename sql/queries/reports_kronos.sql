@@ -66,13 +66,20 @@ SELECT topic::text,
  ORDER BY min(created_at) NULLS LAST, topic;
 
 -- name: select_last_backup
--- the newest backup recorded, and how many there are
-SELECT (SELECT count(*) FROM backups)::bigint AS backups,
+-- the newest usable backup of the database, and how many there are: a log partition archive
+-- is not a backup of the database, and neither is a pruned file or one that failed verify
+WITH usable AS (
+    SELECT created_at, file_path
+      FROM backups
+     WHERE created_at IS NOT NULL
+       AND kind <> 'partition_archive'
+       AND status = 'available'
+       AND verify_result IS DISTINCT FROM 'failed'
+)
+SELECT (SELECT count(*) FROM usable)::bigint AS backups,
        latest.created_at,
        latest.file_path
   FROM (SELECT 1) AS one
   LEFT JOIN LATERAL (
-        SELECT created_at, file_path FROM backups
-         WHERE created_at IS NOT NULL
-         ORDER BY created_at DESC LIMIT 1
+        SELECT created_at, file_path FROM usable ORDER BY created_at DESC LIMIT 1
        ) AS latest ON true;
