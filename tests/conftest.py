@@ -15,7 +15,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,29 @@ def run_cli(
 @pytest.fixture
 def cli() -> Any:
     return run_cli
+
+
+def statement_evictions(conn: psycopg.Connection[Any]) -> int:
+    """How many times pg_stat_statements has evicted entries since its last reset."""
+    from kronos_db.reports import queries
+    from kronos_db.reports.runner import Limits
+
+    limits = Limits(statement_timeout=timedelta(seconds=5), lock_timeout=timedelta(seconds=1))
+    extension = queries.require_statements(conn, limits)  # in whatever schema it is now
+    return queries.statements_info(conn, extension, limits).dealloc or 0
+
+
+def retry_on_eviction(
+    conn: psycopg.Connection[Any], scenario: Callable[[int], None], attempts: int = 3
+) -> None:
+    """pg_stat_statements is server-wide and shared with every other job on this server: when
+    it is full it evicts the least-used entries, ours included. A failure is retried only when
+    an eviction happened meanwhile; any other failure is a real one."""
+    for attempt in range(attempts):
+        before = statement_evictions(conn)
+        try:
+            scenario(attempt)
+            return
+        except AssertionError:
+            if statement_evictions(conn) == before or attempt == attempts - 1:
+                raise

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
-from conftest import Database, unique_name, url_for
+from conftest import Database, retry_on_eviction, unique_name, url_for
 from psycopg import errors as pg_errors
 from psycopg import sql
 
@@ -427,27 +427,6 @@ def test_expired_rows_queue_and_backups(conn: psycopg.Connection[Any]) -> None:
 
 def _my_statements(conn: psycopg.Connection[Any], **kwargs: Any) -> list[queries.SlowQuery]:
     return list(queries.slow_queries(conn, now=now(), limits=LIMITS, limit=100, **kwargs).queries)
-
-
-def _evictions(conn: psycopg.Connection[Any]) -> int:
-    extension = queries.require_statements(conn, LIMITS)  # in whatever schema it is now
-    return queries.statements_info(conn, extension, LIMITS).dealloc or 0
-
-
-def retry_on_eviction(
-    conn: psycopg.Connection[Any], scenario: Callable[[int], None], attempts: int = 3
-) -> None:
-    """pg_stat_statements is server-wide and shared with every other job on this server: when
-    it is full it evicts the least-used entries, ours included. A failure is retried only when
-    an eviction happened meanwhile; any other failure is a real one."""
-    for attempt in range(attempts):
-        before = _evictions(conn)
-        try:
-            scenario(attempt)
-            return
-        except AssertionError:
-            if _evictions(conn) == before or attempt == attempts - 1:
-                raise
 
 
 def test_slow_query_recorded_in_pg_stat_statements(conn: psycopg.Connection[Any]) -> None:
