@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +16,12 @@ from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    NowOption,
     duration_option,
     emit_json,
+    human_size,
     notify,
+    parse_now,
     settings_for,
     stderr,
     stdout,
@@ -30,41 +33,6 @@ app = typer.Typer(
     help="Backups: pg_dump files recorded in the backups table, verified by restoring them.",
     no_args_is_help=True,
 )
-
-NowOption = Annotated[
-    str | None,
-    typer.Option(
-        "--now",
-        hidden=True,
-        help="The current time (ISO 8601 with a zone), for tests.",
-        show_default=False,
-    ),
-]
-
-
-def parse_now(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--now") from None
-    if moment.tzinfo is None:
-        raise typer.BadParameter(
-            "--now needs a time zone, e.g. 2026-01-01T00:00:00+00:00", param_hint="--now"
-        )
-    return moment.astimezone(UTC)
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "—"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"
 
 
 def _verified(backup: backups.Backup) -> str:

@@ -7,7 +7,7 @@ import enum
 import json
 import logging
 import sys
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +46,44 @@ ConfigOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print JSON for machines instead of a table.")
 ]
+
+
+NowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--now",
+        hidden=True,
+        help="Run as if it were this time (ISO 8601; no offset means UTC). For tests and "
+        "rehearsals.",
+        show_default=False,
+    ),
+]
+
+
+def parse_now(value: str | None) -> datetime:
+    """``--now``: the real time when absent; an ISO 8601 time (naive means UTC), in UTC."""
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected an ISO 8601 time such as 2026-01-31T12:00:00Z, got {value!r}",
+            param_hint="--now",
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def human_size(value: float | None) -> str:
+    """Bytes as pg_size_pretty shows them (1024-based: B, kB, MB, GB, TB); empty for None."""
+    if value is None:
+        return ""
+    number = float(value)
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(number) < 1024:
+            return f"{number:.0f} {unit}" if unit == "B" else f"{number:.1f} {unit}"
+        number /= 1024
+    return f"{number:.1f} TB"
 
 
 def duration_option(value: str | None) -> timedelta | None:

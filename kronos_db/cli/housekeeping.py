@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,9 +32,11 @@ from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    NowOption,
     emit_json,
     is_terminal,
     notify,
+    parse_now,
     settings_for,
     stderr,
     stdout,
@@ -76,15 +78,6 @@ PauseOption = Annotated[
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Count what would be deleted or updated; change nothing.")
 ]
-NowOption = Annotated[
-    str | None,
-    typer.Option(
-        "--now",
-        help="Run as if it were this time (ISO 8601; naive means UTC). For tests and replays.",
-        show_default=False,
-        hidden=True,
-    ),
-]
 
 
 def _check_duration(value: str | None, option: str, *, allow_zero: bool = True) -> None:
@@ -101,19 +94,6 @@ def _check_duration(value: str | None, option: str, *, allow_zero: bool = True) 
 def _check_positive(value: int | None, option: str) -> None:
     if value is not None and value < 1:
         raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=option)
-
-
-def _now(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected an ISO 8601 time such as 2026-01-31T12:00:00Z, got {value!r}",
-            param_hint="--now",
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _settings(
@@ -216,7 +196,7 @@ def expire_sessions(
     settings = _settings(
         config, batch_size, pause, session_idle_timeout=(idle_timeout, "option --idle-timeout")
     )
-    moment = _now(now)
+    moment = parse_now(now)
     with _connection(database_url, settings) as conn:
         _run_job(
             "expire sessions",
@@ -248,7 +228,7 @@ def expire_cache(
     Example: kronos-db expire cache
     """
     settings = _settings(config, batch_size, pause)
-    moment = _now(now)
+    moment = parse_now(now)
     with _connection(database_url, settings) as conn:
         _run_job(
             "expire cache",
@@ -294,7 +274,7 @@ def queue_stats(
     Example: kronos-db queue stats --json
     """
     settings = settings_for(config)
-    moment = _now(now)
+    moment = parse_now(now)
     with _connection(database_url, settings) as conn:
         rows = queue.stats(
             conn,
@@ -364,7 +344,7 @@ def queue_requeue_stuck(
         stuck_after=(older_than, "option --older-than"),
         max_attempts=(max_attempts, "option --max-attempts"),
     )
-    moment = _now(now)
+    moment = parse_now(now)
     hk = settings.housekeeping
     with _connection(database_url, settings) as conn:
         _run_job(
@@ -408,7 +388,7 @@ def queue_purge(
     """
     _check_duration(older_than, "--older-than")
     settings = _settings(config, batch_size, pause, purge_after=(older_than, "option --older-than"))
-    moment = _now(now)
+    moment = parse_now(now)
     with _connection(database_url, settings) as conn:
         _run_job(
             "purge processed messages",
@@ -452,7 +432,7 @@ def ratelimits_reset(
     settings = _settings(
         config, batch_size, pause, ratelimit_window=(older_than, "option --older-than")
     )
-    moment = _now(now)
+    moment = parse_now(now)
     with _connection(database_url, settings) as conn:
         _run_job(
             "reset rate limits",
@@ -510,7 +490,7 @@ def maintain(
     selected = maintenance.select_jobs(job or (), skip or ())  # an unknown name: exit 2
     settings = _settings(config, batch_size, pause)
     target = target_for(database_url, settings)
-    moment = _now(now)
+    moment = parse_now(now)
     live = stderr.is_terminal and not json
 
     with Progress(

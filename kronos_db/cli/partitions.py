@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -13,10 +13,13 @@ from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    NowOption,
     duration_option,
     emit_json,
+    human_size,
     is_terminal,
     notify,
+    parse_now,
     settings_for,
     stdout,
     target_for,
@@ -31,16 +34,6 @@ app = typer.Typer(
 
 UNKNOWN = 3
 
-NowOption = Annotated[
-    str | None,
-    typer.Option(
-        "--now",
-        help="Pretend it is this time (ISO 8601, UTC when no offset given); "
-        "for tests and rehearsals.",
-        show_default=False,
-        hidden=True,
-    ),
-]
 IntervalOption = Annotated[
     str | None,
     typer.Option(
@@ -151,27 +144,8 @@ def _settings(
     return settings_for(config, overrides)
 
 
-def _now(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--now") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
-
-
-def _size(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
 
 
 @app.command("status")
@@ -202,7 +176,7 @@ def status(
         retention_action=retention_action,
         backend=backend,
     )
-    moment = _now(now)
+    moment = parse_now(now)
     target = target_for(database_url, settings)
     try:
         with db.connection(target) as conn:
@@ -218,7 +192,7 @@ def status(
         name = partition.name + (" (detach pending)" if partition.detach_pending else "")
         if partition.is_default:
             table.add_row(
-                name, "DEFAULT", "", str(result.default_rows), _size(partition.total_bytes)
+                name, "DEFAULT", "", str(result.default_rows), human_size(partition.total_bytes)
             )
         else:
             table.add_row(
@@ -226,7 +200,7 @@ def status(
                 _when(partition.lower),
                 _when(partition.upper),
                 str(partition.row_estimate),
-                _size(partition.total_bytes),
+                human_size(partition.total_bytes),
             )
     stdout.print(table)
     stdout.print(
@@ -299,7 +273,7 @@ def rotate(
         lock_timeout=lock_timeout,
         budget=budget,
     )
-    moment = _now(now)
+    moment = parse_now(now)
     target = target_for(database_url, settings)
     with db.connection(target) as conn:
         result = partitions.rotate(conn, settings, moment, dry_run=dry_run, notify=notify)

@@ -12,7 +12,7 @@ import enum
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,10 +26,13 @@ from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    NowOption,
     duration_option,
     emit_json,
+    human_size,
     is_terminal,
     notify,
+    parse_now,
     settings_for,
     stderr,
     stdout,
@@ -63,25 +66,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-NowOption = Annotated[
-    str | None,
-    typer.Option("--now", hidden=True, help="Pretend the time is this ISO 8601 instant (tests)."),
-]
 AllDatabasesOption = Annotated[
     bool,
     typer.Option("--all-databases", help="Every database of the server, not only this one."),
 ]
 LimitOption = Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")]
-
-
-def _now(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--now") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @contextmanager
@@ -95,17 +84,6 @@ def _connect(
 
 
 # ----------------------------------------------------------------------------- rendering
-
-
-def size(value: float | None) -> str:
-    if value is None:
-        return ""
-    number = float(value)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(number) < 1024 or unit == "TB":
-            return f"{number:.0f} {unit}" if unit == "B" else f"{number:.1f} {unit}"
-        number /= 1024
-    return f"{number:.1f} TB"
 
 
 def percent(value: float | None) -> str:
@@ -188,7 +166,7 @@ def slow_queries_command(
             f"expected one of {', '.join(queries.ORDERS)}", param_hint="--order"
         )
     window = duration_option(since)
-    moment = _now(now)
+    moment = parse_now(now)
     with _connect(database_url, config) as (conn, _settings, limits):
         if reset:
             queries.reset_statements(conn, limits)
@@ -259,7 +237,7 @@ def indexes_command(
         [
             ("table", _field("table_name")),
             ("index", _field("index_name")),
-            ("size", _field("bytes", size)),
+            ("size", _field("bytes", human_size)),
             ("definition", _field("definition")),
         ],
     )
@@ -271,7 +249,7 @@ def indexes_command(
             ("index", _field("index_name")),
             ("covered by", _field("covered_by")),
             ("kind", _field("kind")),
-            ("size", _field("bytes", size)),
+            ("size", _field("bytes", human_size)),
         ],
     )
     render_table(
@@ -280,7 +258,7 @@ def indexes_command(
         [
             ("table", _field("table_name")),
             ("index", _field("index_name")),
-            ("size", _field("bytes", size)),
+            ("size", _field("bytes", human_size)),
             ("scans", _field("scans", number)),
         ],
     )
@@ -292,7 +270,7 @@ def indexes_command(
             ("constraint", _field("constraint_name")),
             ("columns", _field("columns")),
             ("references", _field("referenced_table")),
-            ("table size", _field("table_bytes", size)),
+            ("table size", _field("table_bytes", human_size)),
         ],
     )
     render_table(
@@ -354,8 +332,8 @@ def bloat_command(
         [
             ("relation", lambda r: f"{r.schema_name}.{r.table_name}"),
             ("kind", _field("kind")),
-            ("size", _field("bytes", size)),
-            ("bloat", _field("bloat_bytes", size)),
+            ("size", _field("bytes", human_size)),
+            ("bloat", _field("bloat_bytes", human_size)),
             ("bloat %", _field("bloat_percent", percent)),
             ("fillfactor", _field("fillfactor")),
             ("unreliable because", _field("unreliable_reason")),
@@ -377,7 +355,7 @@ def vacuum_command(
 
     Example: kronos-db report vacuum --limit 20
     """
-    moment = _now(now)
+    moment = parse_now(now)
     with _connect(database_url, config) as (conn, _settings, limits):
         report = maintenance.VacuumReport(
             tables=tuple(maintenance.vacuum_stats(conn, limits, limit=limit)),
@@ -430,7 +408,7 @@ def vacuum_command(
             ("table", lambda r: f"{r.schema_name}.{r.table_name}"),
             ("xid age", _field("xid_age", number)),
             ("multixact age", _field("multixact_age", number)),
-            ("size", _field("bytes", size)),
+            ("size", _field("bytes", human_size)),
         ],
     )
     render_table(
@@ -483,7 +461,9 @@ def locks_command(
     Example: kronos-db report locks
     """
     with _connect(database_url, config) as (conn, _settings, limits):
-        rows = activity.blocking_chains(conn, limits, now=_now(now), all_databases=all_databases)
+        rows = activity.blocking_chains(
+            conn, limits, now=parse_now(now), all_databases=all_databases
+        )
     if json:
         emit_json(rows)
         return
@@ -516,7 +496,7 @@ def activity_command(
         report = activity.activity_report(
             conn,
             limits,
-            now=_now(now),
+            now=parse_now(now),
             long_query_threshold=threshold
             if threshold is not None
             else settings.health.long_query_warning,
@@ -569,7 +549,7 @@ def connections_command(
     Example: kronos-db report connections
     """
     with _connect(database_url, config) as (conn, _settings, limits):
-        report = connections.connections_report(conn, limits, now=_now(now))
+        report = connections.connections_report(conn, limits, now=parse_now(now))
     if json:
         emit_json(report)
         return
@@ -716,7 +696,7 @@ def space_command(
     with _connect(database_url, config) as (conn, _settings, limits):
         if window is not None:
             snapshot, growth = snapshots.table_growth(
-                conn, now=_now(now), since=window, limits=limits, limit=limit
+                conn, now=parse_now(now), since=window, limits=limits, limit=limit
             )
             if json:
                 emit_json({"since": snapshot.taken_at, "tables": growth})
@@ -726,8 +706,11 @@ def space_command(
                 growth,
                 [
                     ("table", lambda r: f"{r.schema_name}.{r.table_name}"),
-                    ("size", _field("total_bytes", size)),
-                    ("growth", lambda r: "new" if r.new_since_snapshot else size(r.growth_bytes)),
+                    ("size", _field("total_bytes", human_size)),
+                    (
+                        "growth",
+                        lambda r: "new" if r.new_since_snapshot else human_size(r.growth_bytes),
+                    ),
                     ("rows", _field("live_tuples", number)),
                     ("row growth", _field("growth_tuples", number)),
                 ],
@@ -737,17 +720,17 @@ def space_command(
     if json:
         emit_json(report)
         return
-    stdout.print(f"database {report.database.database_name}: {size(report.database.bytes)}")
+    stdout.print(f"database {report.database.database_name}: {human_size(report.database.bytes)}")
     render_table(
         "Largest tables",
         report.tables,
         [
             ("table", lambda r: f"{r.schema_name}.{r.table_name}"),
             ("kind", _field("kind")),
-            ("total", _field("total_bytes", size)),
-            ("table", _field("table_bytes", size)),
-            ("indexes", _field("index_bytes", size)),
-            ("toast", _field("toast_bytes", size)),
+            ("total", _field("total_bytes", human_size)),
+            ("table", _field("table_bytes", human_size)),
+            ("indexes", _field("index_bytes", human_size)),
+            ("toast", _field("toast_bytes", human_size)),
             ("rows (est.)", _field("estimated_rows", number)),
         ],
     )
@@ -757,7 +740,7 @@ def space_command(
         [
             ("table", lambda r: f"{r.schema_name}.{r.table_name}"),
             ("index", _field("index_name")),
-            ("size", _field("bytes", size)),
+            ("size", _field("bytes", human_size)),
         ],
     )
 
@@ -773,7 +756,7 @@ def kronos_command(
 
     Example: kronos-db report kronos
     """
-    moment = _now(now)
+    moment = parse_now(now)
     with _connect(database_url, config) as (conn, _settings, limits):
         report = kronos.kronos_report(conn, limits, now=moment)
     if json:
@@ -853,7 +836,7 @@ def snapshot_command(
     """
     retention = duration_option(keep)
     with _connect(database_url, config) as (conn, _settings, limits):
-        result = snapshots.take_snapshot(conn, now=_now(now), limits=limits, keep=retention)
+        result = snapshots.take_snapshot(conn, now=parse_now(now), limits=limits, keep=retention)
     if json:
         emit_json(result)
         return
@@ -937,7 +920,7 @@ def health_command(
 
     Example: kronos-db health --format prometheus > /var/lib/node_exporter/kronos.prom
     """
-    moment = _now(now)
+    moment = parse_now(now)
     try:
         with _connect(database_url, config) as (conn, settings, _limits):
             report = health.health_report(
