@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -90,6 +91,19 @@ def empty_database() -> Iterator[Database]:
 def conn(database: Database) -> Iterator[psycopg.Connection[Any]]:
     with database.connect() as connection:
         yield connection
+
+
+@pytest.fixture
+def tree_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of migrations/ and sql/, and a kronos.toml pointing at it."""
+    root = tmp_path / "tree"
+    shutil.copytree(
+        REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(REPO / "sql", root / "sql")
+    config = tmp_path / "kronos.toml"
+    config.write_text(f'[migrations]\ndirectory = "{root}"\n', encoding="utf-8")
+    return root, config
 
 
 PROBE_ROLE = "kronos_auth_probe"

@@ -4,7 +4,6 @@ SQL, new revisions, checksums of applied files, and no-transaction revisions."""
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -162,19 +161,6 @@ def test_offline_sql_needs_no_server() -> None:
 
 
 # ---------------------------------------------------------------- a copy of the tree
-
-
-@pytest.fixture
-def tree_copy(tmp_path: Path) -> tuple[Path, Path]:
-    """A private copy of migrations/ and sql/, and a kronos.toml pointing at it."""
-    root = tmp_path / "tree"
-    shutil.copytree(
-        REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    shutil.copytree(REPO / "sql", root / "sql")
-    config = tmp_path / "kronos.toml"
-    config.write_text(f'[migrations]\ndirectory = "{root}"\n', encoding="utf-8")
-    return root, config
 
 
 def test_revision_writes_the_sql_pair_after_head(tree_copy: tuple[Path, Path]) -> None:
