@@ -21,7 +21,7 @@ from kronos_db.cli import migrate as migrate_commands
 from kronos_db.cli import partitions as partitions_commands
 from kronos_db.cli import reports as report_commands
 from kronos_db.cli import security as security_commands
-from kronos_db.cli.common import configure_logging, redact, stderr
+from kronos_db.cli.common import configure_logging, emit_json, redact, stderr
 from kronos_db.errors import ExitCode, KronosError
 
 app = typer.Typer(
@@ -67,8 +67,19 @@ security_commands.register(app)
 report_commands.register(app)
 
 
+def _json_requested(argv: list[str]) -> bool:
+    """``--json`` among the options (not after ``--``): errors then go to stdout as JSON too."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
 def _fail(message: str, code: int) -> None:
-    stderr.print(f"kronos-db: error: {redact(message)}", markup=False)
+    """One line on stderr; under ``--json`` also one JSON object on stdout, for the machine
+    that parses stdout (a PR bot, a deploy script) and would otherwise read nothing."""
+    message = redact(message)
+    if _json_requested(sys.argv[1:]):
+        emit_json({"error": message, "exit_code": int(code)})
+    stderr.print(f"kronos-db: error: {message}", markup=False)
     sys.exit(code)
 
 
