@@ -54,6 +54,10 @@ class UnknownRevisionError(UsageError):
     """No such revision."""
 
 
+class MigrationTreeError(UsageError):
+    """The migration tree is inconsistent (a duplicate revision id, a missing parent, two heads)."""
+
+
 class ConnectionFailedError(KronosError):
     """Cannot connect to the database server."""
 

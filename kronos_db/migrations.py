@@ -24,6 +24,7 @@ import random
 import re
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -47,11 +48,12 @@ from kronos_db.errors import (
     KronosError,
     LockBusyError,
     LockTimeoutError,
+    MigrationTreeError,
     UnknownRevisionError,
     translate_database_error,
 )
 from kronos_db.migration_sql import checksum, sql_path
-from kronos_db.resources import query, render_with_literals, resource_root
+from kronos_db.resources import is_installed_package, query, render_with_literals, resource_root
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +97,52 @@ class MigrationTree:
         return config
 
     def script_directory(self) -> ScriptDirectory:
+        """Alembic's view of the tree, refused when two files claim one revision id.
+
+        Alembic only warns about a duplicate id and keeps the last file it read, so one revision
+        would silently hide the other; a parent that is missing would fail later, deep inside
+        an upgrade. Both are refused here, where every command loads the tree.
+        """
         if not (self.migrations_dir / "env.py").is_file():
             raise UnknownRevisionError(f"{self.migrations_dir}: not a migration tree (no env.py)")
-        return ScriptDirectory.from_config(self.alembic_config())
+        script_dir = ScriptDirectory.from_config(self.alembic_config())
+        self._verify(script_dir)
+        return script_dir
+
+    def _verify(self, script_dir: ScriptDirectory) -> None:
+        files: dict[str, list[Path]] = defaultdict(list)
+        parents: dict[str, tuple[str, ...]] = {}
+        # Alembic's own loader (the revision map is built from it), so that exactly the files
+        # Alembic would read are checked
+        for script in script_dir._load_revisions():
+            files[script.revision].append(Path(script.path))
+            parents[script.revision] = _down_revisions(script)
+        for revision, paths in sorted(files.items()):
+            if len(paths) > 1:
+                shown = " and ".join(_relative(p, self.root) for p in sorted(paths))
+                raise MigrationTreeError(
+                    f"revision id {revision} is claimed by {shown}: one would hide the other. "
+                    f"Renumber the newer one after the latest revision (its file names, "
+                    f"`revision` and `down_revision`), or give it a new id and join the two "
+                    f"heads with `kronos-db merge`"
+                )
+        for revision, downs in sorted(parents.items()):
+            for down in downs:
+                if down not in files:
+                    raise MigrationTreeError(
+                        f"revision {revision} follows {down}, which is not in "
+                        f"{_relative(self.migrations_dir, self.root)}/versions"
+                    )
+
+    def ensure_writable(self) -> None:
+        """Refuse to write revisions into an installed package: they belong to a project tree."""
+        if self.root == resource_root() and is_installed_package():
+            raise MigrationTreeError(
+                f"{self.root} is the migration tree shipped inside the installed kronos-db "
+                "package: new revisions belong to your project's tree. Point "
+                "`[migrations] directory` in kronos.toml (or --config) at a directory holding "
+                "migrations/ and sql/migrations/"
+            )
 
     def revisions(self) -> list[Script]:
         """Every revision, oldest first."""
@@ -159,9 +204,11 @@ class ChecksumProblem:
 class MigrationStatus:
     database: str
     current: tuple[str, ...]
-    head: str
+    head: str  # the heads joined with commas (one, unless the tree has branches)
     pending: tuple[RevisionInfo, ...]
     checksum_problems: tuple[ChecksumProblem, ...]
+    heads: tuple[str, ...] = ()
+    branches: str = ""  # why there are several heads and what to do ("" with one head)
 
     @property
     def up_to_date(self) -> bool:
@@ -341,6 +388,11 @@ def _checksum_problems(
     return problems
 
 
+def _down_revisions(script: Script) -> tuple[str, ...]:
+    down = script.down_revision
+    return (down,) if isinstance(down, str) else tuple(down or ())
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -421,10 +473,16 @@ def _translate(exc: BaseException, target: db.Target) -> KronosError:
 
 
 def validate_revision(tree: MigrationTree, revision: str) -> None:
-    """Raise ``UnknownRevisionError`` unless ``revision`` names something in the tree."""
+    """Raise ``UnknownRevisionError`` unless ``revision`` names something in the tree.
+
+    ``head`` on a tree with several heads is refused with what to do about it: Alembic would
+    only say "multiple heads are present".
+    """
+    script = tree.script_directory()
+    if revision == "head" and len(script.get_heads()) > 1:
+        raise MigrationTreeError(describe_heads(script))
     if revision in {"head", "heads", "base"} or re.fullmatch(r"[+-]\d+", revision):
         return
-    script = tree.script_directory()
     try:
         found = script.get_revisions(re.sub(r"[+-]\d+$", "", revision))
     except CommandError as exc:
@@ -514,8 +572,7 @@ def _next_revision_name(
     current = current_revisions(conn)
     script = tree.script_directory()
     for candidate in script.walk_revisions():
-        down = candidate.down_revision
-        downs = (down,) if isinstance(down, str) else tuple(down or ())
+        downs = _down_revisions(candidate)
         if set(downs) == set(current) or (not downs and not current):
             return f"revision {candidate.revision} ({(candidate.doc or '').strip()})"
     return "the next revision"
@@ -612,6 +669,8 @@ def status(settings: Settings, target: db.Target) -> MigrationStatus:
         head=",".join(heads),
         pending=pending,
         checksum_problems=tuple(problems),
+        heads=tuple(heads),
+        branches=describe_heads(script_dir),
     )
 
 
@@ -647,38 +706,97 @@ _SLUG = re.compile(r"[^a-z0-9]+")
 @dataclasses.dataclass(frozen=True)
 class NewRevision:
     revision: str
-    down_revision: str | None
+    down_revision: str | None  # several parents (a merge) are joined with commas
     files: tuple[Path, ...]
 
 
-def create_revision(settings: Settings, message: str) -> NewRevision:
-    """Write a new revision: the Alembic file and its empty upgrade/downgrade SQL pair."""
+def _writable_tree(settings: Settings, message: str) -> tuple[MigrationTree, ScriptDirectory]:
     if not _SLUG.sub("", message.lower()):
         raise UnknownRevisionError("the revision message needs at least one letter or digit")
     tree = MigrationTree.from_settings(settings)
-    script_dir = tree.script_directory()
-    heads = script_dir.get_heads()
-    if len(heads) > 1:
-        raise KronosError(
-            f"the migration tree has several heads ({', '.join(heads)}): merge them first"
-        )
+    tree.ensure_writable()
+    return tree, tree.script_directory()
+
+
+def _next_revision_id(script_dir: ScriptDirectory) -> str:
     numbers = [int(s.revision) for s in script_dir.walk_revisions() if s.revision.isdigit()]
-    revision_id = f"{max(numbers, default=0) + 1:04d}"
-    config = tree.alembic_config()
-    script = command.revision(config, message=message, rev_id=revision_id)
+    return f"{max(numbers, default=0) + 1:04d}"
+
+
+def _write_sql_pair(script: object, upgrade_text: str, downgrade_text: str) -> NewRevision:
     assert isinstance(script, Script)
     upgrade_path = sql_path(script.path, "upgrade")
     downgrade_path = sql_path(script.path, "downgrade")
     upgrade_path.parent.mkdir(parents=True, exist_ok=True)
-    upgrade_path.write_text(
+    upgrade_path.write_text(upgrade_text, encoding="utf-8")
+    downgrade_path.write_text(downgrade_text, encoding="utf-8")
+    downs = _down_revisions(script)
+    return NewRevision(
+        script.revision,
+        ",".join(downs) or None,
+        (Path(script.path), upgrade_path, downgrade_path),
+    )
+
+
+def create_revision(settings: Settings, message: str) -> NewRevision:
+    """Write a new revision: the Alembic file and its empty upgrade/downgrade SQL pair."""
+    tree, script_dir = _writable_tree(settings, message)
+    if len(script_dir.get_heads()) > 1:
+        raise MigrationTreeError(f"{describe_heads(script_dir)}; then write the new revision")
+    script = command.revision(
+        tree.alembic_config(), message=message, rev_id=_next_revision_id(script_dir)
+    )
+    return _write_sql_pair(
+        script,
         f"-- {message}\n"
         "-- Runs in the revision's transaction. For CREATE INDEX CONCURRENTLY, put the\n"
         "-- directive `-- kronos: no-transaction` on a line of its own, one statement each.\n",
-        encoding="utf-8",
+        f"-- undo: {message}\n",
     )
-    downgrade_path.write_text(f"-- undo: {message}\n", encoding="utf-8")
-    return NewRevision(
-        revision_id, heads[0] if heads else None, (Path(script.path), upgrade_path, downgrade_path)
+
+
+def merge_heads(settings: Settings, message: str) -> NewRevision:
+    """Join every head of the tree with a new revision whose parents they are (Alembic's merge).
+
+    Its SQL pair is empty: the branches' own revisions did the work; the merge only makes the
+    history one line again, so that `head` means one revision.
+    """
+    tree, script_dir = _writable_tree(settings, message)
+    heads = script_dir.get_heads()
+    if len(heads) < 2:
+        raise MigrationTreeError(
+            f"nothing to merge: the migration tree has one head ({', '.join(heads) or 'none'})"
+        )
+    script = command.merge(
+        tree.alembic_config(), "heads", message=message, rev_id=_next_revision_id(script_dir)
+    )
+    joined = " and ".join(heads)
+    return _write_sql_pair(
+        script,
+        f"-- {message}\n-- merges {joined}: nothing to run, the branches did the work\n",
+        f"-- undo: {message}\n-- splits {joined} again: nothing to run\n",
+    )
+
+
+def describe_heads(script_dir: ScriptDirectory) -> str:
+    """Why the tree has several heads and what to do about it ("" with a single head)."""
+    heads = list(script_dir.get_heads())
+    if len(heads) < 2:
+        return ""
+    lineages = [
+        {s.revision: s for s in script_dir.iterate_revisions(head, "base")} for head in heads
+    ]
+    common = set(lineages[0]).intersection(*lineages[1:])
+    fork = max(
+        common,
+        key=lambda revision: sum(1 for _ in script_dir.iterate_revisions(revision, "base")),
+        default=None,
+    )
+    after = f"branches that both follow {fork}" if fork else "unrelated branches"
+    return (
+        f"the migration tree has {len(heads)} heads ({', '.join(sorted(heads))}), {after}: "
+        f'join them with `kronos-db merge -m "merge {" and ".join(sorted(heads))}"`, '
+        "or name the revision to go to (`heads` applies every branch)"
     )
 
 
@@ -692,8 +810,10 @@ __all__ = [
     "NewRevision",
     "RevisionInfo",
     "create_revision",
+    "describe_heads",
     "downgrade",
     "history",
+    "merge_heads",
     "render_sql",
     "run_env",
     "status",

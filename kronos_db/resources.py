@@ -22,9 +22,13 @@ _NAME_MARKER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 def resource_root() -> Path:
     """The directory holding ``sql/`` and ``migrations/`` (the package when installed)."""
-    if (_PACKAGE_DIR / "sql").is_dir():
-        return _PACKAGE_DIR
-    return _PACKAGE_DIR.parent
+    return _PACKAGE_DIR if is_installed_package() else _PACKAGE_DIR.parent
+
+
+def is_installed_package() -> bool:
+    """True when kronos-db runs from an installed wheel (its SQL inside the package directory),
+    not from a checkout or an editable install."""
+    return (_PACKAGE_DIR / "sql").is_dir()
 
 
 def sql_dir() -> Path:

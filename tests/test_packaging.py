@@ -77,3 +77,10 @@ def test_the_installed_package_migrates_from_another_directory(
             command, "--database-url", empty_database.url, env=installed, cwd=elsewhere
         )
         assert result.code == 0, result.stderr
+    # new revisions belong to the project's tree, never to site-packages
+    before = sorted(p.name for p in (site / "kronos_db" / "migrations" / "versions").iterdir())
+    refused = run_cli("revision", "-m", "add a column", env=installed, cwd=elsewhere)
+    assert refused.code == 2, refused.output
+    assert "[migrations] directory" in refused.stderr
+    after = sorted(p.name for p in (site / "kronos_db" / "migrations" / "versions").iterdir())
+    assert after == before

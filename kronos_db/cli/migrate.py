@@ -27,7 +27,7 @@ from kronos_db.cli.common import (
     target_for,
 )
 from kronos_db.config import Settings
-from kronos_db.errors import ConnectionFailedError, ExitCode
+from kronos_db.errors import ConnectionFailedError, ExitCode, MigrationTreeError
 
 if TYPE_CHECKING:
     from kronos_db import migrations
@@ -106,7 +106,7 @@ def migrate(
         typer.Option(
             "--from",
             help="With --sql: the revision to start from (default: the "
-            "database's current revision when it is reachable, else base).",
+            "database's current revision; without a reachable database, --from is required).",
             show_default=False,
         ),
     ] = None,
@@ -131,10 +131,19 @@ def migrate(
             try:
                 with db.connection(target) as conn:
                     current = migrations.current_revisions(conn)
-                start = current[-1] if current else "base"
             except ConnectionFailedError as exc:
-                notify(f"{exc.message}: rendering from base")
-                start = "base"
+                # rendering from base would print every revision as if the database were
+                # empty: a script that fails (or worse) where it is run. Never guess.
+                raise type(exc)(
+                    f"{exc.message}; --sql reads the database's revision to start from: "
+                    "pass --from REVISION (base for an empty database) to render without it"
+                ) from exc
+            if len(current) > 1:
+                raise MigrationTreeError(
+                    f"the database is at several revisions ({', '.join(current)}): "
+                    "pass --from to say which one the script starts from"
+                )
+            start = current[0] if current else "base"
         typer.echo(migrations.render_sql(settings, revision, from_revision=start), nl=False)
         return
     target = target_for(database_url, settings)
@@ -227,6 +236,8 @@ def status(
                 stdout.print(f"  · {info.revision}  {info.description}")
         else:
             stdout.print("pending:  none, the database is at head")
+        if result.branches:
+            notify(f"note: {result.branches}")
     for problem in result.checksum_problems:
         notify(f"error: {problem.describe()}")
     if result.checksum_problems:
@@ -321,10 +332,31 @@ def revision(
         stdout.print(f"  {path}")
 
 
+def merge(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the merge joins.")],
+    config: ConfigOption = None,
+) -> None:
+    """Join the heads of a branched migration tree with a new, empty revision.
+
+    Two people who each wrote a revision after the same parent leave two heads; `migrate`
+    then refuses to guess an order. The merge revision has both as parents (Alembic's merge)
+    and its SQL pair runs nothing.
+
+    Example: kronos-db merge -m "merge 0011 and 0012"
+    """
+    from kronos_db import migrations
+
+    settings = settings_for(config)
+    created = migrations.merge_heads(settings, message)
+    stdout.print(f"revision {created.revision} (merges {created.down_revision}):")
+    for path in created.files:
+        stdout.print(f"  {path}")
+
+
 def register(app: typer.Typer) -> None:
     # relative revisions (-1) look like options: let them through as the argument
     relative = {"ignore_unknown_options": True}
     app.command(rich_help_panel="Migrations", context_settings=relative)(migrate)
     app.command(rich_help_panel="Migrations", context_settings=relative)(downgrade)
-    for command in (status, history, check, revision):
+    for command in (status, history, check, revision, merge):
         app.command(rich_help_panel="Migrations")(command)
