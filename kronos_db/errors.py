@@ -10,9 +10,6 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
-import psycopg
-from psycopg import errors as pg_errors
-
 
 class ExitCode(enum.IntEnum):
     """Process exit codes. Few, fixed, and documented in the README."""
@@ -148,6 +145,11 @@ def translate_database_error(exc: BaseException, *, target: str = "") -> KronosE
 
     ``target`` is a password-free description of the server and database, used in messages.
     """
+    # imported here: a command that never reaches a database (help, completion, `config show`)
+    # does not pay for psycopg
+    import psycopg
+    from psycopg import errors as pg_errors
+
     original = getattr(exc, "orig", None) or exc
     where = f" ({target})" if target else ""
     if isinstance(original, KronosError):

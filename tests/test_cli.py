@@ -22,7 +22,7 @@ from conftest import (
     url_for,
 )
 
-from kronos_db.cli import app
+from kronos_db.cli import COMMANDS, app
 
 
 def _one_error_line(result: Any, code: int) -> str:
@@ -185,15 +185,24 @@ def _commands() -> list[tuple[str, Any]]:
     found: list[tuple[str, Any]] = []
 
     def walk(prefix: str, command: Any) -> None:
-        subcommands = getattr(command, "commands", None)
-        if subcommands:
-            for name, sub in subcommands.items():
-                walk(f"{prefix} {name}".strip(), sub)
+        if hasattr(command, "list_commands"):  # a group, lazy or not
+            context = command.make_context(prefix or "kronos-db", [], resilient_parsing=True)
+            for name in command.list_commands(context):
+                walk(f"{prefix} {name}".strip(), command.get_command(context, name))
         else:
             found.append((prefix, command))
 
     walk("", root)
     return found
+
+
+def test_the_registry_describes_each_command_as_its_help_does() -> None:
+    root = typer.main.get_command(app)
+    context = root.make_context("kronos-db", [], resilient_parsing=True)
+    for name, entry in COMMANDS.items():
+        command = root.get_command(context, name)
+        assert command is not None, name
+        assert (command.help or "").strip().splitlines()[0] == entry.help, name
 
 
 @pytest.mark.parametrize(("name", "command"), _commands(), ids=[n for n, _ in _commands()])

@@ -3,40 +3,179 @@
 Expected failures (``KronosError``) become one line on stderr and a documented exit code;
 usage errors exit 2; an unexpected failure says so in one line (``KRONOS_DEBUG=1`` shows the
 traceback).
+
+Start-up is what a cron job pays every few minutes, so a command imports only what it runs:
+each top-level command lives in a module of ``kronos_db.cli`` that is imported when that
+command is invoked (or listed in ``--help``), never before. :data:`COMMANDS` is the registry:
+adding a command is adding its module's ``register(app)`` and one entry there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
 import sys
-from typing import Annotated
+from difflib import get_close_matches
+from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperGroup
 
-from kronos_db import __version__
-from kronos_db.cli import backups as backup_commands
-from kronos_db.cli import config as config_commands
-from kronos_db.cli import housekeeping as housekeeping_commands
-from kronos_db.cli import migrate as migrate_commands
-from kronos_db.cli import partitions as partitions_commands
-from kronos_db.cli import reports as report_commands
-from kronos_db.cli import security as security_commands
 from kronos_db.cli.common import configure_logging, emit_json, redact, stderr
 from kronos_db.errors import ExitCode, KronosError
 
+
+@dataclasses.dataclass(frozen=True)
+class LazyCommand:
+    """A top-level command: the module whose ``register(app)`` defines it, and its short help.
+
+    The help is repeated here so that shell completion can describe every command without
+    importing them all (a test checks that it matches the command's own).
+    """
+
+    module: str
+    help: str
+
+
+# name: (module under kronos_db.cli, the first line of its help), in the order of --help
+COMMANDS: dict[str, LazyCommand] = {
+    "migrate": LazyCommand(
+        "kronos_db.cli.migrate",
+        "Apply migrations up to REVISION (head by default), under the migration lock.",
+    ),
+    "downgrade": LazyCommand(
+        "kronos_db.cli.migrate",
+        "Revert migrations down to REVISION; `base` removes every Kronos object.",
+    ),
+    "status": LazyCommand(
+        "kronos_db.cli.migrate",
+        "Show the current revision and the pending ones.",
+    ),
+    "history": LazyCommand(
+        "kronos_db.cli.migrate",
+        "List every revision, oldest first, and whether the database has it.",
+    ),
+    "check": LazyCommand(
+        "kronos_db.cli.migrate",
+        "Compare the live schema with what head defines; exit 6 listing each difference.",
+    ),
+    "revision": LazyCommand(
+        "kronos_db.cli.migrate",
+        "Write a new revision: its Alembic file and an empty upgrade/downgrade SQL pair.",
+    ),
+    "config": LazyCommand(
+        "kronos_db.cli.config",
+        "Inspect the configuration.",
+    ),
+    "expire": LazyCommand(
+        "kronos_db.cli.housekeeping",
+        "Delete expired rows (sessions, cache), in batches.",
+    ),
+    "queue": LazyCommand(
+        "kronos_db.cli.housekeeping",
+        "Keep the message queue healthy: stats, requeue, purge.",
+    ),
+    "ratelimits": LazyCommand(
+        "kronos_db.cli.housekeeping",
+        "Reset rate-limit counters whose window has passed.",
+    ),
+    "maintain": LazyCommand(
+        "kronos_db.cli.maintain",
+        "Run every periodic job once, each independent of the others: one cron line for all.",
+    ),
+    "partitions": LazyCommand(
+        "kronos_db.cli.partitions",
+        "Keep the logs table's partitions created ahead and retire old ones.",
+    ),
+    "backup": LazyCommand(
+        "kronos_db.cli.backups",
+        "Backups: pg_dump files recorded in the backups table, verified by restoring them.",
+    ),
+    "roles": LazyCommand(
+        "kronos_db.cli.security",
+        "Least privilege: one PostgreSQL role per Kronos service.",
+    ),
+    "users": LazyCommand(
+        "kronos_db.cli.security",
+        "Kronos accounts with Argon2id password hashes.",
+    ),
+    "report": LazyCommand(
+        "kronos_db.cli.reports",
+        "DBA reports: slow queries, indexes, bloat, vacuum, locks, space, Kronos checks.",
+    ),
+    "health": LazyCommand(
+        "kronos_db.cli.health",
+        "Every check with a status; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).",
+    ),
+}
+
+_MARKUP: Literal["rich"] = "rich"
+
+
+def load_command(name: str) -> Any:
+    """Import the module of command ``name`` and build its Click command."""
+    entry = COMMANDS[name]
+    holder = typer.Typer(rich_markup_mode=_MARKUP)
+    importlib.import_module(entry.module).register(holder)
+    group = typer.main.get_group(holder)
+    return group.commands[name]
+
+
+class LazyGroup(TyperGroup):
+    """The root group: lists every command of :data:`COMMANDS`, imports one when it runs."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = self.commands.get(cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            command = self.commands[cmd_name] = load_command(cmd_name)
+        return command
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return self._click_resolve_command(ctx, args)
+        except typer.TyperException as exc:
+            # Typer suggests only among commands already loaded: suggest among them all
+            matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
+            message = getattr(exc, "message", None)
+            if matches and isinstance(message, str):
+                suggestions = ", ".join(repr(match) for match in matches)
+                exc.message = f"{message.rstrip('.')}. Did you mean {suggestions}?"
+            raise
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
+        # the names and their help from the registry: a TAB imports no command module
+        from typer._click.shell_completion import CompletionItem
+
+        results = [
+            CompletionItem(name, help=entry.help)
+            for name, entry in COMMANDS.items()
+            if name.startswith(incomplete)
+        ]
+        # the root's own options (--help, --version…), as Click's Command does it
+        results.extend(super(TyperGroup, self).shell_complete(ctx, incomplete))
+        return results
+
+
 app = typer.Typer(
     name="kronos-db",
+    cls=LazyGroup,
     help="Schema-first migrations and DBA toolkit for the Kronos PostgreSQL database.\n\n"
     "Example: kronos-db migrate --create-db",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=_MARKUP,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 def _version(value: bool) -> None:
     if value:
+        from kronos_db import __version__
+
         typer.echo(f"kronos-db {__version__}")
         raise typer.Exit()
 
@@ -56,15 +195,6 @@ def root(
     Example: kronos-db migrate --create-db
     """
     configure_logging(verbose)
-
-
-migrate_commands.register(app)
-app.add_typer(config_commands.app, name="config")
-housekeeping_commands.register(app)
-app.add_typer(partitions_commands.app, name="partitions")
-app.add_typer(backup_commands.app, name="backup", rich_help_panel="Backups")
-security_commands.register(app)
-report_commands.register(app)
 
 
 def _json_requested(argv: list[str]) -> bool:

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
 from kronos_db import backups, db
 from kronos_db.cli.common import (
@@ -75,12 +73,20 @@ def create(
     target = target_for(database_url, settings)
     moment = parse_now(now)
     if stderr.is_terminal and not json:
+        from rich.progress import (
+            DownloadColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
         with Progress(
             SpinnerColumn(),
             TextColumn("pg_dump {task.description}"),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=stderr,
+            console=stderr.console,
             transient=True,
         ) as bar:
             task = bar.add_task(target.dbname, total=None)
@@ -163,6 +169,8 @@ def list_(
         if stdout.is_terminal:
             stdout.print("no backups recorded")
         return
+    from rich.table import Table
+
     table = Table("id", "created (UTC)", "kind", "status", "size", "verified", "file")
     for row in rows:
         table.add_row(
@@ -380,3 +388,7 @@ def status(
     else:
         stdout.print(f"BACKUP {health.severity.upper()}: {health.summary}", markup=False)
     raise typer.Exit(health.exit_code)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="backup", rich_help_panel="Backups")

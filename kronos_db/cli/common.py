@@ -1,4 +1,9 @@
-"""What every command shares: the common options, settings and target, and output."""
+"""What every command shares: the common options, settings and target, and output.
+
+Start-up matters (cron runs these commands every few minutes): this module imports neither
+Rich nor psycopg. The consoles are built on first use, so a run that prints nothing never
+imports Rich.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,69 @@ import dataclasses
 import enum
 import json
 import logging
+import os
 import sys
+import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-from kronos_db import db
 from kronos_db.config import Settings, load_settings
 from kronos_db.durations import format_duration, parse_duration
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kronos_db import db
+
+
+class LazyConsole:
+    """A Rich console made on first use; ``is_terminal`` answers without importing Rich."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        """The Rich console itself (for ``Progress(console=…)`` and the like)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        if self._console is None and not _TERMINAL_OVERRIDES.intersection(os.environ):
+            stream = sys.stderr if self._stderr else sys.stdout
+            return bool(getattr(stream, "isatty", lambda: False)())
+        return self.console.is_terminal
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        plain = (
+            options.get("markup", True) is False
+            and options.keys() <= _PLAIN_OPTIONS
+            and all(isinstance(item, str) for item in objects)
+        )
+        if plain and self._console is None and not self.is_terminal:
+            # what Rich would write off a terminal (no markup, no style, no wrapping), without
+            # importing it: cron's and Nagios's one-line outputs
+            stream = sys.stderr if self._stderr else sys.stdout
+            stream.write(options.get("sep", " ").join(objects) + options.get("end", "\n"))
+            stream.flush()
+            return
+        self.console.print(*objects, **options)
+
+
+_PLAIN_OPTIONS = frozenset({"markup", "highlight", "sep", "end"})
+# variables with which Rich decides for itself whether a stream is a terminal
+_TERMINAL_OVERRIDES = frozenset({"FORCE_TERMINAL", "TTY_COMPATIBLE", "TTY_INTERACTIVE"})
+
+stdout = LazyConsole()
+stderr = LazyConsole(stderr=True)
 
 # secrets of the targets this process resolved: scrubbed from anything printed as an error
 _SECRETS: set[str] = set()
@@ -103,12 +157,16 @@ def settings_for(
 
 
 def target_for(database_url: str | None, settings: Settings) -> db.Target:
+    from kronos_db import db
+
     target = db.resolve_target(database_url, settings)
     _SECRETS.update(target.secrets)
     return target
 
 
 def redact(text: str) -> str:
+    from kronos_db import db
+
     return db.redact(text, tuple(_SECRETS))
 
 
@@ -161,3 +219,112 @@ def configure_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("kronos_db").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+class StepProgress:
+    """Progress bars on a terminal's stderr for steps that take more than ``delay`` seconds.
+
+    Nothing is drawn (and Rich is not imported) when ``enabled`` is false (no terminal, --json,
+    --quiet) or before a step has run for ``delay`` seconds, so quick steps and cron runs stay
+    silent. Steps are keyed by name; ``update`` may come from the library's progress callbacks.
+    """
+
+    def __init__(self, enabled: bool, *, delay: float = 1.0, unit: str = "rows") -> None:
+        self.enabled = enabled
+        self.delay = delay
+        self.unit = unit
+        self._lock = threading.Lock()
+        self._steps: dict[str, _Step] = {}
+        self._progress: Any = None
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            for step in self._steps.values():
+                if step.timer is not None:
+                    step.timer.cancel()
+            self._steps.clear()
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+
+    def start(self, name: str, description: str, total: float | None = None) -> None:
+        if not self.enabled:
+            return
+        step = _Step(description, total)
+        with self._lock:
+            self._steps[name] = step
+        step.timer = threading.Timer(self.delay, self._show, args=(name,))
+        step.timer.daemon = True
+        step.timer.start()
+
+    def update(
+        self, name: str, completed: float, *, total: float | None = None, detail: str = ""
+    ) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            step = self._steps.get(name)
+            if step is None:
+                return
+            step.completed, step.detail = completed, detail
+            if total is not None:
+                step.total = total
+            if step.task is not None:
+                self._progress.update(
+                    step.task, completed=completed, total=step.total, detail=detail
+                )
+
+    def finish(self, name: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            step = self._steps.pop(name, None)
+            if step is None:
+                return
+            if step.timer is not None:
+                step.timer.cancel()
+            if step.task is not None:
+                self._progress.remove_task(step.task)
+
+    def _show(self, name: str) -> None:
+        with self._lock:
+            step = self._steps.get(name)
+            if step is None:
+                return
+            if self._progress is None:
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    SpinnerColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+
+                self._progress = Progress(
+                    SpinnerColumn(),
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn(self.unit + " {task.fields[detail]}"),
+                    TimeElapsedColumn(),
+                    console=stderr.console,
+                    transient=True,
+                )
+                self._progress.start()
+            step.task = self._progress.add_task(
+                step.description, total=step.total, completed=step.completed, detail=step.detail
+            )
+
+
+@dataclasses.dataclass
+class _Step:
+    description: str
+    total: float | None
+    completed: float = 0
+    detail: str = ""
+    task: Any = None
+    timer: threading.Timer | None = None

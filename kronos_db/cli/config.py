@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from kronos_db.cli.common import (
     ConfigOption,
@@ -42,9 +41,15 @@ def show(
             }
         )
         return
+    from rich.table import Table
+
     stdout.print(f"configuration file: {settings.path or 'none (defaults)'}")
     stdout.print(f"connection: {connection['target']} (from {connection['source']})")
     table = Table("setting", "value", "from", "meaning")
     for row in rows:
         table.add_row(row.key, row.value, row.source, row.doc)
     stdout.print(table)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="config")

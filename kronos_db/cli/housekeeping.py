@@ -9,30 +9,20 @@ A run that finds another run holding the job's advisory lock does nothing and ex
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
-from kronos_db import db, housekeeping, maintenance, queue
+from kronos_db import db, housekeeping, queue
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
     NowOption,
+    StepProgress,
     emit_json,
     is_terminal,
     notify,
@@ -44,7 +34,6 @@ from kronos_db.cli.common import (
 )
 from kronos_db.config import Settings
 from kronos_db.durations import parse_duration
-from kronos_db.errors import ExitCode
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback
 
 expire_app = typer.Typer(
@@ -114,26 +103,6 @@ def _options(settings: Settings, dry_run: bool) -> BatchOptions:
     return BatchOptions.from_settings(settings.housekeeping, dry_run=dry_run)
 
 
-@contextmanager
-def _progress_bar(description: str, total: int | None) -> Iterator[ProgressCallback]:
-    """A progress bar on stderr (a terminal only); yields the callback the job reports to."""
-    columns = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rows · {task.fields[batches]} batches"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=stderr, transient=True) as progress:
-        task = progress.add_task(description, total=total, batches=0)
-
-        def update(rows: int, batches: int) -> None:
-            progress.update(task, completed=rows, batches=batches)
-
-        yield update
-
-
 def _run_job(
     description: str,
     json: bool,
@@ -142,13 +111,17 @@ def _run_job(
     options: BatchOptions,
 ) -> None:
     """Run a job with the output every housekeeping command shares."""
-    show_progress = stderr.is_terminal and not json and not dry_run
-    total: int | None = None
-    if show_progress:
-        # a dry run first gives the bar its total (an index count, cheap next to the deletes)
-        total = job(dataclasses.replace(options, dry_run=True), None).rows
-    with _progress_bar(description, total) if show_progress else nullcontext() as progress:
-        result = job(options, progress)
+    with StepProgress(stderr.is_terminal and not json and not dry_run) as progress:
+        total: int | None = None
+        if progress.enabled:
+            # a dry run first gives the bar its total (an index count, cheap next to the deletes)
+            total = job(dataclasses.replace(options, dry_run=True), None).rows
+        progress.start(description, description, total)
+
+        def update(rows: int, batches: int) -> None:
+            progress.update(description, rows, detail=f"· {batches} batches")
+
+        result = job(options, update if progress.enabled else None)
     _report(result, json)
 
 
@@ -290,6 +263,8 @@ def queue_stats(
             "the message queue is empty" + (f" for topic {topic!r}" if topic else ""), markup=False
         )
         return
+    from rich.table import Table
+
     table = Table("topic", "status", "messages", "oldest", "longest in status", "max attempts")
     for row in rows:
         table.add_row(
@@ -449,112 +424,7 @@ def ratelimits_reset(
         )
 
 
-def maintain(
-    job: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--job",
-            help=f"Run only this job (repeatable): {', '.join(maintenance.job_names())}.",
-            show_default=False,
-        ),
-    ] = None,
-    skip: Annotated[
-        list[str] | None,
-        typer.Option("--skip", help="Leave this job out (repeatable).", show_default=False),
-    ] = None,
-    metrics: Annotated[
-        Path | None,
-        typer.Option(
-            "--metrics",
-            help="Write the results to this file in the Prometheus text "
-            "format (node exporter textfile collector), atomically.",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: BatchSizeOption = None,
-    pause: PauseOption = None,
-    dry_run: DryRunOption = False,
-    now: NowOption = None,
-    database_url: DatabaseUrlOption = None,
-    config: ConfigOption = None,
-    json: JsonOption = False,
-) -> None:
-    """Run every periodic job once, each independent of the others: one cron line for all.
-
-    A failing job does not stop the next one; exit code 1 when any job failed.
-
-    A job that another run is still doing is skipped, not failed.
-
-    Example: kronos-db maintain --metrics /var/lib/node_exporter/textfile/kronos.prom
-    """
-    selected = maintenance.select_jobs(job or (), skip or ())  # an unknown name: exit 2
-    settings = _settings(config, batch_size, pause)
-    target = target_for(database_url, settings)
-    moment = parse_now(now)
-    live = stderr.is_terminal and not json
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TextColumn("{task.completed} rows · {task.fields[batches]} batches"),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=True,
-        disable=not live,
-    ) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def on_start(entry: maintenance.MaintenanceJob) -> None:
-            tasks[entry.name] = progress.add_task(entry.name, total=None, batches=0)
-
-        def on_progress(entry: maintenance.MaintenanceJob, rows: int, batches: int) -> None:
-            progress.update(tasks[entry.name], completed=rows, batches=batches)
-
-        def on_done(outcome: maintenance.JobOutcome) -> None:
-            progress.remove_task(tasks[outcome.job])
-            if json:
-                return
-            if outcome.status == "failed":
-                notify(outcome.summary())
-            elif outcome.rows or dry_run or is_terminal():
-                stdout.print(outcome.summary(), markup=False)
-
-        report = maintenance.run_maintenance(
-            target,
-            settings,
-            moment,
-            jobs=selected,
-            dry_run=dry_run,
-            on_start=on_start,
-            on_progress=on_progress,
-            on_done=on_done,
-        )
-    if metrics is not None and dry_run:
-        notify(f"dry run: {metrics} left as it was (a dry run is not a run to report)")
-    elif metrics is not None:
-        maintenance.write_metrics(metrics, report)
-    if json:
-        emit_json(
-            {
-                "now": report.now,
-                "seconds": report.seconds,
-                "dry_run": report.dry_run,
-                "ok": report.ok,
-                "failed": report.failed,
-                "jobs": report.jobs,
-            }
-        )
-    if report.failed:
-        if not json:
-            notify(
-                f"maintain: {len(report.failed)} of {len(report.jobs)} jobs failed: "
-                f"{', '.join(report.failed)}"
-            )
-        raise typer.Exit(ExitCode.FAILED)
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(expire_app, name="expire", rich_help_panel="Housekeeping")
     app.add_typer(queue_app, name="queue", rich_help_panel="Housekeeping")
     app.add_typer(ratelimits_app, name="ratelimits", rich_help_panel="Housekeeping")
-    app.command(rich_help_panel="Housekeeping")(maintain)

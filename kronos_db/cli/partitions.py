@@ -6,9 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from kronos_db import db, partitions, partman
+from kronos_db import db, partitions
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
@@ -187,6 +186,8 @@ def status(
     if json:
         emit_json({**_plain(result), "exit_code": result.exit_code})
         raise typer.Exit(result.exit_code)
+    from rich.table import Table
+
     table = Table("partition", "from (UTC)", "to (UTC)", "rows≈", "size")
     for partition in result.partitions:
         name = partition.name + (" (detach pending)" if partition.detach_pending else "")
@@ -328,6 +329,8 @@ def adopt(
 
     Example: kronos-db partitions adopt --backend partman
     """
+    from kronos_db import partman
+
     if backend != "partman":
         raise typer.BadParameter("only partman can adopt the table", param_hint="--backend")
     settings = _settings(
@@ -351,3 +354,7 @@ def adopt(
         stdout.print(f"{result.table} is now managed through pg_partman ({result.schema})")
     else:
         stdout.print(f"{result.table} was already registered with pg_partman")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="partitions")

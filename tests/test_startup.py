@@ -1,0 +1,83 @@
+"""Start-up: a command imports only what it runs, and a TAB imports no command at all.
+
+Cron runs the housekeeping commands every few minutes and Nagios runs ``health`` every minute,
+so what a process imports is what it costs (bench/startup.py measures it). These tests pin the
+imports, which is what the timings follow from and, unlike timings, cannot be noisy.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from conftest import Database, run_process
+
+# completion is keyed on the program's name: run the installed script, not `python -m`
+SCRIPT = str(Path(sys.executable).parent / "kronos-db")
+
+# what a no-op cron command never needs
+HEAVY = (
+    "rich",
+    "pydantic",
+    "alembic",
+    "sqlalchemy",
+    "argon2",
+    "sqlparse",
+    "kronos_db.migrations",
+    "kronos_db.backups",
+    "kronos_db.partitions",
+    "kronos_db.security",
+    "kronos_db.roles",
+    "kronos_db.cli.reports",
+    "kronos_db.cli.backups",
+    "kronos_db.cli.security",
+)
+
+
+def imported_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules a ``kronos-db`` process imported (``python -X importtime``)."""
+    result = run_process([sys.executable, "-X", "importtime", "-m", "kronos_db", *args], env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    modules = set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "package":
+                modules.add(name)
+    assert modules, result.stderr
+    return modules
+
+
+def heavy_among(modules: set[str]) -> list[str]:
+    return sorted(
+        name for name in modules if any(name == h or name.startswith(h + ".") for h in HEAVY)
+    )
+
+
+def test_a_no_op_cron_command_imports_only_what_it_runs(database: Database) -> None:
+    modules = imported_by("expire", "sessions", "--database-url", database.url)
+    assert "kronos_db.housekeeping" in modules
+    assert heavy_among(modules) == []
+    modules = imported_by("health", "--check", "connections", "--database-url", database.url)
+    assert "kronos_db.reports.health" in modules
+    assert heavy_among(modules) == []
+
+
+def test_completion_lists_the_commands_without_importing_them() -> None:
+    environment = {
+        "_KRONOS_DB_COMPLETE": "complete_bash",
+        "COMP_WORDS": "kronos-db ",
+        "COMP_CWORD": "1",
+    }
+    result = run_process([SCRIPT], env={**environment, "PYTHONPROFILEIMPORTTIME": "1"})
+    names = result.stdout.split()
+    assert {"migrate", "expire", "maintain", "health", "backup", "report"} <= set(names)
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "psycopg" not in imported
+    assert sorted(m for m in imported if m.startswith("kronos_db.cli.")) == ["kronos_db.cli.common"]
+    deeper = {**environment, "COMP_WORDS": "kronos-db expire s", "COMP_CWORD": "2"}
+    assert run_process([SCRIPT], env=deeper).stdout.split() == ["sessions"]
