@@ -1,9 +1,9 @@
 """``kronos-db maintain``: every periodic job in one run, so that one cron line does it all.
 
-The jobs are the entries of :data:`JOBS`, run in that order. Each job runs on a connection of
-its own and is independent: one that fails (an SQL error, a lost connection, even a bug) is
-recorded as failed and the next one runs. Each job keeps its own advisory lock, so a job that
-another run is still doing is reported as ``skipped``, not failed.
+The jobs are the entries of :data:`JOBS`, run in that order. Each job is independent: one that
+fails (an SQL error, a lost connection, even a bug) is recorded as failed and the next one runs,
+on a fresh connection (the jobs share one while they succeed). Each job keeps its own advisory
+lock, so a job that another run is still doing is reported as ``skipped``, not failed.
 
 Adding a job is adding ONE entry to :data:`JOBS`: a :class:`MaintenanceJob` whose ``run``
 takes ``(conn, now, settings, dry_run, on_progress)`` and returns a
@@ -15,6 +15,7 @@ textfile collector (:func:`write_metrics`), atomically (temporary file, then ren
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -31,8 +32,9 @@ import psycopg
 
 from kronos_db import db, housekeeping, partitions, queue
 from kronos_db.config import Settings
-from kronos_db.errors import KronosError, PartitionError, UsageError
+from kronos_db.errors import KronosError, PartitionError, UsageError, translate_database_error
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
+from kronos_db.resources import query
 
 JobRunner = Callable[
     [psycopg.Connection[Any], datetime, Settings, bool, ProgressCallback | None], JobResult
@@ -241,47 +243,83 @@ def run_maintenance(
     on_progress: Callable[[MaintenanceJob, int, int], None] | None = None,
     on_done: Callable[[JobOutcome], None] | None = None,
 ) -> MaintenanceReport:
-    """Run ``jobs`` one after the other, each on its own connection; never stop at a failure."""
+    """Run ``jobs`` one after the other; never stop at a failure.
+
+    The jobs share one connection while they succeed (a cron run every few minutes need not
+    start six server processes); a job that fails leaves its connection behind, and the next
+    job gets a fresh one, so a broken or dirty session never reaches another job.
+    """
     check_now(now)
     started = time.monotonic()
     outcomes: list[JobOutcome] = []
-    for job in jobs:
-        if on_start is not None:
-            on_start(job)
-        progress: ProgressCallback | None = None
-        if on_progress is not None:
+    conn: psycopg.Connection[Any] | None = None
+    try:
+        for job in jobs:
+            if on_start is not None:
+                on_start(job)
+            progress: ProgressCallback | None = None
+            if on_progress is not None:
 
-            def progress(rows: int, batches: int, job: MaintenanceJob = job) -> None:
-                assert on_progress is not None
-                on_progress(job, rows, batches)
+                def progress(rows: int, batches: int, job: MaintenanceJob = job) -> None:
+                    assert on_progress is not None
+                    on_progress(job, rows, batches)
 
-        job_started = time.monotonic()
-        try:
-            with db.connection(target) as conn:
+            job_started = time.monotonic()
+            try:
+                if conn is None:
+                    conn = db.connect(target)
                 result = job.run(conn, now, settings, dry_run, progress)
-            outcome = JobOutcome(
-                job.name,
-                "skipped" if result.skipped else "ok",
-                time.monotonic() - job_started,
-                result=result,
-            )
-        except KronosError as exc:
-            outcome = JobOutcome(
-                job.name, "failed", time.monotonic() - job_started, error=exc.message
-            )
-        except Exception as exc:  # a bug in one job must not stop the others
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            outcome = JobOutcome(
-                job.name,
-                "failed",
-                time.monotonic() - job_started,
-                error=f"internal error: {type(exc).__name__}: {exc} "
-                f"({Path(where.filename).name}:{where.lineno})",
-            )
-        outcomes.append(outcome)
-        if on_done is not None:
-            on_done(outcome)
+                conn = _reset_session(conn)
+                outcome = JobOutcome(
+                    job.name,
+                    "skipped" if result.skipped else "ok",
+                    time.monotonic() - job_started,
+                    result=result,
+                )
+            except Exception as exc:  # a failure (or a bug) in one job must not stop the others
+                _discard(conn)
+                conn = None
+                outcome = JobOutcome(
+                    job.name, "failed", time.monotonic() - job_started, error=_failure(exc, target)
+                )
+            outcomes.append(outcome)
+            if on_done is not None:
+                on_done(outcome)
+    finally:
+        _discard(conn)
     return MaintenanceReport(now, time.time(), time.monotonic() - started, dry_run, tuple(outcomes))
+
+
+def _reset_session(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any] | None:
+    """The session made new again for the next job (settings, locks…), or None to reconnect.
+
+    Not DISCARD ALL: it would also drop the statements psycopg prepared and still uses.
+    """
+    try:
+        conn.execute(query("housekeeping", "reset_session_settings"))
+        conn.execute(query("housekeeping", "release_session_locks"))
+    except psycopg.Error:  # a job left a transaction open, or the connection broke
+        _discard(conn)
+        return None
+    return conn
+
+
+def _discard(conn: psycopg.Connection[Any] | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def _failure(exc: Exception, target: db.Target) -> str:
+    """One line saying why a job failed, the password never in it."""
+    if isinstance(exc, psycopg.Error):
+        return target.redact(translate_database_error(exc, target=target.describe()).message)
+    if isinstance(exc, KronosError):
+        return target.redact(exc.message)
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return (
+        f"internal error: {type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+    )
 
 
 # --- Prometheus textfile -------------------------------------------------------------------

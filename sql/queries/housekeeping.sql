@@ -12,6 +12,14 @@ SELECT current_setting('lock_timeout') AS lock_timeout,
        set_config('lock_timeout', %(lock_timeout)s::text, false) AS new_lock_timeout,
        set_config('statement_timeout', %(statement_timeout)s::text, false) AS new_statement_timeout;
 
+-- name: reset_session_settings
+-- back to the session's defaults after a job, before the next job reuses the connection
+RESET ALL;
+
+-- name: release_session_locks
+-- releases any session-level advisory lock a job still held (each job releases its own)
+SELECT pg_advisory_unlock_all();
+
 -- name: delete_expired_sessions
 -- deletes one batch of sessions past expires_at, oldest first; returns claimed and deleted counts
 WITH batch AS (
