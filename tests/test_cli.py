@@ -3,6 +3,7 @@ every command has help with an example and is documented."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any
 
@@ -194,6 +195,19 @@ def _commands() -> list[tuple[str, Any]]:
 
     walk("", root)
     return found
+
+
+def test_every_command_a_module_registers_is_in_the_registry() -> None:
+    """A command added to a module's register() but not to COMMANDS would be unreachable."""
+    for module in {entry.module for entry in COMMANDS.values()}:
+        holder = typer.Typer()
+        importlib.import_module(module).register(holder)
+        defined = {
+            info.name or info.callback.__name__.replace("_", "-")  # type: ignore[union-attr]
+            for info in holder.registered_commands
+        } | {info.name for info in holder.registered_groups}
+        listed = {name for name, entry in COMMANDS.items() if entry.module == module}
+        assert defined == listed, module
 
 
 def test_the_registry_describes_each_command_as_its_help_does() -> None:

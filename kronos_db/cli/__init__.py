@@ -64,6 +64,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "kronos_db.cli.migrate",
         "Write a new revision: its Alembic file and an empty upgrade/downgrade SQL pair.",
     ),
+    "merge": LazyCommand(
+        "kronos_db.cli.migrate",
+        "Join the heads of a branched migration tree with a new, empty revision.",
+    ),
     "config": LazyCommand(
         "kronos_db.cli.config",
         "Inspect the configuration.",
