@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -57,10 +57,19 @@ class ServiceRole:
 
 
 @dataclasses.dataclass(frozen=True)
+class PartitionPrivileges:
+    """What a new partition gets: its owner (None: its partitioned table's) and grants by role."""
+
+    owner: str | None = None
+    grants: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class RoleMapping:
     schema: str
     services: tuple[ServiceRole, ...]
     source: str
+    partitions: PartitionPrivileges = PartitionPrivileges()
 
     @property
     def role_names(self) -> list[str]:
@@ -104,22 +113,55 @@ def parse_mapping(data: Mapping[str, Any], prefix: str, source: str) -> RoleMapp
         tables = entry.get("tables", {})
         if not isinstance(tables, dict):
             raise fail(f"services.{name}.tables must be a table")
-        checked: dict[str, tuple[str, ...]] = {}
-        for table, privileges in tables.items():
-            if not isinstance(privileges, list) or not all(isinstance(p, str) for p in privileges):
-                raise fail(f"services.{name}.tables.{table} must be a list of privileges")
-            upper = tuple(sorted({p.upper() for p in privileges}))
-            bad = [p for p in upper if p not in TABLE_PRIVILEGES]
-            if bad:
-                raise fail(
-                    f"services.{name}.tables.{table}: unknown privilege(s) "
-                    f"{', '.join(bad)} (known: {', '.join(TABLE_PRIVILEGES)})"
-                )
-            checked[table] = upper
+        checked = {
+            table: _privileges(f"services.{name}.tables.{table}", privileges, fail)
+            for table, privileges in tables.items()
+        }
         roles.append(
             ServiceRole(name, f"{prefix}{name}", str(entry.get("description", "")), checked)
         )
-    return RoleMapping(schema, tuple(roles), source)
+    return RoleMapping(schema, tuple(roles), source, _parse_partitions(data, prefix, fail))
+
+
+def _parse_partitions(
+    data: Mapping[str, Any], prefix: str, fail: Callable[[str], ConfigError]
+) -> PartitionPrivileges:
+    """``[partitions]``: the owner (``"parent"``, or a role) and the grants of every partition."""
+    section = data.get("partitions", {})
+    if not isinstance(section, dict):
+        raise fail("[partitions] must be a table")
+    owner = section.get("owner", "parent")
+    if not isinstance(owner, str) or not owner:
+        raise fail('partitions.owner must be "parent" or a role name')
+    grants = section.get("grants", {})
+    if not isinstance(grants, dict):
+        raise fail("partitions.grants must be a table: service = [privileges]")
+    unknown = set(grants) - set(SERVICES)
+    if unknown:
+        raise fail(
+            f"partitions.grants: unknown service(s) {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(SERVICES)})"
+        )
+    checked = {
+        f"{prefix}{service}": _privileges(f"partitions.grants.{service}", privileges, fail)
+        for service, privileges in grants.items()
+    }
+    return PartitionPrivileges(
+        None if owner == "parent" else owner,
+        {role: privileges for role, privileges in checked.items() if privileges},
+    )
+
+
+def _privileges(key: str, value: Any, fail: Callable[[str], ConfigError]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise fail(f"{key} must be a list of privileges")
+    upper = tuple(sorted({p.upper() for p in value}))
+    bad = [p for p in upper if p not in TABLE_PRIVILEGES]
+    if bad:
+        raise fail(
+            f"{key}: unknown privilege(s) {', '.join(bad)} (known: {', '.join(TABLE_PRIVILEGES)})"
+        )
+    return upper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +294,14 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
             if "INSERT" in privileges:
                 for sequence_schema, sequence in sequences.get(table, []):
                     wanted.add((service.role, "sequence", sequence_schema, sequence, "USAGE"))
+
+    # partitions get what [partitions] grants says (nothing by default): anything else on a
+    # partition is an extra privilege, e.g. a grant copied from the parent by another tool
+    if mapping.partitions.grants:
+        for row in _rows(conn, "select_schema_partitions", params):
+            for role, privileges in mapping.partitions.grants.items():
+                for privilege in privileges:
+                    wanted.add((role, "table", mapping.schema, row["relation_name"], privilege))
 
     granted: dict[tuple[str, str, str, str, str], bool] = {
         (

@@ -152,6 +152,12 @@ def roles_show(
                 service.description if index == 0 else "",
             )
     stdout.print(table)
+    grants = "; ".join(
+        f"{role}: {', '.join(privileges)}" for role, privileges in mapping.partitions.grants.items()
+    )
+    owner = mapping.partitions.owner or "the partitioned table's owner"
+    granted = grants or "nothing (services go through the partitioned table)"
+    stdout.print(f"partitions: owned by {owner}, granted {granted}", markup=False)
 
 
 # --------------------------------------------------------------------------- users

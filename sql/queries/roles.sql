@@ -22,6 +22,15 @@ SELECT c.relname AS relation_name
    AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
    AND NOT c.relispartition
 
+-- name: select_schema_partitions
+-- the partitions (at any level) of a schema's partitioned tables: name
+SELECT c.relname AS relation_name
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = %(schema)s::text
+   AND c.relkind IN ('r', 'p')
+   AND c.relispartition
+
 -- name: select_owned_sequences
 -- the sequences behind serial and identity columns of a schema's tables: table, sequence schema, sequence
 SELECT t.relname AS table_name,
