@@ -47,7 +47,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq, sql
 from psycopg.rows import class_row
 
-from kronos_db import backups, db, locks
+from kronos_db import backups, db, locks, roles
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
@@ -840,30 +840,60 @@ _PRIVILEGES = {
 }
 
 
-def _grant_rows(
-    conn: psycopg.Connection[Any], parent: ParentTable
-) -> tuple[str, list[tuple[str, str]]]:
-    row = conn.execute("SELECT current_user").fetchone()
-    rows = conn.execute(query("partitions", "select_table_grants"), {"oid": parent.oid}).fetchall()
-    return (str(row[0]) if row else "", [(str(g), str(p)) for g, p in rows])
+@dataclasses.dataclass(frozen=True)
+class _Grant:
+    grantee: str
+    privilege: str
 
 
-def _owner_and_grants(
-    parent: ParentTable, name: str, current_user: str, grants: list[tuple[str, str]]
+def partition_privileges(
+    conn: psycopg.Connection[Any],
+    parent: ParentTable,
+    name: str,
+    mapping: roles.PartitionPrivileges,
 ) -> list[sql.Composed]:
-    """Make a new partition look like its siblings to the roles that read it directly."""
-    statements: list[sql.Composed] = []
+    """What makes partition ``name`` owned and granted as the role mapping's [partitions] says.
+
+    Not a copy of the parent's grants: services reach rows through the parent only. Whatever
+    else the table holds (a grant another tool copied from the parent, such as pg_partman's
+    ``inherit_privileges``) is revoked. The table may be uncommitted: this runs inside the
+    transaction that creates it.
+    """
     target = sql.Identifier(parent.schema, name)
-    if current_user != parent.owner:
+    owner = mapping.owner or parent.owner
+    relation = target.as_string(conn)
+    row = conn.execute(
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass(%(t)s::text)",
+        {"t": relation},
+    ).fetchone()
+    statements: list[sql.Composed] = []
+    if row is None or row[0] != owner:
         statements.append(
-            sql.SQL("ALTER TABLE {} OWNER TO {}").format(target, sql.Identifier(parent.owner))
+            sql.SQL("ALTER TABLE {} OWNER TO {}").format(target, sql.Identifier(owner))
         )
-    for grantee, privilege in grants:
-        if privilege not in _PRIVILEGES:
-            continue
-        grantee_sql = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+    with conn.cursor(row_factory=class_row(_Grant)) as cur:
+        held = {
+            (g.grantee, g.privilege)
+            for g in cur.execute(query("partitions", "select_table_grants"), {"table": relation})
+        }
+    held = {(grantee, privilege) for grantee, privilege in held if grantee != owner}
+    wanted = {(role, p) for role, privileges in mapping.grants.items() for p in privileges}
+
+    def grantee_sql(grantee: str) -> sql.Composable:
+        return sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+
+    for grantee, privilege in sorted(held - wanted):
+        if privilege in _PRIVILEGES:
+            statements.append(
+                sql.SQL("REVOKE {} ON {} FROM {}").format(
+                    _PRIVILEGES[privilege], target, grantee_sql(grantee)
+                )
+            )
+    for grantee, privilege in sorted(wanted - held):
         statements.append(
-            sql.SQL("GRANT {} ON {} TO {}").format(_PRIVILEGES[privilege], target, grantee_sql)
+            sql.SQL("GRANT {} ON {} TO {}").format(
+                _PRIVILEGES[privilege], target, grantee_sql(grantee)
+            )
         )
     return statements
 
@@ -890,7 +920,6 @@ class _Rotation:
         self.dry_run = dry_run
         self.columns = _columns(conn, parent)
         self.log: list[str] = []
-        self._grants: tuple[str, list[tuple[str, str]]] | None = None
 
     @functools.cached_property
     def reloptions(self) -> tuple[str, ...]:
@@ -901,11 +930,14 @@ class _Rotation:
         ).fetchone()
         return tuple(row[0]) if row and row[0] else ()
 
-    def grants(self, name: str) -> list[sql.Composed]:
-        """Owner and privileges of the parent, for a new partition (read once per rotation)."""
-        if self._grants is None:
-            self._grants = _grant_rows(self.conn, self.parent)
-        return _owner_and_grants(self.parent, name, *self._grants)
+    @functools.cached_property
+    def privileges(self) -> roles.PartitionPrivileges:
+        """The role mapping's [partitions]: owner and grants of every new partition."""
+        return roles.load_mapping(self.settings).partitions
+
+    def conform_privileges(self, runner: _Runner, name: str) -> None:
+        for statement in partition_privileges(self.conn, self.parent, name, self.privileges):
+            runner.execute(statement)
 
     def runner(self) -> _Runner:
         return _Runner(self.conn, self.options, self.notify, dry_run=self.dry_run, log=self.log)
@@ -945,14 +977,12 @@ class _Rotation:
     # -- create ---------------------------------------------------------------------------
 
     def create_tables(self, runner: _Runner, action: Action) -> None:
-        statements = [
-            _create_table_sql(self.parent, action, self.reloptions),
-            *self.grants(action.partition),
-        ]
+        statement = _create_table_sql(self.parent, action, self.reloptions)
 
         def create() -> None:
-            for statement in statements:
-                runner.execute(statement)
+            runner.execute(statement)
+            if not self.dry_run:
+                self.conform_privileges(runner, action.partition)
 
         runner.retrying(f"create {action.partition}", create)
 

@@ -174,7 +174,7 @@ def adopt(
             "partition_interval, premake, datetime_string, template_table, retention, "
             "retention_keep_table, retention_keep_index, infinite_time_partitions, jobmon, "
             "inherit_privileges) VALUES ({}, {}, 'native', {}, {}, {}, {}, {}, {}, true, true, "
-            "false, true)"
+            "false, false)"
         ).format(
             partman_schema,
             sql.Literal(name),
@@ -287,6 +287,11 @@ class _PartmanRotation(_Rotation):
                 def create() -> None:
                     self.utc(runner)
                     runner.execute(statement)
+                    if not self.dry_run:
+                        # pg_partman's inherit_privileges copies the parent's grants: the
+                        # role mapping decides instead
+                        for action in actions:
+                            self.conform_privileges(runner, action.partition)
 
                 runner.retrying("pg_partman create_partition_time", create)
                 return {}

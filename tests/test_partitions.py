@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 import subprocess
 import sys
 import threading
@@ -18,10 +19,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import REPO, Database
+from conftest import REPO, Database, unique_name, url_for
+from psycopg import sql
 
-from kronos_db import backups, locks, partitions, partman
-from kronos_db.config import PartitionSettings, Settings
+from kronos_db import backups, locks, partitions, partman, roles
+from kronos_db.config import PartitionSettings, SecuritySettings, Settings
+from kronos_db.errors import ConfigError
 from kronos_db.partitions import add_intervals, floor_time, partition_name
 
 # the template is migrated at the real time: today (UTC) and 7 days ahead exist
@@ -63,6 +66,15 @@ def default_rows(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM logs_default").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def drop_roles(database: Database, names: list[str]) -> None:
+    """Drop the test's own roles (cluster-wide: only those it created, never a shared one)."""
+    with database.connect() as cleanup:
+        for name in names:
+            if cleanup.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+                cleanup.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+                cleanup.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture(params=["native", "partman"])
@@ -486,21 +498,83 @@ def test_every_interval_makes_contiguous_partman_named_partitions(
     assert partitions.rotate(conn, settings, now).steps == ()
 
 
-def test_new_partitions_get_the_parents_privileges(conn: psycopg.Connection[Any]) -> None:
-    role = f"kronos_viewer_{conn.info.backend_pid}"
-    conn.execute(f"CREATE ROLE {role}")
+def test_partitions_get_the_role_mappings_privileges_not_the_parents(
+    conn: psycopg.Connection[Any], database: Database, backend: str
+) -> None:
+    # roles are cluster-wide: a unique prefix keeps concurrent runs apart
+    prefix = unique_name("ktp").replace("_", "") + "_"
+    settings = dataclasses.replace(Settings(), security=SecuritySettings(role_prefix=prefix))
+    viewer = f"{prefix}viewer"
+    roles.apply_roles(conn, settings)
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(viewer)))
     try:
-        conn.execute(f"GRANT SELECT ON logs TO {role}")
-        partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
+        conn.execute(sql.SQL("GRANT SELECT ON logs TO {}").format(sql.Identifier(viewer)))
+        for days in (1, 9, 17):
+            result = partitions.rotate(conn, settings, TODAY + timedelta(days=days, hours=1))
+            assert not result.failed, result.failed
+            assert roles.check_roles(conn, settings).in_sync, roles.check_roles(conn, settings)
+        newest = partition_name("logs", TODAY + timedelta(days=24), "daily")
+        assert newest in names(conn)
+        acl = conn.execute("SELECT relacl FROM pg_class WHERE oid = %s::regclass", (newest,))
+        assert acl.fetchone() == (None,)  # only the owner's implicit rights
+        with psycopg.connect(url_for(database.name, user=f"{prefix}log"), autocommit=True) as log:
+            insert(log, TODAY + timedelta(days=20, hours=3))
+            assert total_rows(log) == 1  # through logs: yes
+            for statement in (
+                f"SELECT count(*) FROM {newest}",
+                f'INSERT INTO {newest} (service_name, level, message, "timestamp") '
+                f"VALUES ('svc', 'info', 'm', '{TODAY + timedelta(days=24, hours=1)}')",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    log.execute(statement)  # type: ignore[arg-type]
+    finally:
+        drop_roles(database, [viewer, *(f"{prefix}{service}" for service in roles.SERVICES)])
+
+
+def test_partition_grants_in_the_role_mapping_are_applied_and_checked(
+    conn: psycopg.Connection[Any], database: Database, tmp_path: Path
+) -> None:
+    mapping = (roles.default_roles_file().read_text()).replace(
+        "grants = {}", 'grants = { log = ["select"] }'
+    )
+    (tmp_path / "roles.toml").write_text(mapping)
+    prefix = unique_name("ktg").replace("_", "") + "_"
+    security = SecuritySettings(role_prefix=prefix, roles_file=str(tmp_path / "roles.toml"))
+    settings = dataclasses.replace(Settings(), security=security)
+    assert roles.load_mapping(settings).partitions.grants == {f"{prefix}log": ("SELECT",)}
+    try:
+        roles.apply_roles(conn, settings)
+        assert roles.check_roles(conn, settings).in_sync
+        result = partitions.rotate(conn, settings, TODAY + timedelta(days=1, hours=1))
+        assert not result.failed, result.failed
+        assert roles.check_roles(conn, settings).in_sync
         newest = partition_name("logs", TODAY + timedelta(days=8), "daily")
         allowed = conn.execute(
             "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT')",
-            (role, newest, role, newest),
+            (f"{prefix}log", newest, f"{prefix}log", newest),
         ).fetchone()
         assert allowed == (True, False)
+        # a grant beyond the mapping on a partition is drift
+        conn.execute(
+            sql.SQL("GRANT INSERT ON {} TO {}").format(
+                sql.Identifier(newest), sql.Identifier(f"{prefix}log")
+            )
+        )
+        drift = roles.check_roles(conn, settings).drift
+        assert [(d.kind, d.target) for d in drift] == [("extra privilege", f"public.{newest}")]
     finally:
-        conn.execute(f"DROP OWNED BY {role}")
-        conn.execute(f"DROP ROLE {role}")
+        drop_roles(database, [f"{prefix}{service}" for service in roles.SERVICES])
+
+
+def test_a_role_mapping_with_bad_partition_grants_is_refused() -> None:
+    base = {"services": {name: {"tables": {}} for name in roles.SERVICES}}
+    for partitions_section, message in (
+        ({"grants": {"nobody": ["SELECT"]}}, "unknown service(s) nobody"),
+        ({"grants": {"log": ["FLY"]}}, "partitions.grants.log: unknown privilege(s) FLY"),
+        ({"owner": 3}, 'partitions.owner must be "parent" or a role name'),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            roles.parse_mapping({**base, "partitions": partitions_section}, "k_", "test.toml")
 
 
 def test_new_partitions_inherit_the_newest_partitions_storage_parameters(

@@ -152,12 +152,12 @@ UPDATE {partman}.part_config
  WHERE parent_table = %(table)s::text;
 
 -- name: select_table_grants
--- the table's privileges granted to roles other than its owner, to repeat on a new partition
+-- a table's privileges granted to other roles than its owner (PUBLIC included): grantee, privilege
 SELECT CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(acl.grantee) END AS grantee,
        acl.privilege_type AS privilege
   FROM pg_class AS class
  CROSS JOIN LATERAL aclexplode(class.relacl) AS acl
- WHERE class.oid = %(oid)s::bigint::oid
+ WHERE class.oid = to_regclass(%(table)s::text)
    AND acl.grantee <> class.relowner
  ORDER BY 1, 2;
 
