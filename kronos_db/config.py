@@ -25,11 +25,39 @@ DEFAULT_CONFIG_FILE = "kronos.toml"
 CONFIG_ENV = "KRONOS_CONFIG"
 
 
-def setting(default: Any, doc: str, *, minimum: float | None = None, secret: bool = False) -> Any:
-    """Declare a setting: its default, one line of documentation, and its validation."""
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    secret: bool = False,
+    lock_timeout: bool = False,
+) -> Any:
+    """Declare a setting: its default, one line of documentation, and its validation.
+
+    ``lock_timeout=True``: a PostgreSQL lock or statement timeout, checked by
+    :func:`require_lock_timeout` (0 would mean "wait forever").
+    """
     return dataclasses.field(
-        default=default, metadata={"doc": doc, "minimum": minimum, "secret": secret}
+        default=default,
+        metadata={"doc": doc, "minimum": minimum, "secret": secret, "lock_timeout": lock_timeout},
     )
+
+
+def require_lock_timeout(value: timedelta, key: str, origin: str = "") -> timedelta:
+    """The one check of every lock timeout kronos-db takes (settings, options, library calls).
+
+    PostgreSQL reads ``lock_timeout = 0`` as "no timeout": DDL would queue behind a long
+    reader for ever, and every insert would queue behind the DDL. Below 1ms, the value is sent
+    as 0ms. Either is refused (``ConfigError``: exit 2).
+    """
+    if value < timedelta(milliseconds=1):
+        where = f"{origin}: " if origin else ""
+        raise ConfigError(
+            f"{where}{key}: must be at least 1ms, got {format_duration(value)} (PostgreSQL reads "
+            "0 as wait for ever, and everything that needs the table queues behind the wait)"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +80,7 @@ class MigrationSettings:
     lock_timeout: timedelta = setting(
         timedelta(seconds=5),
         "lock_timeout for migration DDL: give up instead of queueing behind a long transaction.",
+        lock_timeout=True,
     )
     statement_timeout: timedelta = setting(
         timedelta(0), "statement_timeout for migration statements (0: none)."
@@ -87,6 +116,7 @@ class HousekeepingSettings:
         timedelta(seconds=2),
         "lock_timeout of a job's statements: give up instead of queueing behind DDL (rows in "
         "use are skipped, never waited on).",
+        lock_timeout=True,
     )
     statement_timeout: timedelta = setting(
         timedelta(seconds=60), "statement_timeout of one batch or count (0: none)."
@@ -130,6 +160,7 @@ class BackupSettings:
     lock_wait_timeout: timedelta = setting(
         timedelta(seconds=30),
         "pg_dump --lock-wait-timeout: fail instead of queueing behind a DDL lock.",
+        lock_timeout=True,
     )
     restore_jobs: int = setting(
         1, "pg_restore --jobs for `backup restore` and `backup verify`.", minimum=1
@@ -176,6 +207,7 @@ class PartitionSettings:
         timedelta(seconds=2),
         "lock_timeout for each DDL statement: give up quickly instead of queueing an "
         "exclusive lock in front of the services' writes.",
+        lock_timeout=True,
     )
     retry_delay: timedelta = setting(
         timedelta(milliseconds=500),
@@ -239,6 +271,7 @@ class HealthSettings:
     lock_timeout: timedelta = setting(
         timedelta(milliseconds=500),
         "lock_timeout of each check: a catalog query never queues behind a DDL lock.",
+        lock_timeout=True,
     )
     connections_warning: float = setting(
         70.0, "Connections in use, % of max_connections (minus reserved), for WARNING.", minimum=0
@@ -457,6 +490,8 @@ def _build_section(
         minimum = field.metadata.get("minimum")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{origin}: {key}: must be at least {minimum}, got {raw!r}")
+        if field.metadata.get("lock_timeout"):
+            require_lock_timeout(value, key, origin)
         kwargs[field.name] = value
         sources[key] = origin
     return cls(**kwargs)

@@ -48,7 +48,7 @@ from psycopg import pq, sql
 from psycopg.rows import class_row
 
 from kronos_db import backups, db, locks, roles
-from kronos_db.config import PartitionSettings, Settings
+from kronos_db.config import PartitionSettings, Settings, require_lock_timeout
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
     ArchiveError,
@@ -1353,10 +1353,11 @@ def rotate(
     step is reported in the result and does not stop the independent ones. ``dry_run`` runs
     nothing and returns, in ``statements``, the SQL it would run.
     """
+    options = settings.partitions
+    require_lock_timeout(options.lock_timeout, "partitions.lock_timeout")
     if isinstance(conn, db.Target):
         with db.connection(conn) as opened:
             return rotate(opened, settings, now, dry_run=dry_run, notify=notify)
-    options = settings.partitions
     now = _utc(now)
     if not conn.autocommit:
         raise UsageError("rotate needs an autocommit connection")
