@@ -78,8 +78,16 @@ class DatabaseSettings:
 @dataclasses.dataclass(frozen=True)
 class MigrationSettings:
     lock_timeout: timedelta = setting(
-        timedelta(seconds=5),
-        "lock_timeout for migration DDL: give up instead of queueing behind a long transaction.",
+        timedelta(milliseconds=500),
+        "lock_timeout for migration DDL: while DDL waits for its lock every query on the table "
+        "queues behind it, so it gives up after this and retries later (docs/migrations.md).",
+        lock_timeout=True,
+    )
+    concurrent_lock_timeout: timedelta = setting(
+        timedelta(minutes=10),
+        "lock_timeout for statements that block no reads or writes (CREATE/DROP INDEX "
+        "CONCURRENTLY, VALIDATE CONSTRAINT in a no-transaction revision): they wait for older "
+        "transactions without stalling the services.",
         lock_timeout=True,
     )
     statement_timeout: timedelta = setting(
@@ -90,10 +98,18 @@ class MigrationSettings:
         "How long a run waits for another run's migration lock before giving up.",
     )
     retries: int = setting(
-        0, "How many times a migration that hit lock_timeout is retried.", minimum=0
+        30,
+        "How many times a revision that hit lock_timeout is retried (within retry_budget).",
+        minimum=0,
     )
     retry_delay: timedelta = setting(
-        timedelta(seconds=2), "First back-off before a retry; doubles each time, at most 60s."
+        timedelta(seconds=1),
+        "First back-off before a retry; doubles each time (±20% jitter), at most 30s.",
+    )
+    retry_budget: timedelta = setting(
+        timedelta(minutes=5),
+        "Total time a run may spend retrying lock timeouts; then it gives up (exit 4) naming "
+        "the blocker.",
     )
     directory: str = setting(
         "",

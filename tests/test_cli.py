@@ -90,6 +90,8 @@ def test_malformed_url_hides_the_password() -> None:
         (("migrate", "no_such_revision"), "no_such_revision"),
         (("downgrade", "abc123"), "abc123"),
         (("migrate", "--lock-timeout", "soon"), "invalid duration"),
+        (("migrate", "--lock-timeout", "0"), "a lock timeout of 0 would wait forever"),
+        (("downgrade", "-1", "--lock-timeout", "0s"), "--lock-timeout"),
         (("migrate", "--lock-wait", "5x"), "invalid duration"),
         (("migrate", "--retries", "-1"), "--retries"),
         (("migrate", "--no-such-option"), "no-such-option"),

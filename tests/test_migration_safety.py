@@ -120,7 +120,15 @@ def test_lock_timeout_gives_up_quickly_and_names_the_blocker(empty_database: Dat
         blocker.execute("LOCK TABLE users IN EXCLUSIVE MODE")
         blocker_pid = blocker.info.backend_pid
         started = time.monotonic()
-        result = run_cli("migrate", "--lock-timeout", "1s", "--database-url", empty_database.url)
+        result = run_cli(
+            "migrate",
+            "--lock-timeout",
+            "1s",
+            "--retries",
+            "0",
+            "--database-url",
+            empty_database.url,
+        )
         elapsed = time.monotonic() - started
         blocker.rollback()
     assert result.code == 4, result.output
