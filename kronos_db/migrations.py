@@ -52,13 +52,13 @@ from kronos_db.errors import (
     UnknownRevisionError,
     translate_database_error,
 )
-from kronos_db.migration_sql import checksum, sql_path
+from kronos_db.migration_sql import MigrationScript, checksum, sql_path
 from kronos_db.resources import is_installed_package, query, render_with_literals, resource_root
 
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK = "migrations"
-MAX_RETRY_DELAY = 60.0
+MAX_RETRY_DELAY = 30.0
 Notify = Callable[[str], None]
 
 
@@ -181,6 +181,8 @@ class RevisionInfo:
     applied: bool
     applied_at: datetime | None
     sql_file: str
+    # a no-transaction revision a run left half-way: "7 of 9 upgrade statements done"
+    partial: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +260,10 @@ class MigrationRun:
         else:
             assert ctx.connection is not None
             ctx.connection.exec_driver_sql(statement, params)
+            # a no-transaction revision's progress rows go with the version row, atomically
+            ctx.connection.exec_driver_sql(
+                query("migrations", "delete_migration_progress"), {"script": Path(script.path).stem}
+            )
         now = time.monotonic()
         self.steps.append(
             AppliedStep(
@@ -293,6 +299,7 @@ def run_env() -> None:
             target=db.resolve_target(None, settings),
             tree=MigrationTree(script_location.resolve().parent),
         )
+        context.config.attributes["kronos_run"] = run
     if context.is_offline_mode():
         _run_offline(run)
     elif run.lock_held:
@@ -342,6 +349,7 @@ def _run_online(run: MigrationRun) -> None:
                 query("migrations", "set_migration_timeouts"), _timeouts(run.settings)
             )
             connection.exec_driver_sql(query("migrations", "create_migration_checksums"))
+            connection.exec_driver_sql(query("migrations", "create_migration_progress"))
             connection.commit()
             if run.verify_checksums:
                 problems = _checksum_problems(connection, run.tree)
@@ -518,7 +526,7 @@ def _migrate(
     validate_revision(tree, revision)
     created = db.create_database(target) if create_database else False
     retries = settings.migrations.retries
-    delay = settings.migrations.retry_delay.total_seconds()
+    budget = settings.migrations.retry_budget.total_seconds()
     with migration_lock(settings, target, notify) as lock_conn:
         before = current_revisions(lock_conn)
         run = MigrationRun(
@@ -526,6 +534,7 @@ def _migrate(
         )
         config = tree.alembic_config(run)
         attempts = 0
+        started = time.monotonic()
         while True:
             attempts += 1
             watcher = _BlockerWatcher(lock_conn, run)
@@ -543,13 +552,21 @@ def _migrate(
                 who = "; ".join(b.describe() for b in watcher.blockers)
                 blocked = f"blocked by {who}" if who else "the blocking session had already gone"
                 failing = _next_revision_name(run, tree, lock_conn)
-                if attempts > retries:
-                    hint = "" if retries else "; retry later or pass --retries"
+                wait = retry_delay(settings, attempts)
+                spent = time.monotonic() - started
+                if attempts > retries or spent + wait > budget:
+                    if not retries:
+                        hint = "; retry later or pass --retries"
+                    else:
+                        hint = (
+                            f"; gave up after {attempts} attempt(s) in {spent:.0f}s "
+                            "(retries, retry_budget)"
+                        )
+                    partial = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))
                     raise LockTimeoutError(
                         f"lock timeout ({postgres_interval(settings.migrations.lock_timeout)}) "
-                        f"applying {failing}: {blocked}{hint}"
+                        f"applying {failing}: {blocked}{partial}{hint}"
                     ) from exc
-                wait = min(delay * 2 ** (attempts - 1), MAX_RETRY_DELAY) * random.uniform(0.8, 1.2)
                 notify(
                     f"lock timeout applying {failing}: {blocked}; "
                     f"retry {attempts}/{retries} in {wait:.1f}s"
@@ -564,6 +581,14 @@ def _migrate(
         steps=tuple(run.steps),
         attempts=attempts,
     )
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th lock timeout: ``retry_delay`` doubling up to
+    30 s, with ±20 % jitter so that runs (and rotations) that collided do not collide again."""
+    first = settings.migrations.retry_delay.total_seconds()
+    doubled: float = first * 2.0 ** (attempt - 1)
+    return min(doubled, MAX_RETRY_DELAY) * random.uniform(0.8, 1.2)
 
 
 def _next_revision_name(
@@ -600,7 +625,11 @@ def downgrade(
 
 
 def _revision_info(
-    tree: MigrationTree, script: Script, applied: dict[str, datetime], current_chain: set[str]
+    tree: MigrationTree,
+    script: Script,
+    applied: dict[str, datetime],
+    current_chain: set[str],
+    partial: Mapping[str, str] | None = None,
 ) -> RevisionInfo:
     down = script.down_revision
     return RevisionInfo(
@@ -610,7 +639,26 @@ def _revision_info(
         applied=script.revision in current_chain,
         applied_at=applied.get(script.revision),
         sql_file=_relative(tree.upgrade_sql(script), tree.root),
+        partial=(partial or {}).get(Path(script.path).stem, ""),
     )
+
+
+def _partial_scripts(conn: psycopg.Connection[Any], tree: MigrationTree) -> dict[str, str]:
+    """No-transaction revisions a run left half-way: script stem -> what is done."""
+    row = conn.execute(query("migrations", "select_progress_table")).fetchone()
+    if not row or not row[0]:
+        return {}
+    found: dict[str, str] = {}
+    for script, direction, statements, last in conn.execute(
+        query("migrations", "select_partial_scripts")
+    ):
+        path = tree.sql_dir / f"{script}.{direction}.sql"
+        total = len(MigrationScript.load(path).statements) if path.is_file() else "?"
+        found[script] = (
+            f"partly applied: {statements} of {total} {direction} statements done "
+            f"(last at {last:%Y-%m-%d %H:%M:%S %Z}); the next run resumes after them"
+        )
+    return found
 
 
 def _applied_chain(script_dir: ScriptDirectory, current: Sequence[str]) -> set[str]:
@@ -659,9 +707,12 @@ def status(settings: Settings, target: db.Target) -> MigrationStatus:
             query("migrations", "select_tool_tables")
         ).fetchone() or (False, False)
         problems = _checksum_problems(conn, tree) if has_checksums else []
+        partial = _partial_scripts(conn, tree)
     chain = _applied_chain(script_dir, current)
     pending = tuple(
-        _revision_info(tree, s, applied, chain) for s in tree.revisions() if s.revision not in chain
+        _revision_info(tree, s, applied, chain, partial)
+        for s in tree.revisions()
+        if s.revision not in chain
     )
     return MigrationStatus(
         database=target.describe(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def test_offline_sql_renders_everything_and_touches_nothing(empty_database: Data
     assert "CREATE TABLE roles" in result.stdout
     assert "PARTITION BY RANGE" in result.stdout
     assert "INSERT INTO kronos_migrations" in result.stdout
-    assert "set_config('lock_timeout', '5000ms'" in result.stdout
+    assert "set_config('lock_timeout', '500ms'" in result.stdout
     with empty_database.connect() as conn:
         assert migrations.current_revisions(conn) == ()
 
@@ -263,8 +264,8 @@ def test_no_transaction_statements_are_split_safely(tmp_path: Path) -> None:
     script = MigrationScript.load(path)
     assert not script.transactional
     assert len(script.statements) == 2
-    assert concurrent_index_name(script.statements[0]) == '"Odd;Name"'
-    assert concurrent_index_name(script.statements[1]) is None
+    assert concurrent_index_name(script.statements[0].text) == '"Odd;Name"'
+    assert concurrent_index_name(script.statements[1].text) is None
 
 
 def test_settings_directory_points_every_command_at_the_tree(tree_copy: tuple[Path, Path]) -> None:
@@ -289,3 +290,77 @@ def test_released_revisions_are_never_edited(script: Any) -> None:
     assert released[relative] == checksum(path), (
         f"{relative} was released and then edited: restore it and add a new revision"
     )
+
+
+RESUMABLE_UPGRADE = """\
+-- kronos: no-transaction
+ALTER TABLE routes ADD COLUMN note text;
+CREATE INDEX CONCURRENTLY routes_note_idx ON routes (note);
+ALTER TABLE rate_limits ADD COLUMN note text;
+"""
+RESUMABLE_DOWNGRADE = """\
+-- kronos: no-transaction
+ALTER TABLE rate_limits DROP COLUMN IF EXISTS note;
+DROP INDEX CONCURRENTLY IF EXISTS routes_note_idx;
+ALTER TABLE routes DROP COLUMN IF EXISTS note;
+"""
+
+
+def test_a_failed_no_transaction_revision_is_reported_partial_and_resumes(
+    tree_copy: tuple[Path, Path], database: Database
+) -> None:
+    root, config = tree_copy
+    assert run_cli("revision", "-m", "notes on routes", "--config", str(config)).code == 0
+    (revision_file,) = (root / "migrations" / "versions").glob("*_notes_on_routes.py")
+    sql_path(revision_file, "upgrade").write_text(RESUMABLE_UPGRADE, encoding="utf-8")
+    sql_path(revision_file, "downgrade").write_text(RESUMABLE_DOWNGRADE, encoding="utf-8")
+    args = ("--config", str(config), "--database-url", database.url)
+    with database.connect(autocommit=False) as blocker:
+        blocker.execute("LOCK TABLE rate_limits IN ACCESS SHARE MODE")
+        failed = run_cli("migrate", "--lock-timeout", "200ms", "--retries", "0", *args)
+    assert failed.code == 4, failed.output
+    assert "partly applied: statement 3 of 3 (line 4) failed" in failed.stderr
+    status = run_cli("status", *args)
+    assert status.code == 5
+    assert "partly applied: 2 of 3 upgrade statements done" in status.stdout
+    # the first two statements are not re-runnable as written: the next run must skip them
+    resumed = run_cli("migrate", *args)
+    assert resumed.code == 0, resumed.output
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM kronos_migrations_progress").fetchone() == (0,)
+        assert conn.execute("SELECT to_regclass('routes_note_idx')").fetchone() != (None,)
+    assert run_cli("downgrade", "-1", *args).code == 0
+    assert run_cli("migrate", *args).code == 0
+
+
+def test_a_concurrent_build_waits_for_old_snapshots_longer_than_lock_timeout(
+    tree_copy: tuple[Path, Path], database: Database
+) -> None:
+    """CREATE INDEX CONCURRENTLY blocks no writer while it waits for older transactions, so it
+    waits up to concurrent_lock_timeout, not the short lock_timeout meant for blocking DDL."""
+    root, config = tree_copy
+    assert run_cli("revision", "-m", "index routes by service", "--config", str(config)).code == 0
+    (revision_file,) = (root / "migrations" / "versions").glob("*_index_routes_by_service.py")
+    sql_path(revision_file, "upgrade").write_text(CONCURRENT_UPGRADE, encoding="utf-8")
+    sql_path(revision_file, "downgrade").write_text(CONCURRENT_DOWNGRADE, encoding="utf-8")
+    reader = database.connect(autocommit=False)
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    reader.execute("SELECT count(*) FROM users")
+    release = threading.Timer(2.0, reader.rollback)
+    release.start()
+    try:
+        result = run_cli(
+            "migrate",
+            "--lock-timeout",
+            "200ms",
+            "--retries",
+            "0",
+            "--config",
+            str(config),
+            "--database-url",
+            database.url,
+        )
+    finally:
+        release.join()
+        reader.close()
+    assert result.code == 0, result.output

@@ -21,6 +21,7 @@ from kronos_db.cli.common import (
     JsonOption,
     duration_option,
     emit_json,
+    lock_timeout_option,
     notify,
     settings_for,
     stdout,
@@ -36,7 +37,8 @@ LockTimeoutOption = Annotated[
     str | None,
     typer.Option(
         "--lock-timeout",
-        help="lock_timeout for DDL, e.g. 5s (default: from the configuration, 5s).",
+        help="lock_timeout for DDL, e.g. 500ms (default: from the configuration, 500ms; "
+        "0 is refused: it would wait forever).",
         show_default=False,
         rich_help_panel="Safety",
     ),
@@ -55,7 +57,8 @@ RetriesOption = Annotated[
     typer.Option(
         "--retries",
         min=0,
-        help="Retry a migration that hit lock_timeout this many times, with back-off.",
+        help="Retry a revision that hit lock_timeout this many times, with jittered back-off, "
+        "within [migrations] retry_budget (default: from the configuration, 30).",
         show_default=False,
         rich_help_panel="Safety",
     ),
@@ -75,7 +78,7 @@ def _settings(
         "migrations.retries": (retries, "option --retries"),
     }
     # validate the durations as options first, so that the error names the option
-    duration_option(lock_timeout)
+    lock_timeout_option(lock_timeout)
     duration_option(lock_wait)
     return settings_for(config, overrides)
 
@@ -233,7 +236,8 @@ def status(
         if result.pending:
             stdout.print(f"pending:  {len(result.pending)} revision(s)")
             for info in result.pending:
-                stdout.print(f"  · {info.revision}  {info.description}")
+                partial = f"  [{info.partial}]" if info.partial else ""
+                stdout.print(f"  · {info.revision}  {info.description}{partial}", markup=False)
         else:
             stdout.print("pending:  none, the database is at head")
         if result.branches:

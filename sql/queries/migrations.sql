@@ -42,3 +42,87 @@ DELETE FROM kronos_migrations WHERE revision = %(revision)s::varchar;
 -- the session's timeouts for migration statements
 SELECT set_config('lock_timeout', %(lock_timeout)s::text, false),
        set_config('statement_timeout', %(statement_timeout)s::text, false);
+
+-- name: set_lock_timeout
+-- the session's lock_timeout, for one statement of a no-transaction revision
+SELECT set_config('lock_timeout', %(lock_timeout)s::text, false);
+
+-- name: create_migration_progress
+-- the statements of a no-transaction revision already done, so that a run killed half-way
+-- resumes after them (rows go when the revision is recorded applied)
+CREATE TABLE IF NOT EXISTS kronos_migrations_progress (
+    script      text NOT NULL,
+    direction   text NOT NULL,
+    statement   integer NOT NULL,
+    sha256      char(64) NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (script, direction, statement)
+);
+
+-- name: select_migration_progress
+-- the statements of one script and direction already done, with the checksum of each
+SELECT statement, sha256
+  FROM kronos_migrations_progress
+ WHERE script = %(script)s::text
+   AND direction = %(direction)s::text
+ ORDER BY statement;
+
+-- name: insert_migration_progress
+-- one statement of a no-transaction revision done
+INSERT INTO kronos_migrations_progress (script, direction, statement, sha256)
+VALUES (%(script)s::text, %(direction)s::text, %(statement)s::integer, %(sha256)s::char(64))
+ON CONFLICT (script, direction, statement) DO UPDATE
+   SET sha256 = excluded.sha256,
+       finished_at = now();
+
+-- name: delete_migration_progress
+-- forget a script's progress once its revision is recorded (in the same transaction)
+DELETE FROM kronos_migrations_progress WHERE script = %(script)s::text;
+
+-- name: select_partial_scripts
+-- scripts of no-transaction revisions part-way done: how many statements, and when last
+SELECT script, direction, count(*)::integer AS statements, max(finished_at) AS last_finished_at
+  FROM kronos_migrations_progress
+ GROUP BY script, direction
+ ORDER BY script, direction;
+
+-- name: select_invalid_index
+-- schema, name and validity of an index given by (possibly qualified) name; no row if none
+SELECT n.nspname, c.relname, NOT i.indisvalid AS invalid, i.indrelid
+  FROM pg_index AS i
+  JOIN pg_class AS c ON c.oid = i.indexrelid
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE i.indexrelid = to_regclass(%(name)s::text);
+
+-- name: select_relation
+-- a table given by (possibly qualified) name: oid, schema, name, kind; no row if none
+SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE c.oid = to_regclass(%(name)s::text);
+
+-- name: select_index_in_schema
+-- an index by schema and name: its oid, table and validity; no row if none
+SELECT i.indexrelid, i.indrelid, i.indisvalid
+  FROM pg_index AS i
+  JOIN pg_class AS c ON c.oid = i.indexrelid
+ WHERE c.relnamespace = %(schema)s::regnamespace
+   AND c.relname = %(name)s::text;
+
+-- name: select_partitions_without_index
+-- the partitions of a partitioned table that have no index attached to the given parent index
+SELECT p.oid, n.nspname, p.relname, p.relkind::text AS relkind
+  FROM pg_inherits AS inh
+  JOIN pg_class AS p ON p.oid = inh.inhrelid
+  JOIN pg_namespace AS n ON n.oid = p.relnamespace
+ WHERE inh.inhparent = %(table)s::oid
+   AND NOT EXISTS (SELECT 1
+                     FROM pg_inherits AS attached
+                     JOIN pg_index AS child ON child.indexrelid = attached.inhrelid
+                    WHERE attached.inhparent = %(index)s::oid
+                      AND child.indrelid = p.oid)
+ ORDER BY p.relname;
+
+-- name: select_progress_table
+-- whether the progress table of no-transaction revisions exists yet
+SELECT to_regclass('kronos_migrations_progress') IS NOT NULL AS has_progress;
