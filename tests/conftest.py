@@ -106,6 +106,20 @@ def tree_copy(tmp_path: Path) -> tuple[Path, Path]:
     return root, config
 
 
+def write_revision(root: Path, message: str, upgrade: str, downgrade: str) -> Path:
+    """A new revision in the tree at ``root`` (after its head) with the given SQL pair."""
+    from kronos_db.config import MigrationSettings
+    from kronos_db.migration_sql import sql_path
+
+    created = migrations.create_revision(
+        Settings(migrations=MigrationSettings(directory=str(root))), message
+    )
+    revision_file = created.files[0]
+    sql_path(revision_file, "upgrade").write_text(upgrade, encoding="utf-8")
+    sql_path(revision_file, "downgrade").write_text(downgrade, encoding="utf-8")
+    return revision_file
+
+
 PROBE_ROLE = "kronos_auth_probe"
 PROBE_PASSWORD = "kronos-probe-secret"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import REPO, Database, run_cli, run_process
+from conftest import REPO, Database, run_cli, run_process, write_revision
 
 from kronos_db import migrations, schema
 from kronos_db.config import MigrationSettings, Settings
@@ -222,10 +222,7 @@ def test_no_transaction_revision_rebuilds_a_leftover_invalid_index(
     tree_copy: tuple[Path, Path], database: Database
 ) -> None:
     root, config = tree_copy
-    assert run_cli("revision", "-m", "index routes by service", "--config", str(config)).code == 0
-    (revision_file,) = (root / "migrations" / "versions").glob("*_index_routes_by_service.py")
-    sql_path(revision_file, "upgrade").write_text(CONCURRENT_UPGRADE, encoding="utf-8")
-    sql_path(revision_file, "downgrade").write_text(CONCURRENT_DOWNGRADE, encoding="utf-8")
+    write_revision(root, "index routes by service", CONCURRENT_UPGRADE, CONCURRENT_DOWNGRADE)
     with database.connect() as conn:
         # an interrupted build: a UNIQUE concurrent build fails on duplicates, leaving INVALID
         conn.execute(
@@ -310,10 +307,7 @@ def test_a_failed_no_transaction_revision_is_reported_partial_and_resumes(
     tree_copy: tuple[Path, Path], database: Database
 ) -> None:
     root, config = tree_copy
-    assert run_cli("revision", "-m", "notes on routes", "--config", str(config)).code == 0
-    (revision_file,) = (root / "migrations" / "versions").glob("*_notes_on_routes.py")
-    sql_path(revision_file, "upgrade").write_text(RESUMABLE_UPGRADE, encoding="utf-8")
-    sql_path(revision_file, "downgrade").write_text(RESUMABLE_DOWNGRADE, encoding="utf-8")
+    write_revision(root, "notes on routes", RESUMABLE_UPGRADE, RESUMABLE_DOWNGRADE)
     args = ("--config", str(config), "--database-url", database.url)
     with database.connect(autocommit=False) as blocker:
         blocker.execute("LOCK TABLE rate_limits IN ACCESS SHARE MODE")
@@ -339,10 +333,7 @@ def test_a_concurrent_build_waits_for_old_snapshots_longer_than_lock_timeout(
     """CREATE INDEX CONCURRENTLY blocks no writer while it waits for older transactions, so it
     waits up to concurrent_lock_timeout, not the short lock_timeout meant for blocking DDL."""
     root, config = tree_copy
-    assert run_cli("revision", "-m", "index routes by service", "--config", str(config)).code == 0
-    (revision_file,) = (root / "migrations" / "versions").glob("*_index_routes_by_service.py")
-    sql_path(revision_file, "upgrade").write_text(CONCURRENT_UPGRADE, encoding="utf-8")
-    sql_path(revision_file, "downgrade").write_text(CONCURRENT_DOWNGRADE, encoding="utf-8")
+    write_revision(root, "index routes by service", CONCURRENT_UPGRADE, CONCURRENT_DOWNGRADE)
     reader = database.connect(autocommit=False)
     reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     reader.execute("SELECT count(*) FROM users")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from conftest import REPO, Database, clean_environment, run_cli
+from conftest import REPO, Database, clean_environment, run_cli, write_revision
 
 from kronos_db import migrations
 from kronos_db.config import MigrationSettings, Settings
@@ -59,16 +59,8 @@ class Writer(threading.Thread):
                 self.waits.append(time.monotonic() - started)
 
 
-def _write_revision(root: Path) -> None:
-    assert (
-        run_cli(
-            "revision", "-m", "index logs by level", "--config", str(root.parent / "kronos.toml")
-        ).code
-        == 0
-    )
-    (revision_file,) = (root / "migrations" / "versions").glob("*_index_logs_by_level.py")
-    sql_path(revision_file, "upgrade").write_text(UPGRADE, encoding="utf-8")
-    sql_path(revision_file, "downgrade").write_text(DOWNGRADE, encoding="utf-8")
+def _write_revision(root: Path) -> Path:
+    return write_revision(root, "index logs by level", UPGRADE, DOWNGRADE)
 
 
 def _cic_waiting(conn: psycopg.Connection[Any]) -> int | None:
@@ -214,8 +206,7 @@ def test_partitioned_index_never_blocks_inserts_and_resumes_after_a_kill(
 def test_the_directive_is_parsed_and_shown_offline(tree_copy: tuple[Path, Path]) -> None:
     root, config = tree_copy
     head = migrations.MigrationTree(REPO).script_directory().get_heads()[0]
-    _write_revision(root)
-    (revision_file,) = (root / "migrations" / "versions").glob("*_index_logs_by_level.py")
+    revision_file = _write_revision(root)
     (statement,) = MigrationScript.load(sql_path(revision_file, "upgrade")).statements
     assert statement.per_partition
     assert statement.line == 5
