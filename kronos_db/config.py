@@ -119,6 +119,37 @@ class MigrationSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class LintSettings:
+    """`kronos-db lint`, and the lint `migrate` and `revision` run (docs/lint.md)."""
+
+    squawk: str = setting(
+        "",
+        "The squawk program (squawk-cli). Empty: the one installed beside kronos-db, else PATH.",
+    )
+    on_migrate: bool = setting(
+        True,
+        "`migrate` lints the revisions it is about to apply and refuses (exit 8) an unreleased "
+        "one with an error-level finding that carries no reasoned waiver.",
+    )
+    small_table_rows: int = setting(
+        10_000,
+        "Connected: a table with fewer rows (and fewer writes/s than busy_writes_per_second) "
+        "turns a blocking finding into a warning instead of an error.",
+        minimum=0,
+    )
+    busy_writes_per_second: float = setting(
+        5.0,
+        "Connected: a table written more often than this is busy, whatever its size.",
+        minimum=0,
+    )
+    sample_interval: timedelta = setting(
+        timedelta(seconds=2),
+        "Connected: write rates are measured over this interval (pg_stat_user_tables); 0: "
+        "averaged since the statistics were last reset.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class HousekeepingSettings:
     batch_size: int = setting(
         1000,
@@ -417,6 +448,7 @@ class HealthSettings:
 class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
+    lint: LintSettings = dataclasses.field(default_factory=LintSettings)
     housekeeping: HousekeepingSettings = dataclasses.field(default_factory=HousekeepingSettings)
     partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
     backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)

@@ -33,23 +33,6 @@ def parse_duration(text: str) -> timedelta:
     return float(amount) * _UNITS[unit]
 
 
-def check_lock_timeout(value: timedelta) -> timedelta:
-    """A lock timeout must be a bound: PostgreSQL reads ``lock_timeout = 0`` as "wait forever",
-    which is exactly the unbounded queue in front of the services' writes it exists to prevent.
-    Raise ValueError (the one rule for every setting and option that is a lock timeout)."""
-    if value <= timedelta(0):
-        raise ValueError(
-            "a lock timeout of 0 would wait forever (PostgreSQL reads 0 as no timeout) while "
-            "every query on the table queues behind it: give a bound, e.g. 500ms"
-        )
-    return value
-
-
-def parse_lock_timeout(text: str) -> timedelta:
-    """``parse_duration``, then :func:`check_lock_timeout`."""
-    return check_lock_timeout(parse_duration(text))
-
-
 def format_duration(value: timedelta) -> str:
     """The shortest exact spelling of ``value`` that ``parse_duration`` reads back."""
     total_ms = round(value.total_seconds() * 1000)

@@ -57,11 +57,11 @@ Direction = Literal["upgrade", "downgrade"]
 NO_TRANSACTION = re.compile(r"^--\s*kronos:\s*no-transaction\s*$", re.MULTILINE)
 PER_PARTITION = re.compile(r"^--\s*kronos:\s*concurrently-per-partition\s*$", re.MULTILINE)
 _IDENTIFIER = r"(?:\"[^\"]+\"|[\w$]+)"
-_QUALIFIED = rf"{_IDENTIFIER}(?:\.{_IDENTIFIER})?"
+QUALIFIED_NAME = rf"{_IDENTIFIER}(?:\.{_IDENTIFIER})?"
 _CREATE_INDEX = re.compile(
     r"^\s*CREATE\s+(?P<unique>UNIQUE\s+)?INDEX\s+(?P<concurrently>CONCURRENTLY\s+)?"
     rf"(?P<if_not_exists>IF\s+NOT\s+EXISTS\s+)?(?P<name>{_IDENTIFIER}\s+)?"
-    rf"ON\s+(?P<only>ONLY\s+)?(?P<table>{_QUALIFIED})\s*(?P<rest>.*)$",
+    rf"ON\s+(?P<only>ONLY\s+)?(?P<table>{QUALIFIED_NAME})\s*(?P<rest>.*)$",
     re.IGNORECASE | re.DOTALL,
 )
 # statements whose only lock is SHARE UPDATE EXCLUSIVE (or none): they never block the
@@ -70,7 +70,7 @@ _NON_BLOCKING = re.compile(
     r"^\s*(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\b"
     r"|DROP\s+INDEX\s+CONCURRENTLY\b"
     r"|REINDEX\s+(?:\(.*?\)\s*)?\w+\s+CONCURRENTLY\b"
-    rf"|ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_QUALIFIED}\s+"
+    rf"|ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{QUALIFIED_NAME}\s+"
     rf"VALIDATE\s+CONSTRAINT\s+{_IDENTIFIER}\s*$)",
     re.IGNORECASE | re.DOTALL,
 )
@@ -145,6 +145,7 @@ class Statement:
     body: str
     line: int  # the line of the file where the statement itself (not its comments) starts
     end_line: int
+    first_line: int  # where its leading comments start (== line without comments)
 
     @property
     def per_partition(self) -> bool:
@@ -200,6 +201,7 @@ class MigrationScript:
                     body=body,
                     line=line,
                     end_line=self.text.count("\n", 0, position) + 1,
+                    first_line=self.text.count("\n", 0, start) + 1,
                 )
             )
         return statements

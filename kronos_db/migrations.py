@@ -674,6 +674,25 @@ def _applied_chain(script_dir: ScriptDirectory, current: Sequence[str]) -> set[s
     return chain
 
 
+def pending_revisions(
+    tree: MigrationTree, current: Sequence[str], up_to: str = "heads"
+) -> list[str]:
+    """The revisions an upgrade from ``current`` to ``up_to`` applies, oldest first."""
+    script_dir = tree.script_directory()
+    chain = _applied_chain(script_dir, current)
+    pending = [s.revision for s in tree.revisions() if s.revision not in chain]
+    if up_to in {"head", "heads"}:
+        return pending
+    relative = re.fullmatch(r"\+(\d+)", up_to)
+    if relative:
+        return pending[: int(relative.group(1))]
+    try:
+        wanted = {s.revision for s in script_dir.iterate_revisions(up_to, "base")}
+    except CommandError as exc:
+        raise UnknownRevisionError(f"unknown revision {up_to!r}: {exc}") from None
+    return [revision for revision in pending if revision in wanted]
+
+
 def _applied_at(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
     _has_versions, has_checksums = conn.execute(
         query("migrations", "select_tool_tables")
@@ -865,6 +884,7 @@ __all__ = [
     "downgrade",
     "history",
     "merge_heads",
+    "pending_revisions",
     "render_sql",
     "run_env",
     "status",

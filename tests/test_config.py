@@ -66,10 +66,10 @@ def test_kronos_config_variable_and_local_file(
         ("[migration]\n", "unknown section [migration]"),
         ('[migrations]\nlock_timeout = "soon"\n', "migrations.lock_timeout: invalid duration"),
         ("[migrations]\nlock_timeout = 5\n", "migrations.lock_timeout: a duration needs a unit"),
-        ("[migrations]\nlock_timeout = 0\n", "migrations.lock_timeout: a lock timeout of 0"),
+        ("[migrations]\nlock_timeout = 0\n", "migrations.lock_timeout: must be at least 1ms"),
         (
             '[migrations]\nconcurrent_lock_timeout = "0ms"\n',
-            "migrations.concurrent_lock_timeout: a lock timeout of 0 would wait forever",
+            "migrations.concurrent_lock_timeout: must be at least 1ms",
         ),
         ("[migrations]\nretries = -1\n", "migrations.retries: must be at least 0"),
         ('[migrations]\nretries = "3"\n', "migrations.retries: expected an integer"),

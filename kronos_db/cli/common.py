@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from kronos_db.config import Settings, load_settings
-from kronos_db.durations import format_duration, parse_duration, parse_lock_timeout
+from kronos_db.durations import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -148,16 +148,6 @@ def duration_option(value: str | None) -> timedelta | None:
         return parse_duration(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-
-
-def lock_timeout_option(value: str | None) -> timedelta | None:
-    """A Typer parser for lock timeout options: a duration, never 0 (it would wait forever)."""
-    if value is None:
-        return None
-    try:
-        return parse_lock_timeout(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--lock-timeout") from None
 
 
 def settings_for(

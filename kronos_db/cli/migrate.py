@@ -21,7 +21,6 @@ from kronos_db.cli.common import (
     JsonOption,
     duration_option,
     emit_json,
-    lock_timeout_option,
     notify,
     settings_for,
     stdout,
@@ -78,7 +77,7 @@ def _settings(
         "migrations.retries": (retries, "option --retries"),
     }
     # validate the durations as options first, so that the error names the option
-    lock_timeout_option(lock_timeout)
+    duration_option(lock_timeout)
     duration_option(lock_wait)
     return settings_for(config, overrides)
 
