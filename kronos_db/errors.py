@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
     PENDING = 5  # `status`: revisions are waiting to be applied
     DRIFT = 6  # `check`: the live schema differs from what head defines
     CHECKSUM = 7  # an applied migration's SQL file was edited afterwards
+    UNSAFE = 8  # lint or rehearsal: the change would stall or break the services
 
 
 class KronosError(Exception):
@@ -83,6 +84,12 @@ class ChecksumMismatchError(KronosError):
     """An applied migration's SQL file was edited after it was applied."""
 
     exit_code = ExitCode.CHECKSUM
+
+
+class UnsafeMigrationError(KronosError):
+    """The change would stall or break the services (a lint error, a rehearsal stall)."""
+
+    exit_code = ExitCode.UNSAFE
 
 
 class PartitionError(KronosError):

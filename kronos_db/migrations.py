@@ -50,6 +50,7 @@ from kronos_db.errors import (
     LockTimeoutError,
     MigrationTreeError,
     UnknownRevisionError,
+    UnsafeMigrationError,
     translate_database_error,
 )
 from kronos_db.migration_sql import MigrationScript, checksum, sql_path
@@ -525,6 +526,8 @@ def _migrate(
     tree = MigrationTree.from_settings(settings)
     validate_revision(tree, revision)
     created = db.create_database(target) if create_database else False
+    if upgrade and settings.lint.on_migrate:
+        lint_gate(settings, tree, target, revision, notify)
     retries = settings.migrations.retries
     budget = settings.migrations.retry_budget.total_seconds()
     with migration_lock(settings, target, notify) as lock_conn:
@@ -581,6 +584,35 @@ def _migrate(
         steps=tuple(run.steps),
         attempts=attempts,
     )
+
+
+def lint_gate(
+    settings: Settings, tree: MigrationTree, target: db.Target, revision: str, notify: Notify
+) -> None:
+    """Refuse an unreleased pending revision with an error-level lint finding (no waiver).
+
+    Released revisions are left alone: they cannot be edited, and they were reviewed when they
+    were released. Warnings are said, not refused.
+    """
+    from kronos_db import lint
+
+    with db.connection(target) as conn:
+        current = current_revisions(conn)
+    fresh = lint.unreleased(settings, pending_revisions(tree, current, revision))
+    if not fresh:
+        return
+    report = lint.lint_revisions(settings, target=target, revisions=fresh)
+    for finding in report.findings:
+        if finding.level == "warning":
+            notify(f"lint: {lint.describe(finding)}")
+    if report.blocking:
+        shown = "; ".join(lint.describe(f) for f in report.blocking)
+        raise UnsafeMigrationError(
+            f"{len(report.blocking)} error-level lint finding(s) in revision(s) "
+            f"{', '.join(fresh)}, nothing applied: {shown}. Fix the revision, or waive a "
+            "finding with `-- kronos: waive RULE: why it is safe here` on the line before "
+            "the statement (docs/lint.md)"
+        )
 
 
 def retry_delay(settings: Settings, attempt: int) -> float:

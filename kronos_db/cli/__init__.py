@@ -68,6 +68,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "kronos_db.cli.migrate",
         "Join the heads of a branched migration tree with a new, empty revision.",
     ),
+    "lint": LazyCommand(
+        "kronos_db.cli.lint",
+        "Lint migrations: squawk's rules and Kronos's own, judged on the live tables.",
+    ),
     "config": LazyCommand(
         "kronos_db.cli.config",
         "Inspect the configuration.",

@@ -330,9 +330,32 @@ def revision(
 
     settings = settings_for(config)
     created = migrations.create_revision(settings, message)
-    stdout.print(f"revision {created.revision} (after {created.down_revision or 'base'}):")
+    _print_new_revision(created, f"after {created.down_revision or 'base'}")
+    _lint_unreleased(settings)
+
+
+def _print_new_revision(created: migrations.NewRevision, relation: str) -> None:
+    stdout.print(f"revision {created.revision} ({relation}):")
     for path in created.files:
         stdout.print(f"  {path}")
+
+
+def _lint_unreleased(settings: Settings) -> None:
+    """At `revision` time: what lint says of the revisions not released yet (the work in
+    progress the new revision follows), as warnings on stderr; `migrate` and CI enforce it."""
+    from kronos_db import lint, migrations
+    from kronos_db.lint import LintError
+
+    tree = migrations.MigrationTree.from_settings(settings)
+    try:
+        fresh = lint.unreleased(settings, [s.revision for s in tree.revisions()])
+        report = lint.lint_revisions(settings, revisions=fresh)
+    except LintError as exc:
+        notify(f"lint did not run: {exc.message}")
+        return
+    for finding in report.findings:
+        if finding.level in {"error", "warning"}:
+            notify(f"lint: {lint.describe(finding)}")
 
 
 def merge(
@@ -351,9 +374,7 @@ def merge(
 
     settings = settings_for(config)
     created = migrations.merge_heads(settings, message)
-    stdout.print(f"revision {created.revision} (merges {created.down_revision}):")
-    for path in created.files:
-        stdout.print(f"  {path}")
+    _print_new_revision(created, f"merges {created.down_revision}")
 
 
 def register(app: typer.Typer) -> None:
