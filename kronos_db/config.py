@@ -73,6 +73,12 @@ class DatabaseSettings:
         timedelta(seconds=10), "How long to wait for the server to accept a connection."
     )
     application_name: str = setting("kronos-db", "application_name reported in pg_stat_activity.")
+    pooler: Literal["auto", "none", "session", "transaction"] = setting(
+        "auto",
+        "What sits between kronos-db and the server: auto detects it when a command needs one "
+        "server session (docs/pooling.md); none, session or transaction (PgBouncer's "
+        "pool_mode) says so instead of detecting.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

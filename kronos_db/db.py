@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -22,7 +22,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from kronos_db.config import Settings
-from kronos_db.errors import UsageError, translate_database_error
+from kronos_db.errors import SessionRequiredError, UsageError, translate_database_error
+from kronos_db.resources import query
 
 URL_ENVIRONMENT = ("KRONOS_DATABASE_URL", "DATABASE_URL")
 _URL_PASSWORD = re.compile(
@@ -118,7 +119,14 @@ def resolve_target(database_url: str | None, settings: Settings) -> Target:
 
 
 def connect(target: Target, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
-    """Open a psycopg connection, translating failures into ``KronosError``."""
+    """Open a psycopg connection, translating failures into ``KronosError``.
+
+    Server-side prepared statements are off (``prepare_threshold=None``): psycopg prepares a
+    query after its fifth run, and behind a transaction pooler (PgBouncer ``pool_mode =
+    transaction``) the next transaction may land on a server connection that never saw the
+    ``PREPARE``, or one that already has a ``_pg3_0`` from another client.
+    """
+    kwargs.setdefault("prepare_threshold", None)
     try:
         return psycopg.connect(target.conninfo, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
@@ -136,6 +144,107 @@ def connection(target: Target, *, autocommit: bool = True) -> Iterator[psycopg.C
     except psycopg.Error as exc:
         error = translate_database_error(exc, target=target.describe())
         raise type(error)(target.redact(error.message)) from exc
+
+
+def set_local(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> None:
+    """``SET LOCAL`` each of ``settings`` in the transaction open on ``conn``.
+
+    A ``SET LOCAL`` ends with its transaction, so it never stays behind on a pooled server
+    connection for the services to inherit (a session ``SET`` does, behind PgBouncer in
+    transaction mode). On a connection that is not autocommit and has no transaction open, this
+    statement opens one (psycopg's implicit ``BEGIN``).
+    """
+    if settings:
+        conn.execute(
+            query("db", "set_local_settings"),
+            {"names": list(settings), "values": list(settings.values())},
+        )
+
+
+@contextmanager
+def transaction_settings(
+    conn: psycopg.Connection[Any], settings: Mapping[str, str]
+) -> Iterator[psycopg.Connection[Any]]:
+    """A transaction with ``settings`` (``lock_timeout``, ``statement_timeout``…) set LOCAL.
+
+    The one way kronos-db changes a setting (see :func:`set_local`). Inside a transaction
+    already open on ``conn`` this is a savepoint, and the settings last until the outer
+    transaction ends.
+    """
+    with conn.transaction():
+        set_local(conn, settings)
+        yield conn
+
+
+_SETTING_NAME = re.compile(r"^[a-z_]+$")
+
+
+def set_local_script(settings: Mapping[str, str]) -> str:
+    """The ``SET LOCAL`` statements of ``settings``, for a script printed for review."""
+    lines = []
+    for name, value in settings.items():
+        if not _SETTING_NAME.match(name):
+            raise ValueError(f"not a setting name: {name!r}")
+        lines.append(f"SET LOCAL {name} = {sql.quote(value)};")
+    return "\n".join(lines)
+
+
+PoolMode = Literal["none", "session", "transaction"]
+
+
+def _backend_pid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(query("db", "select_backend_pid")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def detect_pool_mode(target: Target) -> PoolMode:
+    """Whether ``target`` reaches the server directly, or through a session or transaction pool.
+
+    * The process key a server sends at login is its backend's pid; a pooler sends a key of its
+      own. When ``pg_backend_pid()`` is not the pid the login announced, there is a pooler.
+    * A session pool gives a client one server connection for its whole session; a transaction
+      pool takes it back after each transaction. So: end a transaction on a first client, open
+      one on a second client (PgBouncer hands it the connection released last, its default
+      ``server_round_robin = 0``), then ask the first client again. Seeing the first client's
+      backend from the second client, or the first client on another backend, is a transaction
+      pool; neither is a session pool. (With round-robin reuse the transaction pool can go
+      unseen: declare it with ``[database] pooler``.)
+    """
+    with connection(target) as first:
+        first_pid = _backend_pid(first)
+        if first.info.backend_pid == first_pid:
+            return "none"
+        with connection(target, autocommit=False) as second:
+            shared = _backend_pid(second) == first_pid
+            moved = not shared and _backend_pid(first) != first_pid
+            second.rollback()
+    return "transaction" if shared or moved else "session"
+
+
+def require_session(target: Target, pooler: str, purpose: str) -> None:
+    """Refuse, in one line, to do ``purpose`` through a transaction pooler.
+
+    ``pooler`` is ``[database] pooler``: ``auto`` detects, anything else is taken as said.
+    """
+    mode = detect_pool_mode(target) if pooler == "auto" else pooler
+    if mode != "transaction":
+        return
+    how = "detected" if pooler == "auto" else "[database] pooler = transaction"
+    raise SessionRequiredError(
+        f"{purpose}: that needs one server session, but {target.describe()} is a transaction "
+        f"pooler ({how}); point {_url_setting(target)} at the server directly or at a pool "
+        "with pool_mode = session"
+    )
+
+
+def _url_setting(target: Target) -> str:
+    """Where the user changes the URL of ``target``, in their words."""
+    if target.source.startswith(("option ", "$")):
+        return target.source
+    if target.source == "libpq":
+        return "PGHOST/PGPORT (or --database-url)"
+    return f"[database] url in {target.source}"
 
 
 def database_exists(target: Target) -> bool:

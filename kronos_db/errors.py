@@ -56,6 +56,10 @@ class MigrationTreeError(UsageError):
     """The migration tree is inconsistent (a duplicate revision id, a missing parent, two heads)."""
 
 
+class SessionRequiredError(UsageError):
+    """This command needs one server session; the connection goes through a transaction pooler."""
+
+
 class ConnectionFailedError(KronosError):
     """Cannot connect to the database server."""
 
