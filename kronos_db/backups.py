@@ -56,6 +56,9 @@ Progress = Callable[[int], None]
 # libpq parameters that are secrets: never on a command line
 _SECRET_PARAMETERS = ("password", "sslpassword")
 _READ_CHUNK = 1024 * 1024
+# pg_restore sets search_path and other session settings once, then restores in many
+# transactions: behind a transaction pooler those land on other server connections
+RESTORE_NEEDS_A_SESSION = "pg_restore sets session settings once for all its transactions"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,15 +394,15 @@ def _exported_snapshot(
         conn.read_only = True
         # the exporting transaction sits idle while pg_dump works: a server-wide
         # idle_in_transaction_session_timeout must not end it before pg_dump imported it
-        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-        conn.execute(
-            "SELECT set_config('lock_timeout', %(timeout)s::text, true)",
-            {"timeout": postgres_interval(settings.backups.lock_wait_timeout)},
-        )
-        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-        assert row is not None
-        yield conn, str(row[0])
-        conn.rollback()
+        snapshot_settings = {
+            "idle_in_transaction_session_timeout": "0",
+            "lock_timeout": postgres_interval(settings.backups.lock_wait_timeout),
+        }
+        with db.transaction_settings(conn, snapshot_settings):
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            yield conn, str(row[0])
+            # read only: nothing to keep; leaving the block commits the empty transaction
     except psycopg.Error as exc:
         error = translate_database_error(exc, target=target.describe())
         raise type(error)(target.redact(error.message)) from exc
@@ -421,6 +424,11 @@ def create_backup(
     """
     if settings.backups.compression > 9:
         raise UsageError("[backups] compression must be between 0 and 9")
+    db.require_session(
+        target,
+        settings.database.pooler,
+        "backup create hands pg_dump a snapshot exported by a transaction it keeps open",
+    )
     folder = _backup_directory(settings, directory)
     program = settings.backups.pg_dump
     tool_version = _tool_version(program)
@@ -600,6 +608,8 @@ def verify_backup(
         backup = get_backup(conn, backup_id)
     _verifiable(backup)
     problems = _check_file(backup)
+    if not problems and backup.kind == "pg_dump":
+        db.require_session(target, settings.database.pooler, RESTORE_NEEDS_A_SESSION)
     scratch: str | None = None
     tables = rows = 0
     if not problems and backup.kind == "pg_dump":
@@ -664,6 +674,7 @@ def restore_backup(
             f"refusing to restore over {database!r}: restore into a new database, "
             "then rename it if you must replace the live one"
         )
+    db.require_session(target, settings.database.pooler, RESTORE_NEEDS_A_SESSION)
     with db.connection(target) as conn:
         backup = get_backup(conn, backup_id)
     if backup.kind != "pg_dump":

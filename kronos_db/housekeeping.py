@@ -2,15 +2,16 @@
 
 Every job runs against a busy database, so each one:
 
-* works in **bounded batches**, one statement per batch on an autocommit connection, so every
-  batch is its own short transaction and its row locks last milliseconds;
+* works in **bounded batches**, one short transaction per batch on an autocommit connection,
+  so its row locks last milliseconds;
 * claims its rows with ``FOR UPDATE SKIP LOCKED``: a row a service holds right now is skipped
   (the next run takes it), never waited on;
 * stops when a batch claims nothing;
-* holds a job-level advisory lock (``housekeeping:<job>``) for the run: a second, overlapping
-  run returns at once with ``skipped=True`` and does nothing;
+* holds a job-level lease (``housekeeping:<job>``, :mod:`kronos_db.locks`) for the run: a
+  second, overlapping run returns at once with ``skipped=True`` and does nothing;
 * runs under ``lock_timeout`` (fail fast behind DDL instead of queueing and blocking the
-  services behind it) and ``statement_timeout`` (a bound on each batch);
+  services behind it) and ``statement_timeout`` (a bound on each batch), both set LOCAL in
+  each batch's transaction, so that nothing stays behind on a pooled server connection;
 * takes the clock as a parameter (``now``, tz-aware); nothing reads the server's ``now()``.
 
 The message-queue jobs live in :mod:`kronos_db.queue` and use the same batch runner.
@@ -30,6 +31,7 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg.rows import dict_row
 
+from kronos_db import db
 from kronos_db.config import HousekeepingSettings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import UsageError
@@ -110,36 +112,31 @@ def lock_name(job: str) -> str:
     return f"housekeeping:{job}"
 
 
-@contextmanager
-def job_timeouts(conn: psycopg.Connection[Any], options: BatchOptions) -> Iterator[None]:
-    """Set the job's ``lock_timeout`` and ``statement_timeout`` on ``conn`` for the block.
-
-    The session's previous values are restored afterwards.
-    """
+def _require_autocommit(conn: psycopg.Connection[Any]) -> None:
     if not conn.autocommit:
         raise UsageError(
             "housekeeping jobs need an autocommit connection (one transaction per batch)"
         )
-    with conn.cursor(row_factory=dict_row) as cur:
-        previous = cur.execute(
-            query("housekeeping", "set_job_timeouts"),
-            {
-                "lock_timeout": postgres_interval(options.lock_timeout),
-                "statement_timeout": postgres_interval(options.statement_timeout),
-            },
-        ).fetchone()
-    assert previous is not None
-    try:
+
+
+def job_settings(options: BatchOptions) -> dict[str, str]:
+    """The settings every statement of a job runs under."""
+    return {
+        "lock_timeout": postgres_interval(options.lock_timeout),
+        "statement_timeout": postgres_interval(options.statement_timeout),
+    }
+
+
+@contextmanager
+def job_timeouts(conn: psycopg.Connection[Any], options: BatchOptions) -> Iterator[None]:
+    """One transaction under the job's ``lock_timeout`` and ``statement_timeout`` (SET LOCAL).
+
+    Nothing outlives the transaction: the session, or the pooled server connection behind it,
+    keeps its own values.
+    """
+    _require_autocommit(conn)
+    with db.transaction_settings(conn, job_settings(options)):
         yield
-    finally:
-        if not conn.closed and not conn.broken:
-            conn.execute(
-                query("housekeeping", "set_job_timeouts"),
-                {
-                    "lock_timeout": previous["lock_timeout"],
-                    "statement_timeout": previous["statement_timeout"],
-                },
-            )
 
 
 @dataclasses.dataclass
@@ -171,7 +168,8 @@ def run_batches(
     values.update(dict.fromkeys(cursor_columns))
     with conn.cursor(row_factory=dict_row) as cur:
         while True:
-            row = cur.execute(statement, values).fetchone()
+            with job_timeouts(conn, options):
+                row = cur.execute(statement, values).fetchone()
             assert row is not None
             if not row["claimed"]:
                 return
@@ -209,20 +207,21 @@ def run_job(
     """The frame every job shares: dry run, or lock + timeouts + batches, timed."""
     check_now(now)
     started = time.monotonic()
-    with job_timeouts(conn, options):
-        if options.dry_run:
-            # read-only: no lock needed, and a dry run never makes a real run skip
+    if options.dry_run:
+        # read-only: no lock needed, and a dry run never makes a real run skip
+        with job_timeouts(conn, options):
             counts = dict(count())
-            rows = counts.pop("rows")
-            return JobResult(
-                job, rows, 0, time.monotonic() - started, now, dry_run=True, details=counts
-            )
-        tally = Tally()
-        with try_advisory_lock(conn, lock_name(job)) as acquired:
-            if not acquired:
-                logger.info("%s: another run holds the lock %s; nothing to do", job, lock_name(job))
-                return JobResult(job, 0, 0, time.monotonic() - started, now, skipped=True)
-            work(tally)
+        rows = counts.pop("rows")
+        return JobResult(
+            job, rows, 0, time.monotonic() - started, now, dry_run=True, details=counts
+        )
+    _require_autocommit(conn)
+    tally = Tally()
+    with try_advisory_lock(conn, lock_name(job)) as acquired:
+        if not acquired:
+            logger.info("%s: another run holds the lock %s; nothing to do", job, lock_name(job))
+            return JobResult(job, 0, 0, time.monotonic() - started, now, skipped=True)
+        work(tally)
     seconds = time.monotonic() - started
     logger.info("%s: %d rows in %d batches, %.2fs", job, tally.rows, tally.batches, seconds)
     return JobResult(job, tally.rows, tally.batches, seconds, now, details=dict(tally.details))
@@ -346,6 +345,7 @@ __all__ = [
     "Tally",
     "expire_cache",
     "expire_sessions",
+    "job_settings",
     "job_timeouts",
     "lock_name",
     "reset_rate_limits",

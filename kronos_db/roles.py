@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from kronos_db import locks
+from kronos_db import db, locks
 from kronos_db.config import Settings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import ConfigError, UsageError
@@ -203,17 +203,9 @@ class _Fix:
     statement: sql.Composed | None  # None: cannot be fixed by apply
 
 
-@contextmanager
-def _catalog_timeout(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    conn.execute(
-        "SELECT set_config('statement_timeout', %(value)s::text, false)",
-        {"value": postgres_interval(CATALOG_TIMEOUT)},
-    )
-    try:
-        yield
-    finally:
-        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            conn.execute("RESET statement_timeout")
+def _catalog_timeout(conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+    """One transaction for the catalog reads of a plan, under a bounded statement_timeout."""
+    return db.transaction_settings(conn, {"statement_timeout": postgres_interval(CATALOG_TIMEOUT)})
 
 
 def _rows(
@@ -488,11 +480,9 @@ def check_roles(
 def _run_fixes(conn: psycopg.Connection[Any], fixes: list[_Fix], settings: Settings) -> None:
     # REASSIGN first (owners keep implicit privileges), then roles, then the rest
     order = {"owns objects": 0, "missing role": 1, "attributes": 2, "membership": 3}
-    with conn.transaction():
-        conn.execute(
-            "SELECT set_config('lock_timeout', %(value)s::text, true)",
-            {"value": postgres_interval(settings.migrations.lock_timeout)},
-        )
+    with db.transaction_settings(
+        conn, {"lock_timeout": postgres_interval(settings.migrations.lock_timeout)}
+    ):
         for fix in sorted(fixes, key=lambda fix: order.get(fix.drift.kind, 9)):
             assert fix.statement is not None
             conn.execute(fix.statement)

@@ -23,7 +23,7 @@ from argon2 import exceptions as argon2_errors
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row, dict_row
 
-from kronos_db import roles
+from kronos_db import db, roles
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError, UsageError
 from kronos_db.resources import query
@@ -31,6 +31,8 @@ from kronos_db.resources import query
 Severity = Literal["ok", "warning", "critical", "unknown"]
 SEVERITY_EXIT = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 RAW_TOKEN_SAMPLE = 10_000
+# statement_timeout of each check: a slow catalog query never hangs the report
+CHECK_TIMEOUT = "30s"
 # extensions that reach outside the database (other servers, files, the OS) or read raw pages
 RISKY_EXTENSIONS = {
     "adminpack": "writes and removes server files",
@@ -466,27 +468,23 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 def security_report(conn: psycopg.Connection[Any], settings: Settings) -> SecurityReport:
     """Run every check; a check the role may not run is ``unknown``, not a failure."""
     findings: list[Finding] = []
-    conn.execute("SET statement_timeout = '30s'")
-    try:
-        for name, check in CHECKS:
-            try:
+    for name, check in CHECKS:
+        try:
+            with db.transaction_settings(conn, {"statement_timeout": CHECK_TIMEOUT}):
                 findings.append(check(conn, settings))
-            except pg_errors.InsufficientPrivilege as exc:
-                reason = str(exc).strip().splitlines()[0]
-                findings.append(
-                    Finding(
-                        name,
-                        "unknown",
-                        f"not checked: {reason}",
-                        ("connect as a superuser to run this check",),
-                    )
+        except pg_errors.InsufficientPrivilege as exc:
+            reason = str(exc).strip().splitlines()[0]
+            findings.append(
+                Finding(
+                    name,
+                    "unknown",
+                    f"not checked: {reason}",
+                    ("connect as a superuser to run this check",),
                 )
-            except pg_errors.UndefinedTable as exc:
-                reason = str(exc).strip().splitlines()[0]
-                findings.append(
-                    Finding(name, "unknown", f"not checked: {reason} (is the database migrated?)")
-                )
-    finally:
-        if not conn.closed:
-            conn.execute("RESET statement_timeout")
+            )
+        except pg_errors.UndefinedTable as exc:
+            reason = str(exc).strip().splitlines()[0]
+            findings.append(
+                Finding(name, "unknown", f"not checked: {reason} (is the database migrated?)")
+            )
     return SecurityReport(str(conn.info.dbname), tuple(findings))

@@ -1,10 +1,11 @@
 """Running one report query safely on a busy server.
 
 Every query runs in a transaction of its own with ``statement_timeout`` and ``lock_timeout``
-set LOCAL (``set_config(..., true)``), so that a catalog query never hangs behind a DDL lock
-(PgHero's known failure) and the settings never leak into the next query. A missing privilege,
-extension or object, or a timeout, becomes :class:`ReportUnavailableError` with a hint: the
-health command turns it into one UNKNOWN check instead of a crash.
+set LOCAL (:func:`kronos_db.db.transaction_settings`), so that a catalog query never hangs
+behind a DDL lock (PgHero's known failure) and the settings never leak into the next query.
+A missing privilege, extension or object, or a timeout, becomes
+:class:`ReportUnavailableError` with a hint: the health command turns it into one UNKNOWN
+check instead of a crash.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import class_row
 
+from kronos_db import db
 from kronos_db.config import HealthSettings
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import ReportUnavailableError
@@ -54,15 +56,13 @@ def guarded(
 ) -> Iterator[None]:
     """A transaction with the limits set LOCAL; expected failures become ReportUnavailable."""
     try:
-        with conn.transaction():
-            conn.execute(
-                "SELECT set_config('statement_timeout', %(statement_timeout)s::text, true),"
-                "       set_config('lock_timeout', %(lock_timeout)s::text, true)",
-                {
-                    "statement_timeout": postgres_interval(limits.statement_timeout),
-                    "lock_timeout": postgres_interval(limits.lock_timeout),
-                },
-            )
+        with db.transaction_settings(
+            conn,
+            {
+                "statement_timeout": postgres_interval(limits.statement_timeout),
+                "lock_timeout": postgres_interval(limits.lock_timeout),
+            },
+        ):
             yield
     except pg_errors.InsufficientPrivilege as exc:
         raise ReportUnavailableError(

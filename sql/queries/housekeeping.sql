@@ -5,13 +5,6 @@
 -- predicate, so a row changed between the snapshot and the claim is re-checked on its newest
 -- version. The clock is always a parameter (%(now)s and the cut-offs computed from it).
 
--- name: set_job_timeouts
--- session settings of a job: fail fast behind DDL, bound each batch; returns the previous values
-SELECT current_setting('lock_timeout') AS lock_timeout,
-       current_setting('statement_timeout') AS statement_timeout,
-       set_config('lock_timeout', %(lock_timeout)s::text, false) AS new_lock_timeout,
-       set_config('statement_timeout', %(statement_timeout)s::text, false) AS new_statement_timeout;
-
 -- name: reset_session_settings
 -- back to the session's defaults after a job, before the next job reuses the connection
 RESET ALL;
