@@ -212,7 +212,7 @@ def test_no_password_or_dsn_secret_in_any_output(
     # in this (throw-away) database only: enough for a backup, not for roles or verify
     conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {PROBE_ROLE}")
     conn.execute(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {PROBE_ROLE}")
-    conn.execute(f"GRANT INSERT, UPDATE ON backups TO {PROBE_ROLE}")
+    conn.execute(f"GRANT INSERT, UPDATE ON backups, kronos_leases TO {PROBE_ROLE}")
     conn.execute(f"GRANT USAGE ON SEQUENCE backups_id_seq TO {PROBE_ROLE}")
     # a pg_dump that records how it was called
     calls = tmp_path / "calls.txt"
