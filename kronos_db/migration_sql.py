@@ -37,16 +37,20 @@ import dataclasses
 import hashlib
 import logging
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, cast
 
 import psycopg
 import sqlparse
 from alembic import op
+from alembic.runtime.migration import MigrationContext
 from psycopg import sql
 
+from kronos_db import db
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import KronosError, MigrationTreeError, translate_database_error
 from kronos_db.resources import query, trusted_sql
@@ -220,12 +224,38 @@ def concurrent_index_name(statement: str) -> str | None:
 # --------------------------------------------------------------------------- running
 
 
+class RevisionHooks(Protocol):
+    """What the running kronos-db migration asks of each revision (``MigrationRun``)."""
+
+    def revision_settings(self) -> dict[str, str]: ...
+
+    def begin_revision(self, conn: psycopg.Connection[Any]) -> None: ...
+
+    def watch_backend(self, conn: psycopg.Connection[Any]) -> None: ...
+
+
+def _hooks(context: MigrationContext) -> RevisionHooks | None:
+    config = context.config
+    run = config.attributes.get("kronos_run") if config is not None else None
+    return cast("RevisionHooks | None", run)
+
+
 def run_sql(revision_file: str, direction: Direction) -> None:
-    """Run the revision's SQL file for ``direction`` (called from the Alembic revision file)."""
+    """Run the revision's SQL file for ``direction`` (called from the Alembic revision file).
+
+    A transactional file runs after ``begin_revision`` set the run's timeouts LOCAL in the
+    revision's transaction. A no-transaction file runs statement by statement with the timeouts
+    set on the session for its duration: such a revision needs one server session, which
+    ``kronos-db migrate`` makes sure of before it starts (it refuses behind a transaction pooler).
+    """
     script = MigrationScript.load(sql_path(revision_file, direction))
     context = op.get_context()
+    hooks = _hooks(context)
+    settings = hooks.revision_settings() if hooks is not None else {}
     if context.as_sql:
         if script.transactional:
+            if settings:
+                context.impl.static_output(db.set_local_script(settings))
             context.impl.static_output(script.text.strip())
         else:
             with context.autocommit_block():
@@ -233,13 +263,18 @@ def run_sql(revision_file: str, direction: Direction) -> None:
                     context.impl.static_output(_offline(statement))
         return
     if script.transactional:
+        driver_connection = _driver_connection()
+        if hooks is not None:
+            hooks.begin_revision(driver_connection)
         # psycopg directly, with no parameters: the file's text reaches the server untouched
         # (a `%I` in a format() call stays itself), in the revision's transaction
-        _driver_connection().execute(trusted_sql(script.text))
+        driver_connection.execute(trusted_sql(script.text))
         return
     run = context.config.attributes.get("kronos_run") if context.config else None
     timeouts = _Timeouts.from_run(run)
-    with context.autocommit_block():
+    with context.autocommit_block(), _session_settings(_driver_connection(), settings):
+        if hooks is not None:
+            hooks.watch_backend(_driver_connection())
         _Resumable(
             _driver_connection(), script, Path(revision_file).stem, direction, timeouts
         ).run()
@@ -258,6 +293,30 @@ def _offline(statement: Statement) -> str:
         f"--   CREATE {unique}INDEX CONCURRENTLY IF NOT EXISTS <P>_<name> ON P {index.rest};\n"
         f"--   ALTER INDEX {index.name} ATTACH PARTITION <P>_<name>;"
     )
+
+
+@contextmanager
+def _session_settings(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> Iterator[None]:
+    """Session-level settings for statements that cannot run in a transaction, then restored.
+
+    The one place kronos-db sets a session setting: there is no transaction to scope it to, and
+    it is only reached on a session of its own (direct or session-pooled), never on a
+    connection a transaction pooler shares.
+    """
+    previous = {}
+    for name in settings:
+        row = conn.execute(query("migrations", "select_setting"), {"name": name}).fetchone()
+        previous[name] = str(row[0]) if row else ""
+    for name, value in settings.items():
+        conn.execute(query("migrations", "set_session_setting"), {"name": name, "value": value})
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            for name, value in previous.items():
+                conn.execute(
+                    query("migrations", "set_session_setting"), {"name": name, "value": value}
+                )
 
 
 def _driver_connection() -> psycopg.Connection[Any]:

@@ -3,12 +3,16 @@
 Alembic keeps the version table and the revision graph; each revision file runs its SQL pair
 (:mod:`kronos_db.migration_sql`). On top of Alembic, every run here:
 
-* holds a session-level advisory lock on a connection of its own, taken by polling with a
-  bounded wait (:mod:`kronos_db.locks`), so concurrent runs apply each revision once;
-* runs each revision in its own transaction, so a run killed half-way leaves the database at
-  the previous revision;
-* sets ``lock_timeout`` on the migration session, names the blocking session when it fires,
-  and retries with back-off when asked to;
+* holds the ``migrations`` lease (:mod:`kronos_db.locks`), taken by polling with a bounded
+  wait and renewed by a heartbeat, so concurrent runs apply each revision once, directly or
+  through a transaction pooler;
+* runs each revision in its own transaction, which checks that the lease is still this run's
+  just before it commits (fencing): a run killed half-way leaves the database at the previous
+  revision, and a run that stalled past its lease rolls its revision back;
+* sets ``lock_timeout`` and ``statement_timeout`` LOCAL in each revision's transaction, names
+  the blocking session when the lock timeout fires, and retries with back-off when asked to;
+* refuses up front, behind a transaction pooler, to apply a revision that must run outside a
+  transaction (``CREATE INDEX CONCURRENTLY`` needs one server session);
 * records a checksum of each applied revision's SQL and refuses to go on when one was edited.
 
 The same environment code (:func:`run_env`) serves ``kronos-db`` and plain ``alembic`` with the
@@ -53,7 +57,7 @@ from kronos_db.errors import (
     UnsafeMigrationError,
     translate_database_error,
 )
-from kronos_db.migration_sql import MigrationScript, checksum, sql_path
+from kronos_db.migration_sql import Direction, MigrationScript, checksum, sql_path
 from kronos_db.resources import is_installed_package, query, render_with_literals, resource_root
 
 logger = logging.getLogger(__name__)
@@ -229,10 +233,27 @@ class MigrationRun:
     target: db.Target
     tree: MigrationTree
     verify_checksums: bool = True
-    lock_held: bool = False
+    lease: locks.Lease | None = None  # the migration lease, when the caller already holds it
     steps: list[AppliedStep] = dataclasses.field(default_factory=list)
-    backend_pid: int | None = None
+    backend_pid: int | None = None  # the server backend running the current revision
     _step_started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def revision_settings(self) -> dict[str, str]:
+        """The settings each revision runs under, LOCAL to its transaction."""
+        return _timeouts(self.settings)
+
+    def begin_revision(self, conn: psycopg.Connection[Any]) -> None:
+        """First thing in a revision's transaction: its settings, and which backend runs it.
+
+        Behind a transaction pooler each transaction may run on another server backend: the
+        blocker watcher must look at this one.
+        """
+        db.set_local(conn, self.revision_settings())
+        self.watch_backend(conn)
+
+    def watch_backend(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(query("db", "select_backend_pid")).fetchone()
+        self.backend_pid = int(row[0]) if row else None
 
     def on_version_apply(
         self,
@@ -265,6 +286,9 @@ class MigrationRun:
             ctx.connection.exec_driver_sql(
                 query("migrations", "delete_migration_progress"), {"script": Path(script.path).stem}
             )
+            if self.lease is not None:
+                # last statement before Alembic commits the revision: still our lease?
+                self.lease.fence(_driver(ctx.connection))
         now = time.monotonic()
         self.steps.append(
             AppliedStep(
@@ -286,6 +310,12 @@ def sqlalchemy_engine(target: db.Target) -> sqlalchemy.Engine:
     )
 
 
+def _driver(connection: sqlalchemy.Connection) -> psycopg.Connection[Any]:
+    driver_connection = connection.connection.driver_connection
+    assert isinstance(driver_connection, psycopg.Connection)
+    return driver_connection
+
+
 def run_env() -> None:
     """The body of ``migrations/env.py``, for kronos-db and plain ``alembic`` alike."""
     from alembic import context
@@ -300,14 +330,18 @@ def run_env() -> None:
             target=db.resolve_target(None, settings),
             tree=MigrationTree(script_location.resolve().parent),
         )
-        context.config.attributes["kronos_run"] = run
+        context.config.attributes["kronos_run"] = run  # the revisions' hooks find it there
     if context.is_offline_mode():
         _run_offline(run)
-    elif run.lock_held:
+    elif run.lease is not None:
         _run_online(run)
     else:
-        with migration_lock(run.settings, run.target):
-            _run_online(run)
+        with migration_lock(run.settings, run.target) as lease:
+            run.lease = lease
+            try:
+                _run_online(run)
+            finally:
+                run.lease = None
 
 
 def _timeouts(settings: Settings) -> dict[str, str]:
@@ -328,12 +362,6 @@ def _run_offline(run: MigrationRun) -> None:
         on_version_apply=run.on_version_apply,
     )
     impl = context.get_context().impl
-    impl.static_output(
-        render_with_literals(
-            query("migrations", "set_migration_timeouts"), {**_timeouts(run.settings)}
-        )
-        + ";"
-    )
     impl.static_output(query("migrations", "create_migration_checksums") + ";")
     with context.begin_transaction():
         context.run_migrations()
@@ -345,16 +373,13 @@ def _run_online(run: MigrationRun) -> None:
     engine = sqlalchemy_engine(run.target)
     try:
         with engine.connect() as connection:
-            run.backend_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-            connection.exec_driver_sql(
-                query("migrations", "set_migration_timeouts"), _timeouts(run.settings)
-            )
-            connection.exec_driver_sql(query("migrations", "create_migration_checksums"))
-            connection.exec_driver_sql(query("migrations", "create_migration_progress"))
-            connection.commit()
+            driver_connection = _driver(connection)
+            with db.transaction_settings(driver_connection, run.revision_settings()):
+                driver_connection.execute(query("migrations", "create_migration_checksums"))
+                driver_connection.execute(query("migrations", "create_migration_progress"))
             if run.verify_checksums:
-                problems = _checksum_problems(connection, run.tree)
-                connection.commit()
+                with driver_connection.transaction():
+                    problems = _checksum_problems(driver_connection, run.tree)
                 if problems:
                     raise ChecksumMismatchError("; ".join(p.describe() for p in problems))
             context.configure(
@@ -415,20 +440,17 @@ def _relative(path: Path, root: Path) -> str:
 @contextmanager
 def migration_lock(
     settings: Settings, target: db.Target, notify: Notify = _quiet
-) -> Iterator[psycopg.Connection[Any]]:
-    """Hold the migration lock on a connection of its own; yield that (idle) connection."""
+) -> Iterator[locks.Lease]:
+    """Hold the migration lease for the block (waiting up to ``[migrations] lock_wait``)."""
 
-    def report(holders: list[locks.LockHolder]) -> None:
-        who = "; ".join(h.describe() for h in holders) or "another session"
+    def report(current: locks.LockHolder | None) -> None:
+        who = current.describe() if current is not None else "another run"
         notify(f"waiting for the migration lock, held by {who}")
 
-    with (
-        db.connection(target) as conn,
-        locks.advisory_lock(
-            conn, MIGRATION_LOCK, wait=settings.migrations.lock_wait, on_wait=report
-        ),
-    ):
-        yield conn
+    with locks.advisory_lock(
+        target, MIGRATION_LOCK, wait=settings.migrations.lock_wait, on_wait=report
+    ) as lease:
+        yield lease
 
 
 class _BlockerWatcher:
@@ -530,17 +552,18 @@ def _migrate(
         lint_gate(settings, tree, target, revision, notify)
     retries = settings.migrations.retries
     budget = settings.migrations.retry_budget.total_seconds()
-    with migration_lock(settings, target, notify) as lock_conn:
-        before = current_revisions(lock_conn)
+    with migration_lock(settings, target, notify) as lease, db.connection(target) as observer:
+        before = current_revisions(observer)
+        _refuse_sessionless_revisions(settings, target, tree, before, revision, upgrade=upgrade)
         run = MigrationRun(
-            settings=settings, target=target, tree=tree, verify_checksums=upgrade, lock_held=True
+            settings=settings, target=target, tree=tree, verify_checksums=upgrade, lease=lease
         )
         config = tree.alembic_config(run)
         attempts = 0
         started = time.monotonic()
         while True:
             attempts += 1
-            watcher = _BlockerWatcher(lock_conn, run)
+            watcher = _BlockerWatcher(observer, run)
             try:
                 with watcher:
                     if upgrade:
@@ -554,7 +577,7 @@ def _migrate(
                     raise error from exc
                 who = "; ".join(b.describe() for b in watcher.blockers)
                 blocked = f"blocked by {who}" if who else "the blocking session had already gone"
-                failing = _next_revision_name(run, tree, lock_conn)
+                failing = _next_revision_name(run, tree, observer)
                 wait = retry_delay(settings, attempts)
                 spent = time.monotonic() - started
                 if attempts > retries or spent + wait > budget:
@@ -575,7 +598,7 @@ def _migrate(
                     f"retry {attempts}/{retries} in {wait:.1f}s"
                 )
                 time.sleep(wait)
-        after = current_revisions(lock_conn)
+        after = current_revisions(observer)
     return MigrationResult(
         database=target.describe(),
         created_database=created,
@@ -621,6 +644,48 @@ def retry_delay(settings: Settings, attempt: int) -> float:
     first = settings.migrations.retry_delay.total_seconds()
     doubled: float = first * 2.0 ** (attempt - 1)
     return min(doubled, MAX_RETRY_DELAY) * random.uniform(0.8, 1.2)
+
+
+def _revisions_to_run(
+    tree: MigrationTree, current: Sequence[str], revision: str, *, upgrade: bool
+) -> list[Script]:
+    """The revisions an upgrade to (or a downgrade to) ``revision`` would run, roughly.
+
+    Relative targets (``+2``, ``-1``) count as far as they could go: every pending revision
+    for an upgrade, every applied one for a downgrade.
+    """
+    if upgrade:
+        pending = set(pending_revisions(tree, current, revision))
+        return [s for s in tree.revisions() if s.revision in pending]
+    script_dir = tree.script_directory()
+    applied = _applied_chain(script_dir, current)
+    relative = re.fullmatch(r"(?:\w+)?[+-]\d+", revision) is not None
+    kept = (
+        set() if relative else _applied_chain(script_dir, [] if revision == "base" else [revision])
+    )
+    return [s for s in tree.revisions() if s.revision in applied - kept]
+
+
+def _refuse_sessionless_revisions(
+    settings: Settings,
+    target: db.Target,
+    tree: MigrationTree,
+    current: Sequence[str],
+    revision: str,
+    *,
+    upgrade: bool,
+) -> None:
+    """Behind a transaction pooler, refuse before anything runs if a revision needs a session."""
+    direction: Direction = "upgrade" if upgrade else "downgrade"
+    for script in _revisions_to_run(tree, current, revision, upgrade=upgrade):
+        if not MigrationScript.load(sql_path(script.path, direction)).transactional:
+            db.require_session(
+                target,
+                settings.database.pooler,
+                f"revision {script.revision} ({(script.doc or '').strip()}) runs outside a "
+                "transaction (CREATE INDEX CONCURRENTLY)",
+            )
+            return
 
 
 def _next_revision_name(

@@ -167,14 +167,15 @@ def test_retries_wait_out_a_short_blocker(empty_database: Database) -> None:
 
 
 def test_a_busy_migration_lock_is_reported_with_its_holder(empty_database: Database) -> None:
-    with empty_database.connect() as holder:
-        holder.execute("SET application_name = 'other-deploy'")
-        holder_pid = holder.info.backend_pid
-        assert locks.try_lock(holder, locks.advisory_key(migrations.MIGRATION_LOCK))
+    with (
+        psycopg.connect(empty_database.url, application_name="other-deploy") as holder,
+        locks.advisory_lock(holder, migrations.MIGRATION_LOCK),
+    ):
         result = run_cli("migrate", "--lock-wait", "1s", "--database-url", empty_database.url)
     assert result.code == 4, result.output
-    assert f"pid {holder_pid}" in result.stderr
-    assert "other-deploy" in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"pid {os.getpid()} (other-deploy)" in error
+    assert "gave up after 1s" in error
     with empty_database.connect() as conn:
         assert migrations.current_revisions(conn) == ()
 
@@ -182,6 +183,7 @@ def test_a_busy_migration_lock_is_reported_with_its_holder(empty_database: Datab
 def test_the_lock_is_released_after_a_run(empty_database: Database) -> None:
     assert run_cli("migrate", "--database-url", empty_database.url).code == 0
     with empty_database.connect() as conn:
-        key = locks.advisory_key(migrations.MIGRATION_LOCK)
-        assert locks.try_lock(conn, key)
-        locks.unlock(conn, key)
+        lease = locks.holder(conn, migrations.MIGRATION_LOCK)
+        assert lease is not None and lease.released and lease.free
+        with locks.try_advisory_lock(conn, migrations.MIGRATION_LOCK) as acquired:
+            assert acquired

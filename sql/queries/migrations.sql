@@ -38,11 +38,6 @@ ON CONFLICT (revision) DO UPDATE
 -- forget a revision that was downgraded
 DELETE FROM kronos_migrations WHERE revision = %(revision)s::varchar;
 
--- name: set_migration_timeouts
--- the session's timeouts for migration statements
-SELECT set_config('lock_timeout', %(lock_timeout)s::text, false),
-       set_config('statement_timeout', %(statement_timeout)s::text, false);
-
 -- name: set_lock_timeout
 -- the session's lock_timeout, for one statement of a no-transaction revision
 SELECT set_config('lock_timeout', %(lock_timeout)s::text, false);
@@ -126,3 +121,12 @@ SELECT p.oid, n.nspname, p.relname, p.relkind::text AS relkind
 -- name: select_progress_table
 -- whether the progress table of no-transaction revisions exists yet
 SELECT to_regclass('kronos_migrations_progress') IS NOT NULL AS has_progress;
+
+-- name: select_setting
+-- the current value of one setting
+SELECT current_setting(%(name)s::text) AS value;
+
+-- name: set_session_setting
+-- sets one setting for the session: only for a no-transaction revision, which runs on a session
+-- of its own (never behind a transaction pooler), and always restored afterwards
+SELECT set_config(%(name)s::text, %(value)s::text, false);
