@@ -448,6 +448,42 @@ class HealthSettings:
     backup_age_critical: timedelta = setting(
         timedelta(hours=50), "Last backup older than this: CRITICAL."
     )
+    replication_lag_warning: timedelta = setting(
+        timedelta(minutes=1),
+        "A standby's replay this far behind (time; on a standby, since the last transaction "
+        "it replayed while WAL waits): WARNING.",
+    )
+    replication_lag_critical: timedelta = setting(
+        timedelta(minutes=10), "A standby's replay this far behind (time): CRITICAL."
+    )
+    replication_lag_bytes_warning: int = setting(
+        64 * 1024 * 1024,
+        "A standby's replay this many bytes of WAL behind: WARNING (Patroni fails over only "
+        "to a standby that received all but maximum_lag_on_failover, 1 MiB by default).",
+        minimum=0,
+    )
+    replication_lag_bytes_critical: int = setting(
+        1024 * 1024 * 1024, "A standby's replay this many bytes of WAL behind: CRITICAL.", minimum=0
+    )
+    slot_retained_warning: int = setting(
+        128 * 1024 * 1024,
+        "A replication slot (active or not) retaining this many bytes of WAL: WARNING. An "
+        "inactive slot keeps WAL until the disk is full.",
+        minimum=0,
+    )
+    slot_retained_critical: int = setting(
+        1024 * 1024 * 1024,
+        "A replication slot retaining this many bytes of WAL: CRITICAL.",
+        minimum=0,
+    )
+    archive_ready_warning: int = setting(
+        16, "WAL segments waiting to be archived (.ready files) for WARNING.", minimum=0
+    )
+    archive_ready_critical: int = setting(
+        128,
+        "WAL segments waiting to be archived for CRITICAL (a failing archiver always is).",
+        minimum=0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ REPORTS = (
     "space",
     "kronos",
     "snapshot",
+    "replication",
 )
 
 

@@ -110,7 +110,7 @@ COMMANDS: dict[str, LazyCommand] = {
     ),
     "report": LazyCommand(
         "kronos_db.cli.reports",
-        "DBA reports: slow queries, indexes, bloat, vacuum, locks, space, Kronos checks.",
+        "DBA reports: slow queries, indexes, bloat, vacuum, locks, space, replication, Kronos.",
     ),
     "health": LazyCommand(
         "kronos_db.cli.health",

@@ -56,7 +56,7 @@ from kronos_db.reports import (
 from kronos_db.reports.runner import Limits
 
 app = typer.Typer(
-    help="DBA reports: slow queries, indexes, bloat, vacuum, locks, space, Kronos checks.",
+    help="DBA reports: slow queries, indexes, bloat, vacuum, locks, space, replication, Kronos.",
     no_args_is_help=True,
 )
 
@@ -809,6 +809,103 @@ def kronos_command(
                 else "none recorded"
             )
         )
+
+
+def _lag(size_bytes: int | None, lag_seconds: float | None) -> str:
+    if size_bytes is None:
+        return "?"
+    shown = human_size(size_bytes)
+    return f"{shown}, {seconds(lag_seconds)}" if lag_seconds else shown
+
+
+@app.command("replication")
+def replication_command(
+    now: NowOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Primary or standby; standbys' lag, every slot's retained WAL, archiving, replay.
+
+    Runs on a primary (its standbys, slots and archiver) and on a standby (its replay delay,
+    paused replay and WAL receiver, and its own cascaded standbys and slots).
+
+    Example: kronos-db report replication --database-url postgresql://standby1/kronos
+    """
+    from kronos_db import replication
+
+    with _connect(database_url, config) as (conn, _settings, limits):
+        report = replication.replication_report(conn, parse_now(now), limits)
+    if json:
+        emit_json(report)
+        return
+    role = report.role
+    if role.is_standby:
+        upstream = f", streaming from {role.upstream}" if role.upstream else ""
+        stdout.print(f"this server is a standby (in recovery){upstream}", markup=False)
+    else:
+        stdout.print("this server is a primary", markup=False)
+    replay = report.replay
+    if replay is not None:
+        receiver = (
+            (replay.receiver_status or "running") if replay.receiver_running else "not running"
+        )
+        if not replay.receiver_visible:
+            receiver = "not visible to this role (GRANT pg_monitor)"
+        stdout.print(
+            f"replay: {human_size(replay.replay_lag_bytes or 0)} received but not replayed, "
+            f"{seconds(replay.replay_delay_seconds) or '0'} behind; {replay.pause_state}; "
+            f"last transaction replayed {when(replay.last_replayed_at)}; WAL receiver "
+            f"{receiver}",
+            markup=False,
+        )
+    render_table(
+        "Standbys streaming from this server",
+        report.standbys,
+        [
+            ("standby", _field("name")),
+            ("address", _field("client_address")),
+            ("state", lambda r: r.state if r.visible else "(not visible: GRANT pg_monitor)"),
+            ("sync", _field("sync_state")),
+            ("slot", _field("slot_name")),
+            ("write lag", lambda r: _lag(r.write_lag_bytes, r.write_lag_seconds)),
+            ("flush lag", lambda r: _lag(r.flush_lag_bytes, r.flush_lag_seconds)),
+            ("replay lag", lambda r: _lag(r.replay_lag_bytes, r.replay_lag_seconds)),
+        ],
+        empty="none",
+    )
+    render_table(
+        "Replication slots",
+        report.slots,
+        [
+            ("slot", _field("slot_name")),
+            ("type", lambda r: f"{r.slot_type} {r.plugin}".strip()),
+            ("database", _field("database_name")),
+            ("active", lambda r: "yes" if r.active else "NO"),
+            ("WAL retained", _field("retained_bytes", human_size)),
+            ("consumer behind", _field("lag_bytes", human_size)),
+            ("wal_status", _field("wal_status")),
+            ("safe_wal_size", _field("safe_wal_size", human_size)),
+            ("xmin age", lambda r: number(r.xmin_age or r.catalog_xmin_age)),
+        ],
+        empty="none",
+    )
+    archiver = report.archiver
+    if not archiver.enabled:
+        stdout.print(f"WAL archiving: off (archive_mode = {archiver.archive_mode})", markup=False)
+        return
+    ready = "?" if archiver.ready is None else f"{archiver.ready:,}"
+    failing = (
+        f"FAILING since {when(archiver.last_failed_time)} ({archiver.last_failed_wal}); "
+        if archiver.failing
+        else ""
+    )
+    stdout.print(
+        f"WAL archiving: {failing}{archiver.archived_count:,} archived, last "
+        f"{archiver.last_archived_wal or '-'} at {when(archiver.last_archived_time)}; "
+        f"{archiver.failed_count:,} failure(s); {ready} segment(s) waiting",
+        markup=False,
+    )
 
 
 @app.command("snapshot")

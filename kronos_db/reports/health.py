@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from kronos_db import replication
 from kronos_db.config import HealthSettings, describe
 from kronos_db.durations import format_duration, human_duration
 from kronos_db.errors import ConfigError, ReportUnavailableError, UsageError
@@ -772,6 +773,38 @@ CHECKS: tuple[Check, ...] = (
         lambda t: ("warning rule", "critical rule"),
     ),
     Check(
+        "replication_lag",
+        "Replication: standby replay lag",
+        replication.check_replication_lag,
+        "bytes",
+        lambda t: (
+            f"{replication.size(t.replication_lag_bytes_warning)} or "
+            f"{format_duration(t.replication_lag_warning)}",
+            f"{replication.size(t.replication_lag_bytes_critical)} or "
+            f"{format_duration(t.replication_lag_critical)}",
+        ),
+    ),
+    Check(
+        "replication_slots",
+        "Replication: WAL retained by slots",
+        replication.check_replication_slots,
+        "bytes",
+        lambda t: (
+            replication.size(t.slot_retained_warning),
+            replication.size(t.slot_retained_critical),
+        ),
+    ),
+    Check(
+        "wal_archiving",
+        "Replication: WAL archiving",
+        replication.check_wal_archiving,
+        "segments",
+        lambda t: (
+            f"{t.archive_ready_warning:,} waiting",
+            f"{t.archive_ready_critical:,} waiting or failing",
+        ),
+    ),
+    Check(
         "log_partitions",
         "Kronos: logs partitions ahead",
         check_log_partitions,
@@ -874,6 +907,10 @@ _HIGHER_IS_WORSE = (
     "queue_age",
     "queue_pending",
     "backup_age",
+    "replication_lag",
+    "replication_lag_bytes",
+    "slot_retained",
+    "archive_ready",
 )
 _LOWER_IS_WORSE = ("cache_hit", "partition_ahead")
 

@@ -1,0 +1,493 @@
+"""Replication: the one place that answers every question about primaries, standbys and slots.
+
+* **Where am I?** :func:`server_role`: a primary or a standby (``pg_is_in_recovery()``), and on
+  a standby the upstream it streams from.
+* **How far behind are the standbys?** :func:`standbys`: per standby, the bytes not yet
+  written, flushed and replayed, and the times the primary measured.
+* **What WAL do the slots keep?** :func:`slots`: every slot, active or not: the WAL it retains
+  (an inactive slot keeps WAL until the disk is full), what PostgreSQL says of it
+  (``wal_status``, ``safe_wal_size``) and the xmin it holds.
+* **Is WAL archiving working?** :func:`archiver`.
+* **On a standby, how far behind is replay?** :func:`standby_replay`: WAL received and not
+  replayed, the time since the last replayed transaction, paused replay, the WAL receiver.
+
+``health`` grades these (:func:`check_replication_lag`, :func:`check_replication_slots`,
+:func:`check_wal_archiving`, registered in :mod:`kronos_db.reports.health`), ``report
+replication`` shows them, the pacing of bulk jobs and the standby guard ask them. Every query
+runs through :mod:`kronos_db.reports.runner` (its own short transaction, ``statement_timeout``
+and ``lock_timeout`` set LOCAL); what a role may not see is said, with the GRANT that fixes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from kronos_db.errors import ReportUnavailableError
+from kronos_db.reports.runner import Limits, fetch, fetch_one
+from kronos_db.resources import query
+
+if TYPE_CHECKING:
+    from kronos_db.reports.health import Context, Outcome
+
+DEFAULT_LIMITS = Limits()
+MONITOR_HINT = (
+    "the role may not see the replication details: GRANT pg_monitor TO <role> "
+    "(or pg_read_all_stats)"
+)
+
+
+def size(value: float | None) -> str:
+    """Bytes as PostgreSQL's pg_size_pretty writes them (1024-based)."""
+    if value is None:
+        return "?"
+    number = float(value)
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if abs(number) < 1024 or unit == "TB":
+            return f"{number:.0f} {unit}" if unit == "bytes" else f"{number:.1f} {unit}"
+        number /= 1024
+    return f"{number:.1f} TB"  # pragma: no cover - the loop returns
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value < 1:
+        return f"{value * 1000:.0f}ms"
+    if value < 120:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m {seconds}s"
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerRole:
+    """Whether the server is a primary or a standby, and where a standby streams from."""
+
+    in_recovery: bool
+    cluster_name: str
+    server_port: int
+    sender_host: str | None
+    sender_port: int | None
+
+    @property
+    def is_standby(self) -> bool:
+        return self.in_recovery
+
+    @property
+    def upstream(self) -> str | None:
+        """``host:port`` of the server this standby streams from, when known."""
+        if self.sender_host is None:
+            return None
+        return f"{self.sender_host}:{self.sender_port}" if self.sender_port else self.sender_host
+
+
+@dataclasses.dataclass(frozen=True)
+class Standby:
+    """One standby streaming from this server (``pg_stat_replication``)."""
+
+    pid: int
+    application_name: str
+    client_address: str
+    visible: bool  # False: the role may not see its details (no pg_monitor)
+    state: str  # startup, catchup, streaming, backup, stopping
+    sync_state: str
+    slot_name: str
+    send_lag_bytes: int | None
+    write_lag_bytes: int | None
+    flush_lag_bytes: int | None
+    replay_lag_bytes: int | None
+    write_lag_seconds: float | None
+    flush_lag_seconds: float | None
+    replay_lag_seconds: float | None  # None: caught up and idle (or not measured yet)
+    reply_time: datetime | None
+
+    @property
+    def name(self) -> str:
+        return self.application_name or self.client_address
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One replication slot (``pg_replication_slots``)."""
+
+    slot_name: str
+    slot_type: str  # physical or logical
+    plugin: str
+    database_name: str
+    temporary: bool
+    active: bool
+    active_pid: int | None
+    wal_status: str  # reserved, extended, unreserved, lost ('' before it reserved any WAL)
+    safe_wal_size: int | None  # bytes left before max_slot_wal_keep_size invalidates it
+    retained_bytes: int | None  # WAL kept from removal for this slot
+    lag_bytes: int | None  # how far its consumer is behind (confirmed_flush_lsn if logical)
+    xmin_age: int | None  # the xmin it holds back vacuum with (hot_standby_feedback)
+    catalog_xmin_age: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Archiver:
+    """WAL archiving (``pg_stat_archiver``) and the segments still waiting for it."""
+
+    archive_mode: str
+    archived_count: int
+    last_archived_wal: str
+    last_archived_time: datetime | None
+    failed_count: int
+    last_failed_wal: str
+    last_failed_time: datetime | None
+    stats_reset: datetime | None
+    ready: int | None = None  # segments waiting (.ready); None: not readable by the role
+
+    @property
+    def enabled(self) -> bool:
+        return self.archive_mode in ("on", "always")
+
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed: no success since the last failure."""
+        if self.last_failed_time is None:
+            return False
+        return self.last_archived_time is None or self.last_failed_time > self.last_archived_time
+
+
+@dataclasses.dataclass(frozen=True)
+class StandbyReplay:
+    """On a standby: replay behind what was received, paused replay, the WAL receiver."""
+
+    pause_state: str  # not paused, pause requested, paused
+    replay_lag_bytes: int | None  # received but not replayed (None: not streaming)
+    last_replayed_at: datetime | None  # commit time of the last replayed transaction
+    since_last_replay_seconds: float | None
+    receiver_running: bool
+    receiver_visible: bool
+    receiver_status: str  # streaming, starting, waiting, stopping…
+    sender_host: str | None
+    sender_port: int | None
+    slot_name: str
+    since_last_message_seconds: float | None
+
+    @property
+    def paused(self) -> bool:
+        return self.pause_state != "not paused"
+
+    @property
+    def replay_delay_seconds(self) -> float:
+        """How long replay is behind: 0 when it replayed all it received, else the time since
+        the last transaction it replayed was committed on the primary."""
+        if not self.replay_lag_bytes:
+            return 0.0
+        return max(self.since_last_replay_seconds or 0.0, 0.0)
+
+    @property
+    def streaming(self) -> bool:
+        return self.receiver_running and self.receiver_status == "streaming"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicationReport:
+    """Everything ``report replication`` shows, for this server's role."""
+
+    role: ServerRole
+    standbys: tuple[Standby, ...]
+    slots: tuple[Slot, ...]
+    archiver: Archiver
+    replay: StandbyReplay | None  # on a standby only
+
+
+# ----------------------------------------------------------------------------- questions
+
+
+def server_role(conn: psycopg.Connection[Any], limits: Limits = DEFAULT_LIMITS) -> ServerRole:
+    return fetch_one(conn, query("replication", "select_server_role"), {}, ServerRole, limits)
+
+
+def standbys(conn: psycopg.Connection[Any], limits: Limits = DEFAULT_LIMITS) -> list[Standby]:
+    return fetch(conn, query("replication", "select_standbys"), {}, Standby, limits)
+
+
+def slots(conn: psycopg.Connection[Any], limits: Limits = DEFAULT_LIMITS) -> list[Slot]:
+    return fetch(conn, query("replication", "select_slots"), {}, Slot, limits)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ready:
+    ready: int
+
+
+def archiver(conn: psycopg.Connection[Any], limits: Limits = DEFAULT_LIMITS) -> Archiver:
+    """The archiver's statistics, with the count of segments waiting when the role may see it."""
+    stats = fetch_one(conn, query("replication", "select_archiver"), {}, Archiver, limits)
+    if not stats.enabled:
+        return stats
+    try:
+        ready = fetch_one(conn, query("replication", "count_archive_ready"), {}, _Ready, limits)
+    except ReportUnavailableError:
+        return stats  # pg_ls_archive_statusdir needs pg_monitor: the failures still tell
+    return dataclasses.replace(stats, ready=ready.ready)
+
+
+def standby_replay(
+    conn: psycopg.Connection[Any], now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> StandbyReplay:
+    """On a standby only (the recovery functions fail on a primary)."""
+    return fetch_one(
+        conn, query("replication", "select_standby_replay"), {"now": now}, StandbyReplay, limits
+    )
+
+
+def replication_report(
+    conn: psycopg.Connection[Any], now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> ReplicationReport:
+    role = server_role(conn, limits)
+    return ReplicationReport(
+        role=role,
+        standbys=tuple(standbys(conn, limits)),
+        slots=tuple(slots(conn, limits)),
+        archiver=archiver(conn, limits),
+        replay=standby_replay(conn, now, limits) if role.is_standby else None,
+    )
+
+
+# ----------------------------------------------------------------------------- health checks
+# Registered in kronos_db.reports.health's CHECKS; thresholds in [health]. The health module
+# imports this one, so its types are imported when a check runs.
+
+
+def check_replication_lag(ctx: Context) -> Outcome:
+    """On a primary, the standbys' lag; on a standby, its own replay delay and receiver."""
+    role = server_role(ctx.conn, ctx.limits)
+    if role.is_standby:
+        return _standby_lag(ctx, standby_replay(ctx.conn, ctx.now, ctx.limits), role)
+    return _primary_lag(ctx, standbys(ctx.conn, ctx.limits))
+
+
+def _primary_lag(ctx: Context, rows: list[Standby]) -> Outcome:
+    from kronos_db.reports.health import Outcome, Status, grade, worst
+
+    t = ctx.thresholds
+    if not rows:
+        return Outcome(Status.OK, "no standby streams from this server", 0.0)
+    hidden = [row for row in rows if not row.visible]
+    if hidden and len(hidden) == len(rows):
+        return Outcome(
+            Status.UNKNOWN,
+            f"{len(rows)} standby(s) connected, their lag is not visible to this role",
+            None,
+            tuple(rows),
+            MONITOR_HINT,
+        )
+    graded = []
+    for row in rows:
+        if not row.visible or row.state == "backup":
+            continue  # a pg_basebackup is not a standby
+        status = worst(
+            [
+                grade(
+                    row.replay_lag_bytes,
+                    t.replication_lag_bytes_warning,
+                    t.replication_lag_bytes_critical,
+                ),
+                grade(
+                    row.replay_lag_seconds,
+                    t.replication_lag_warning.total_seconds(),
+                    t.replication_lag_critical.total_seconds(),
+                ),
+            ]
+        )
+        if row.state not in ("streaming", "catchup"):
+            status = worst([status, Status.WARNING])
+        graded.append((status, row))
+    if not graded:
+        return Outcome(Status.OK, "no standby streams from this server", 0.0, tuple(rows))
+    top = max((row for _, row in graded), key=lambda row: row.replay_lag_bytes or 0)
+    overall = worst([status for status, _ in graded])
+    parts = [
+        f"{row.name} ({row.state}{', ' + row.sync_state if row.sync_state else ''}): "
+        f"replay {size(row.replay_lag_bytes)} behind"
+        + (f", {_seconds(row.replay_lag_seconds)}" if row.replay_lag_seconds else "")
+        for _, row in sorted(graded, key=lambda item: -(item[1].replay_lag_bytes or 0))[:3]
+    ]
+    note = f"; {len(hidden)} more not visible to this role" if hidden else ""
+    return Outcome(
+        overall,
+        f"{len(graded)} standby(s): " + "; ".join(parts) + note,
+        float(top.replay_lag_bytes or 0),
+        tuple(rows),
+        (MONITOR_HINT if hidden else "")
+        if overall is Status.OK
+        else "see `kronos-db report replication`; on the standby: is replay paused "
+        "(pg_get_wal_replay_pause_state()), is its disk or CPU saturated, does a query "
+        "conflict with replay (max_standby_streaming_delay)?",
+    )
+
+
+def _standby_lag(ctx: Context, replay: StandbyReplay, role: ServerRole) -> Outcome:
+    from kronos_db.reports.health import Outcome, Status, grade, worst
+
+    t = ctx.thresholds
+    if not replay.receiver_visible:
+        return Outcome(
+            Status.UNKNOWN,
+            "this server is a standby; its WAL receiver is not visible to this role",
+            None,
+            (replay,),
+            MONITOR_HINT,
+        )
+    delay = replay.replay_delay_seconds
+    statuses = [
+        grade(
+            replay.replay_lag_bytes,
+            t.replication_lag_bytes_warning,
+            t.replication_lag_bytes_critical,
+        ),
+        grade(
+            delay,
+            t.replication_lag_warning.total_seconds(),
+            t.replication_lag_critical.total_seconds(),
+        ),
+    ]
+    where = f" from {role.upstream}" if role.upstream else ""
+    parts = [
+        f"standby{where}: replay {size(replay.replay_lag_bytes or 0)} behind what it received"
+        + (f", {_seconds(delay)} behind the primary" if delay else "")
+    ]
+    hints = []
+    if replay.paused:
+        statuses.append(Status.WARNING)
+        parts.append(f"replay is {replay.pause_state}")
+        hints.append("SELECT pg_wal_replay_resume() on the standby when the pause is over")
+    if not replay.streaming:
+        statuses.append(Status.CRITICAL)
+        state = replay.receiver_status or "not running"
+        parts.append(f"the WAL receiver is {state}: changes on the primary do not reach it")
+        hints.append(
+            "check primary_conninfo, the primary's pg_hba.conf and the standby's log; "
+            "a standby restoring from an archive only has no receiver"
+        )
+    overall = worst(statuses)
+    return Outcome(
+        overall,
+        "; ".join(parts),
+        float(replay.replay_lag_bytes or 0),
+        (replay,),
+        "; ".join(hints)
+        if hints
+        else ""
+        if overall is Status.OK
+        else "is the standby's disk or CPU saturated, or a query conflicting with replay?",
+    )
+
+
+def check_replication_slots(ctx: Context) -> Outcome:
+    """Every slot's retained WAL (active or not), its wal_status and what is left of it."""
+    from kronos_db.reports.health import Outcome, Status, grade, worst
+
+    t = ctx.thresholds
+    rows = slots(ctx.conn, ctx.limits)
+    if not rows:
+        return Outcome(Status.OK, "no replication slot", 0.0)
+    flagged: list[tuple[Status, Slot, str]] = []
+    for row in rows:
+        status = grade(row.retained_bytes, t.slot_retained_warning, t.slot_retained_critical)
+        why = f"retains {size(row.retained_bytes)} of WAL"
+        if row.wal_status in ("unreserved", "lost"):
+            status = Status.CRITICAL
+            why += (
+                " and its WAL is gone: its standby can no longer catch up"
+                if row.wal_status == "lost"
+                else ", beyond max_slot_wal_keep_size: the next checkpoint removes it"
+            )
+        elif row.safe_wal_size is not None and row.safe_wal_size < t.slot_retained_warning:
+            status = worst([status, Status.WARNING])
+            why += f", {size(row.safe_wal_size)} left before max_slot_wal_keep_size drops it"
+        if status is not Status.OK:
+            flagged.append((status, row, why))
+    largest = max(rows, key=lambda row: row.retained_bytes or 0)
+    inactive = [row for row in rows if not row.active]
+    if not flagged:
+        return Outcome(
+            Status.OK,
+            f"{len(rows)} slot(s), {len(inactive)} inactive; the most WAL retained: "
+            f"{size(largest.retained_bytes or 0)} ({largest.slot_name})",
+            float(largest.retained_bytes or 0),
+            tuple(rows),
+        )
+    flagged.sort(key=lambda item: -(item[1].retained_bytes or 0))
+    parts = [
+        f"{'inactive ' if not row.active else ''}{row.slot_type} slot {row.slot_name} {why}"
+        + (f" (holds xmin age {row.xmin_age:,})" if row.xmin_age else "")
+        for _, row, why in flagged[:3]
+    ]
+    unused = [row.slot_name for _, row, _ in flagged if not row.active]
+    return Outcome(
+        worst([status for status, _, _ in flagged]),
+        "; ".join(parts),
+        float(largest.retained_bytes or 0),
+        tuple(row for _, row, _ in flagged),
+        (
+            f"an inactive slot keeps WAL until the disk is full: bring its consumer back or "
+            f"SELECT pg_drop_replication_slot('{unused[0]}'); set max_slot_wal_keep_size "
+            "to bound it"
+        )
+        if unused
+        else "the slot's consumer is behind: see `kronos-db report replication`",
+    )
+
+
+def check_wal_archiving(ctx: Context) -> Outcome:
+    """WAL archiving failures (``pg_stat_archiver``) and segments waiting to be archived."""
+    from kronos_db.reports.health import Outcome, Status, grade, worst
+
+    t = ctx.thresholds
+    stats = archiver(ctx.conn, ctx.limits)
+    if not stats.enabled:
+        return Outcome(Status.OK, f"WAL archiving is off (archive_mode = {stats.archive_mode})")
+    ready = stats.ready
+    statuses = [grade(ready, t.archive_ready_warning, t.archive_ready_critical)]
+    parts = []
+    if stats.failing:
+        statuses.append(Status.CRITICAL)
+        since = (
+            f" since {stats.last_archived_time:%Y-%m-%d %H:%M:%S %Z}"
+            if stats.last_archived_time
+            else ""
+        )
+        parts.append(
+            f"archiving fails: {stats.failed_count:,} failure(s), the last on "
+            f"{stats.last_failed_wal} at {stats.last_failed_time:%Y-%m-%d %H:%M:%S %Z}; "
+            f"nothing archived{since}"
+        )
+    else:
+        last = (
+            f"last {stats.last_archived_wal} at {stats.last_archived_time:%Y-%m-%d %H:%M:%S %Z}"
+            if stats.last_archived_time
+            else "nothing archived yet"
+        )
+        parts.append(f"archiving works ({stats.archived_count:,} archived, {last})")
+    if ready is None:
+        parts.append("segments waiting: not visible to this role")
+    else:
+        parts.append(f"{ready:,} segment(s) waiting")
+    status = worst(statuses)
+    hint = ""
+    if stats.failing:
+        hint = (
+            "the archive_command fails (see the server log): WAL piles up in pg_wal until the "
+            "disk is full, and point-in-time recovery stops at the last archived segment"
+        )
+    elif status is not Status.OK:
+        hint = "the archive_command is slower than the WAL written: see the server log"
+    elif ready is None:
+        hint = "GRANT pg_monitor TO <role> to see the segments waiting"
+    return Outcome(
+        status, "; ".join(parts), None if ready is None else float(ready), (stats,), hint
+    )

@@ -1,0 +1,219 @@
+"""Replication health on a real primary and streaming standby (tests/standby.py builds them).
+
+One pair serves the whole module: building it costs a few seconds, and each test leaves it as
+it found it (replay resumed, slots dropped, settings reset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import run_cli
+from psycopg import sql
+from standby import StreamingPair, streaming_pair
+
+from kronos_db import replication
+from kronos_db.config import HealthSettings
+from kronos_db.reports import health
+
+MB = 1024 * 1024
+REPLICATION_CHECKS = ("replication_lag", "replication_slots", "wal_archiving")
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[StreamingPair]:
+    with streaming_pair() as built:
+        built.primary.execute("CREATE TABLE traffic (id bigserial PRIMARY KEY, payload text)")
+        built.wait_for_replay()
+        yield built
+
+
+def checks(
+    conn: psycopg.Connection[Any], thresholds: HealthSettings | None = None
+) -> dict[str, health.CheckResult]:
+    report = health.health_report(
+        conn, thresholds or HealthSettings(), now=datetime.now(UTC), only=REPLICATION_CHECKS
+    )
+    return {result.name: result for result in report.checks}
+
+
+def write_wal(pair: StreamingPair, *, segments: int = 0, rows: int = 2000) -> None:
+    """Some real rows, then ``segments`` switches to a new WAL segment (16 MB of WAL each,
+    without writing 16 MB: the rest of a segment is skipped)."""
+    with pair.primary.connect() as conn:
+        conn.execute(
+            "INSERT INTO traffic (payload) SELECT repeat('x', 200) FROM generate_series(1, %s)",
+            (rows,),
+        )
+        for _ in range(segments):
+            conn.execute("INSERT INTO traffic (payload) VALUES ('switch')")
+            conn.execute("SELECT pg_switch_wal()")
+
+
+def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def setting(server: Any, name: str, value: str) -> Iterator[None]:
+    """``ALTER SYSTEM`` on a test-owned server for the block, reloaded, then reset."""
+    server.execute(
+        sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+    )
+    server.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        server.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+        server.execute("SELECT pg_reload_conf()")
+
+
+def test_replay_paused_under_wal_traffic_goes_warning_then_critical(pair: StreamingPair) -> None:
+    with pair.primary.connect() as primary, pair.standby.connect() as standby:
+        quiet = checks(primary)
+        assert quiet["replication_lag"].status is health.Status.OK, quiet["replication_lag"]
+        assert checks(standby)["replication_lag"].status is health.Status.OK
+        with pair.replay_paused():
+            # the issue's finding: 276 MB and 24 s behind and every check said OK. With the
+            # defaults (64 MB), 5 segments behind is a WARNING on both sides
+            write_wal(pair, segments=5)
+            wait_until(
+                lambda: (replication.standbys(primary)[0].replay_lag_bytes or 0) > 64 * MB,
+                "the primary to see the lag",
+            )
+            on_primary = checks(primary)["replication_lag"]
+            assert on_primary.status is health.Status.WARNING, on_primary
+            assert "walreceiver (streaming, async): replay" in on_primary.summary
+            assert on_primary.value is not None and on_primary.value > 64 * MB
+            on_standby = checks(standby)["replication_lag"]
+            assert on_standby.status is health.Status.WARNING, on_standby
+            assert "replay is paused" in on_standby.summary
+            assert "pg_wal_replay_resume()" in on_standby.hint
+            # and CRITICAL past the critical level, by bytes on one side and time on the other
+            strict = dataclasses.replace(
+                HealthSettings(),
+                replication_lag_bytes_warning=1 * MB,
+                replication_lag_bytes_critical=32 * MB,
+            )
+            assert checks(primary, strict)["replication_lag"].status is health.Status.CRITICAL
+            assert checks(standby, strict)["replication_lag"].status is health.Status.CRITICAL
+            replay = replication.standby_replay(standby, datetime.now(UTC))
+            assert replay.paused and replay.streaming and replay.replay_delay_seconds > 0
+        pair.wait_for_replay()
+        wait_until(
+            lambda: replication.standbys(primary)[0].replay_lag_bytes == 0,
+            "the primary to see the standby caught up",
+        )
+        assert checks(primary)["replication_lag"].status is health.Status.OK
+        assert checks(standby)["replication_lag"].status is health.Status.OK
+
+
+def test_an_inactive_slot_retaining_wal_goes_warning_then_critical(pair: StreamingPair) -> None:
+    with pair.primary.connect() as primary:
+        assert checks(primary)["replication_slots"].status is health.Status.OK
+        primary.execute("SELECT pg_create_physical_replication_slot('kronos_forgotten', true)")
+        try:
+            write_wal(pair, segments=9)  # 144 MB retained: over the default 128 MB
+            result = checks(primary)["replication_slots"]
+            assert result.status is health.Status.WARNING, result
+            assert "inactive physical slot kronos_forgotten retains" in result.summary
+            assert "pg_drop_replication_slot('kronos_forgotten')" in result.hint
+            assert [slot.slot_name for slot in result.details] == ["kronos_forgotten"]
+            strict = dataclasses.replace(
+                HealthSettings(), slot_retained_warning=64 * MB, slot_retained_critical=128 * MB
+            )
+            assert checks(primary, strict)["replication_slots"].status is health.Status.CRITICAL
+            # the standby's own, active slot is listed but not flagged
+            names = {slot.slot_name: slot for slot in replication.slots(primary)}
+            assert names["kronos_test_standby"].active
+            assert not names["kronos_forgotten"].active
+        finally:
+            primary.execute("SELECT pg_drop_replication_slot('kronos_forgotten')")
+        assert checks(primary)["replication_slots"].status is health.Status.OK
+
+
+def test_failing_wal_archiving_is_critical(pair: StreamingPair) -> None:
+    with pair.primary.connect() as primary:
+        assert checks(primary)["wal_archiving"].status is health.Status.OK
+        before = replication.archiver(primary).failed_count
+        with setting(pair.primary, "archive_command", "/bin/false"):
+            write_wal(pair, segments=1, rows=10)
+            wait_until(
+                lambda: replication.archiver(primary).failed_count > before, "a failed archive"
+            )
+            result = checks(primary)["wal_archiving"]
+            assert result.status is health.Status.CRITICAL, result
+            assert "archiving fails" in result.summary
+            assert "pg_wal" in result.hint
+        write_wal(pair, segments=1, rows=10)
+        wait_until(lambda: not replication.archiver(primary).failing, "archiving to work again")
+        assert checks(primary)["wal_archiving"].status is health.Status.OK
+
+
+def test_a_standby_that_receives_nothing_is_critical(pair: StreamingPair) -> None:
+    with pair.standby.connect() as standby:
+        (conninfo,) = standby.execute("SHOW primary_conninfo").fetchone()  # type: ignore[misc]
+        dead = conninfo.replace(f"port={pair.primary.port}", "port=1")
+        assert dead != conninfo
+        standby.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(dead)))
+        standby.execute("SELECT pg_reload_conf()")
+        try:
+            wait_until(
+                lambda: not replication.standby_replay(standby, datetime.now(UTC)).streaming,
+                "the WAL receiver to stop",
+            )
+            result = checks(standby)["replication_lag"]
+            assert result.status is health.Status.CRITICAL, result
+            assert "the WAL receiver is" in result.summary
+            assert "primary_conninfo" in result.hint
+        finally:
+            standby.execute(
+                sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo))
+            )
+            standby.execute("SELECT pg_reload_conf()")
+        wait_until(
+            lambda: replication.standby_replay(standby, datetime.now(UTC)).streaming,
+            "the WAL receiver to stream again",
+        )
+
+
+def test_a_role_without_pg_monitor_gets_unknown_with_the_grant(pair: StreamingPair) -> None:
+    # a role of the test-owned cluster: created here, replicated to the standby
+    pair.primary.execute("CREATE ROLE kronos_plain LOGIN")
+    try:
+        pair.wait_for_replay()
+        for server in (pair.primary, pair.standby):
+            with psycopg.connect(
+                f"postgresql://kronos_plain@127.0.0.1:{server.port}/postgres", autocommit=True
+            ) as conn:
+                result = checks(conn)["replication_lag"]
+                assert result.status is health.Status.UNKNOWN, (server.name, result)
+                assert "GRANT pg_monitor" in result.hint
+    finally:
+        pair.primary.execute("DROP ROLE kronos_plain")
+
+
+def test_report_replication_on_both_sides(pair: StreamingPair) -> None:
+    primary = run_cli("report", "replication", "--json", "--database-url", pair.primary.url())
+    assert primary.code == 0, primary.output
+    data = json.loads(primary.stdout)
+    assert data["role"]["in_recovery"] is False
+    assert [s["slot_name"] for s in data["standbys"]] == ["kronos_test_standby"]
+    assert data["archiver"]["archive_mode"] == "on"
+    assert data["replay"] is None
+    standby = run_cli("report", "replication", "--database-url", pair.standby.url())
+    assert standby.code == 0, standby.output
+    assert "this server is a standby (in recovery), streaming from 127.0.0.1:" in standby.stdout
+    assert "not paused" in standby.stdout
