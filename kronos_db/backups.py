@@ -225,14 +225,15 @@ def get_backup(conn: psycopg.Connection[Any], backup_id: int) -> Backup:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Libpq:
+class Libpq:
     """How to hand a target to a libpq program: a password-free conninfo and an environment."""
 
     conninfo: str
     environment: dict[str, str]
 
 
-def _libpq_for(target: db.Target) -> _Libpq:
+def libpq_for(target: db.Target) -> Libpq:
+    """The target for pg_dump and pg_restore (also used by ``migrate --rehearse``)."""
     params = {k: v for k, v in target.params.items() if v not in (None, "")}
     environment = dict(os.environ)
     password = params.get("password")
@@ -240,7 +241,7 @@ def _libpq_for(target: db.Target) -> _Libpq:
         params.pop(key, None)
     if password:
         environment["PGPASSWORD"] = str(password)
-    return _Libpq(make_conninfo(**params), environment)
+    return Libpq(make_conninfo(**params), environment)
 
 
 def _tool_version(program: str) -> str:
@@ -265,7 +266,7 @@ def _tool_failure(program: str, code: int, stderr: str, target: db.Target) -> Ba
     return BackupError(target.redact(f"{Path(program).name} failed (exit {code}): {reason}"))
 
 
-def _start_tool(arguments: list[str], libpq: _Libpq) -> subprocess.Popen[str]:
+def _start_tool(arguments: list[str], libpq: Libpq) -> subprocess.Popen[str]:
     try:
         return subprocess.Popen(
             arguments,
@@ -307,7 +308,8 @@ def _wait_tool(
         raise _tool_failure(str(program), process.returncode, stderr, target)
 
 
-def _run_tool(arguments: list[str], libpq: _Libpq, target: db.Target) -> None:
+def run_tool(arguments: list[str], libpq: Libpq, target: db.Target) -> None:
+    """Run a libpq program to completion; its failure is one ``BackupError`` line."""
     _wait_tool(_start_tool(arguments, libpq), target)
 
 
@@ -440,7 +442,7 @@ def create_backup(
         database = target.dbname or str(conn.info.dbname)
         final = _final_path(folder, database, now)
         partial = folder / f".{final.name}.{os.getpid()}.partial"
-        libpq = _libpq_for(target)
+        libpq = libpq_for(target)
 
         def report() -> None:
             if progress is not None and partial.exists():
@@ -552,7 +554,7 @@ def _restore_into(
 ) -> dict[str, int]:
     """pg_restore the backup into the (empty) database; return its row counts."""
     restore_target = target.with_dbname(database)
-    libpq = _libpq_for(restore_target)
+    libpq = libpq_for(restore_target)
     arguments = [
         settings.backups.pg_restore,
         "--exit-on-error",
@@ -563,16 +565,16 @@ def _restore_into(
     if not keep_owners:
         arguments += ["--no-owner", "--no-privileges"]
     arguments.append(backup.file_path)
-    _run_tool(arguments, libpq, target)
+    run_tool(arguments, libpq, target)
     with db.connection(restore_target) as conn:
         return table_row_counts(conn)
 
 
 def _check_archive(settings: Settings, backup: Backup, target: db.Target) -> list[str]:
     """pg_restore --list reads the whole table of contents: a cut file fails here."""
-    libpq = _libpq_for(target)
+    libpq = libpq_for(target)
     try:
-        _run_tool([settings.backups.pg_restore, "--list", backup.file_path], libpq, target)
+        run_tool([settings.backups.pg_restore, "--list", backup.file_path], libpq, target)
     except BackupError as exc:
         return [f"{backup.file_path}: not a readable pg_dump archive: {exc.message}"]
     return []
