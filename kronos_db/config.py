@@ -156,6 +156,35 @@ class LintSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RehearseSettings:
+    """`kronos-db migrate --rehearse` (docs/migrations.md)."""
+
+    max_stall: timedelta = setting(
+        timedelta(seconds=1),
+        "A revision during which a service statement of the workload waited longer than this "
+        "fails the rehearsal (exit 8).",
+    )
+    rate: float = setting(
+        20.0,
+        "Statements per second of each kind in the synthetic workload (log insert, session "
+        "lookup and update, queue insert, rate-limit upsert).",
+        minimum=0.1,
+    )
+    sample_rows: int = setting(
+        100_000,
+        "Rows copied per table: all of them up to this, a block sample of about this many "
+        "beyond (0: every row).",
+        minimum=0,
+    )
+    scratch_url: str = setting(
+        "",
+        "Server (and credentials) where the scratch copy is created. Empty: the target's "
+        "server (the connecting role needs CREATEDB).",
+        secret=True,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class HousekeepingSettings:
     batch_size: int = setting(
         1000,
@@ -491,6 +520,7 @@ class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
     lint: LintSettings = dataclasses.field(default_factory=LintSettings)
+    rehearse: RehearseSettings = dataclasses.field(default_factory=RehearseSettings)
     housekeeping: HousekeepingSettings = dataclasses.field(default_factory=HousekeepingSettings)
     partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
     backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)

@@ -8,6 +8,7 @@ does not pay for them at every start.
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -30,7 +31,7 @@ from kronos_db.config import Settings
 from kronos_db.errors import ConnectionFailedError, ExitCode, MigrationTreeError
 
 if TYPE_CHECKING:
-    from kronos_db import migrations
+    from kronos_db import migrations, rehearse
 
 LockTimeoutOption = Annotated[
     str | None,
@@ -112,6 +113,26 @@ def migrate(
             show_default=False,
         ),
     ] = None,
+    rehearse: Annotated[
+        bool,
+        typer.Option(
+            "--rehearse",
+            help="Apply the pending revisions to a scratch copy under a synthetic Kronos "
+            "workload instead, and report the services' worst stalls, the locks and rewrites; "
+            "exit 8 when a stall passes --max-stall.",
+            rich_help_panel="Safety",
+        ),
+    ] = False,
+    max_stall: Annotated[
+        str | None,
+        typer.Option(
+            "--max-stall",
+            help="With --rehearse: the longest a service statement may wait, e.g. 1s "
+            "(default: [rehearse] max_stall, 1s).",
+            show_default=False,
+            rich_help_panel="Safety",
+        ),
+    ] = None,
     lock_timeout: LockTimeoutOption = None,
     lock_wait: LockWaitOption = None,
     retries: RetriesOption = None,
@@ -121,11 +142,17 @@ def migrate(
 ) -> None:
     """Apply migrations up to REVISION (head by default), under the migration lock.
 
+    Pending revisions not released yet are linted first against the live tables (docs/lint.md);
+    --rehearse tries them on a scratch copy under load instead of applying them.
+
     Example: kronos-db migrate --create-db
     """
     from kronos_db import migrations
 
     settings = _settings(config, lock_timeout=lock_timeout, lock_wait=lock_wait, retries=retries)
+    if rehearse:
+        _rehearse(settings, database_url, revision, duration_option(max_stall), json)
+        return
     if sql:
         start = from_revision
         if start is None:
@@ -162,6 +189,73 @@ def migrate(
         return
     stdout.print(f"{result.database}: {_at(result.before)} → {_at(result.after)}")
     _print_steps(result)
+
+
+def _rehearse(
+    settings: Settings,
+    database_url: str | None,
+    revision: str,
+    max_stall: timedelta | None,
+    json: bool,
+) -> None:
+    from kronos_db import rehearse
+
+    target = target_for(database_url, settings)
+    report = rehearse.rehearse(settings, target, revision, max_stall=max_stall, notify=notify)
+    if json:
+        emit_json({**dataclasses.asdict(report), "failed": report.failed})
+    else:
+        _print_rehearsal(report)
+    if report.failed:
+        raise typer.Exit(ExitCode.UNSAFE)
+
+
+def _print_rehearsal(report: rehearse.RehearsalReport) -> None:
+    if not report.revisions:
+        stdout.print(f"{report.database}: nothing pending, nothing to rehearse")
+        return
+    sampled = [c for c in report.copied if c.sampled]
+    rows = sum(c.copied_rows for c in report.copied)
+    copy = f"{len(report.copied)} tables, {rows:,} rows"
+    if sampled:
+        copy += ", sampled: " + ", ".join(
+            f"{c.table} {c.copied_rows:,} of ~{c.estimated_rows:,}" for c in sampled
+        )
+    stdout.print(
+        f"rehearsal on a copy of {report.database} ({copy}); workload {report.rate:g} "
+        f"statements/s of each kind; bound {report.max_stall_ms:.0f} ms",
+        markup=False,
+    )
+    for step in report.revisions:
+        verdict = "[bold red]FAILED[/]" if step.failed else "[green]ok[/]"
+        stdout.print(
+            f"\n{verdict} {step.revision} {step.description}  ({step.seconds:.1f} s, "
+            f"{step.attempts} attempt(s))"
+        )
+        if step.error:
+            stdout.print(f"  the revision failed: {step.error}", markup=False)
+        stalls = " · ".join(
+            f"{s.kind} {s.worst_ms:.0f} ms" + (f" ({s.errors} failed)" if s.errors else "")
+            for s in step.stalls
+        )
+        stdout.print(f"  worst wait: {stalls or 'no statement ran'}", markup=False)
+        for stall in step.stalls:
+            if stall.first_error:
+                stdout.print(f"  {stall.kind} failed: {stall.first_error}", markup=False)
+        strong = [
+            lock
+            for lock in step.locks
+            if lock.mode in {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock"}
+            or lock.mode == "AccessExclusiveLock"
+        ]
+        if strong:
+            held = "; ".join(
+                f"{lock.relation} {lock.mode} {lock.held_ms:.0f} ms"
+                + (f" ({lock.most_waiting} waiting)" if lock.most_waiting else "")
+                for lock in strong[:8]
+            )
+            stdout.print(f"  locks that block writes: {held}", markup=False)
+        stdout.print(f"  tables rewritten: {', '.join(step.rewritten) or 'none'}", markup=False)
 
 
 def downgrade(
