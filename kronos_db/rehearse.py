@@ -89,7 +89,8 @@ class StatementStall:
 class LockHeld:
     relation: str
     mode: str
-    held_ms: float  # between the first and the last sample that saw it granted
+    held_ms: float  # the longest it was held at a stretch (consecutive samples that saw it)
+    times: int  # how many separate stretches (a lock taken, released, taken again)
     most_waiting: int  # workload sessions seen waiting on this relation at once
 
 
@@ -452,7 +453,8 @@ class LockSampler:
     def __init__(self, target: db.Target) -> None:
         self.target = target
         self.stop = threading.Event()
-        self.held: dict[tuple[str, str], tuple[float, float]] = {}
+        # (relation, mode) -> stretches [first seen, last seen] of consecutive samples
+        self.held: dict[tuple[str, str], list[list[float]]] = {}
         self.waiting: dict[str, int] = {}
         self._thread = threading.Thread(target=self._sample, name="kronos-lock-sampler")
 
@@ -465,6 +467,7 @@ class LockSampler:
         self._thread.join()
 
     def _sample(self) -> None:
+        previous: set[tuple[str, str]] = set()
         with db.connection(self.target) as conn:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -473,12 +476,19 @@ class LockSampler:
                     {"migration": MIGRATION_APPLICATION, "workload": WORKLOAD_APPLICATION},
                 ).fetchall()
                 waiting: dict[str, int] = {}
+                seen: set[tuple[str, str]] = set()
                 for application, _pid, relation, mode, granted in rows:
                     if application == MIGRATION_APPLICATION and granted:
-                        first, _last = self.held.get((relation, mode), (now, now))
-                        self.held[(relation, mode)] = (first, now)
+                        seen.add((relation, mode))
                     elif application == WORKLOAD_APPLICATION and not granted:
                         waiting[relation] = waiting.get(relation, 0) + 1
+                for key in seen:
+                    stretches = self.held.setdefault(key, [])
+                    if key in previous and stretches:
+                        stretches[-1][1] = now  # still held since the last sample
+                    else:
+                        stretches.append([now, now])
+                previous = seen
                 for relation, count in waiting.items():
                     self.waiting[relation] = max(self.waiting.get(relation, 0), count)
                 self.stop.wait(SAMPLE_EVERY)
@@ -488,10 +498,11 @@ class LockSampler:
             LockHeld(
                 relation=relation,
                 mode=mode,
-                held_ms=(last - first + SAMPLE_EVERY) * 1000,
+                held_ms=(max(last - first for first, last in stretches) + SAMPLE_EVERY) * 1000,
+                times=len(stretches),
                 most_waiting=self.waiting.get(relation, 0),
             )
-            for (relation, mode), (first, last) in self.held.items()
+            for (relation, mode), stretches in self.held.items()
         ]
         return tuple(sorted(found, key=lambda lock: (-lock.held_ms, lock.relation, lock.mode)))
 

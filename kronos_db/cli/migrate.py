@@ -210,6 +210,10 @@ def _rehearse(
         raise typer.Exit(ExitCode.UNSAFE)
 
 
+# lock modes that conflict with the services' ROW EXCLUSIVE (inserts, updates, deletes)
+_BLOCKS_WRITES = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
+
+
 def _print_rehearsal(report: rehearse.RehearsalReport) -> None:
     if not report.revisions:
         stdout.print(f"{report.database}: nothing pending, nothing to rehearse")
@@ -242,16 +246,12 @@ def _print_rehearsal(report: rehearse.RehearsalReport) -> None:
         for stall in step.stalls:
             if stall.first_error:
                 stdout.print(f"  {stall.kind} failed: {stall.first_error}", markup=False)
-        strong = [
-            lock
-            for lock in step.locks
-            if lock.mode in {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock"}
-            or lock.mode == "AccessExclusiveLock"
-        ]
+        strong = [lock for lock in step.locks if lock.mode in _BLOCKS_WRITES]
         if strong:
             held = "; ".join(
                 f"{lock.relation} {lock.mode} {lock.held_ms:.0f} ms"
-                + (f" ({lock.most_waiting} waiting)" if lock.most_waiting else "")
+                + (f" (taken {lock.times} times)" if lock.times > 1 else "")
+                + (f", {lock.most_waiting} waiting" if lock.most_waiting else "")
                 for lock in strong[:8]
             )
             stdout.print(f"  locks that block writes: {held}", markup=False)
