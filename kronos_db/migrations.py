@@ -892,16 +892,19 @@ def _next_revision_id(script_dir: ScriptDirectory) -> str:
 
 def _write_sql_pair(script: object, upgrade_text: str, downgrade_text: str) -> NewRevision:
     assert isinstance(script, Script)
-    upgrade_path = sql_path(script.path, "upgrade")
-    downgrade_path = sql_path(script.path, "downgrade")
+    revision_file = Path(script.path)
+    if revision_file.stem.endswith("_"):
+        # Alembic cuts a long slug after a separator: 0011_rate_limits_id_to_bigint_.py
+        tidy = revision_file.with_name(revision_file.stem.rstrip("_") + revision_file.suffix)
+        revision_file = revision_file.rename(tidy)
+    upgrade_path = sql_path(revision_file, "upgrade")
+    downgrade_path = sql_path(revision_file, "downgrade")
     upgrade_path.parent.mkdir(parents=True, exist_ok=True)
     upgrade_path.write_text(upgrade_text, encoding="utf-8")
     downgrade_path.write_text(downgrade_text, encoding="utf-8")
     downs = _down_revisions(script)
     return NewRevision(
-        script.revision,
-        ",".join(downs) or None,
-        (Path(script.path), upgrade_path, downgrade_path),
+        script.revision, ",".join(downs) or None, (revision_file, upgrade_path, downgrade_path)
     )
 
 

@@ -59,7 +59,8 @@ SPEC: dict[str, dict[str, tuple[str, bool, str | None]]] = {
         "method": ("character varying(10)", True, None),
     },
     "rate_limits": {
-        "id": ("integer", True, "nextval('rate_limits_id_seq'::regclass)"),
+        # widened by revision 0011 (docs/schema.md: the router's upsert draws an id per request)
+        "id": ("bigint", True, "nextval('rate_limits_id_seq'::regclass)"),
         "user_id": ("integer", False, None),
         "route_id": ("integer", False, None),
         "request_count": ("integer", False, "0"),
