@@ -16,6 +16,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -118,6 +120,34 @@ def write_revision(root: Path, message: str, upgrade: str, downgrade: str) -> Pa
     sql_path(revision_file, "upgrade").write_text(upgrade, encoding="utf-8")
     sql_path(revision_file, "downgrade").write_text(downgrade, encoding="utf-8")
     return revision_file
+
+
+class TimedWriter(threading.Thread):
+    """A service: one statement every ``interval`` seconds on its own connection, each timed
+    (``waits``), failures kept (``errors``). ``statement`` gives the SQL and its parameters."""
+
+    def __init__(
+        self,
+        database: Database,
+        interval: float,
+        statement: Callable[[], tuple[str, tuple[Any, ...]]],
+    ) -> None:
+        super().__init__(daemon=True)
+        self.database, self.interval, self.statement = database, interval, statement
+        self.stop = threading.Event()
+        self.waits: list[float] = []
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        with self.database.connect() as conn:
+            while not self.stop.wait(self.interval):
+                text, params = self.statement()
+                started = time.monotonic()
+                try:
+                    conn.execute(text, params)
+                except psycopg.Error as exc:
+                    self.errors.append(str(exc))
+                self.waits.append(time.monotonic() - started)
 
 
 PROBE_ROLE = "kronos_auth_probe"

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from conftest import REPO, Database, clean_environment, run_cli, write_revision
+from conftest import REPO, Database, TimedWriter, clean_environment, run_cli, write_revision
 
 from kronos_db import migrations
 from kronos_db.config import MigrationSettings, Settings
@@ -35,28 +34,8 @@ DROP INDEX IF EXISTS logs_level_idx;
 """
 
 
-class Writer(threading.Thread):
-    """A log service: one insert every 10 ms on its own connection, each one timed."""
-
-    def __init__(self, database: Database) -> None:
-        super().__init__(daemon=True)
-        self.database = database
-        self.stop = threading.Event()
-        self.waits: list[float] = []
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        with self.database.connect() as conn:
-            while not self.stop.wait(0.01):
-                started = time.monotonic()
-                try:
-                    conn.execute(
-                        "INSERT INTO logs (service_name, level, message)"
-                        " VALUES ('auth', 'INFO', 'login')"
-                    )
-                except psycopg.Error as exc:
-                    self.errors.append(str(exc))
-                self.waits.append(time.monotonic() - started)
+def _log_insert() -> tuple[str, tuple[Any, ...]]:
+    return "INSERT INTO logs (service_name, level, message) VALUES ('auth', 'INFO', 'login')", ()
 
 
 def _write_revision(root: Path) -> Path:
@@ -137,7 +116,7 @@ def test_partitioned_index_never_blocks_inserts_and_resumes_after_a_kill(
             " VALUES ('lost', 'INFO', 'x', '2019-06-01 00:00+00')"
         )
     args = ("--config", str(config), "--database-url", database.url)
-    writer = Writer(database)
+    writer = TimedWriter(database, 0.01, _log_insert)
     writer.start()
     try:
         # first run: killed while a partition's concurrent build waits for an old snapshot

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from typing import Any
 
 import psycopg
-from conftest import Database
+from conftest import Database, TimedWriter
 
 from kronos_db import migrations, schema
 from kronos_db.config import Settings
@@ -18,32 +17,15 @@ SLACK = 0.5  # scheduling on a loaded, shared test machine
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
 
 
-class Router(threading.Thread):
-    """The router: one upsert of a (user, route) counter every 4 ms, each one timed. Routes
-    51-60 have no counter yet, so rows are also inserted while the migration runs."""
-
-    def __init__(self, database: Database) -> None:
-        super().__init__(daemon=True)
-        self.database = database
-        self.stop = threading.Event()
-        self.waits: list[float] = []
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        with self.database.connect() as conn:
-            while not self.stop.wait(0.004):
-                started = time.monotonic()
-                try:
-                    conn.execute(
-                        "INSERT INTO rate_limits (user_id, route_id, request_count)"
-                        " VALUES (%s, %s, 1) ON CONFLICT (user_id, route_id) DO UPDATE"
-                        " SET request_count = rate_limits.request_count + 1,"
-                        " last_request = now()",
-                        (random.randint(1, 200), random.randint(1, 60)),
-                    )
-                except psycopg.Error as exc:
-                    self.errors.append(str(exc))
-                self.waits.append(time.monotonic() - started)
+def _upsert() -> tuple[str, tuple[Any, ...]]:
+    """The router's upsert of a (user, route) counter. Routes 51-60 have no counter yet, so
+    rows are also inserted while the migration runs."""
+    return (
+        "INSERT INTO rate_limits (user_id, route_id, request_count) VALUES (%s, %s, 1)"
+        " ON CONFLICT (user_id, route_id) DO UPDATE"
+        " SET request_count = rate_limits.request_count + 1, last_request = now()",
+        (random.randint(1, 200), random.randint(1, 60)),
+    )
 
 
 def _id_type(conn: psycopg.Connection[Any]) -> str:
@@ -76,7 +58,7 @@ def test_0011_widens_the_id_online_keeping_every_row(empty_database: Database) -
         )
         before = set(conn.execute("SELECT id, user_id, route_id FROM rate_limits").fetchall())
         assert _id_type(conn) == "integer"
-    routers = [Router(empty_database) for _ in range(2)]
+    routers = [TimedWriter(empty_database, 0.004, _upsert) for _ in range(2)]
     for router in routers:
         router.start()
     try:
