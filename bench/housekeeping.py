@@ -1,22 +1,25 @@
-"""Benchmark: `kronos-db expire sessions` (batched, SKIP LOCKED) against one plain DELETE.
+"""Benchmark: `kronos-db expire sessions` (batches sized by time) against one plain DELETE.
 
     .venv/bin/python bench/housekeeping.py [--server postgresql://postgres@127.0.0.1:5432]
-                                           [--rows 2000000] [--batch-size 1000]
+                                           [--rows 2000000] [--pairs 5] [--batch-time 25ms]
 
-In a scratch database migrated to head (dropped afterwards), with ``--rows`` sessions of
-which half have expired:
+In a scratch database migrated to head (dropped afterwards), ``--pairs`` times: ``--rows``
+sessions are loaded afresh (half of them expired a day ago, spread over the day), vacuumed and
+checkpointed, then expired by one contender, and the same again for the other (the order
+alternates from pair to pair). The contenders:
 
-1. throughput: the batched ``expire sessions`` job against one
-   ``DELETE FROM sessions WHERE expires_at < now()`` of the same rows (the expired half is
-   loaded again, and the table vacuumed, between the two);
-2. while each runs, a second process plays the auth service: it updates ``last_active_at``
-   of random sessions (half of them among the expired ones, about to go) in a loop, one
-   autocommit UPDATE every millisecond; we report its p50/p99 latency and the longest time any
-   of its UPDATEs waited on a lock (sampled from pg_stat_activity every 2 ms), with an idle
-   baseline (no job running) first;
-3. a no-op run (nothing to expire): whole-process wall time of the ``kronos-db expire sessions``
-   command against ``psql -c`` running the equivalent DELETE (median of 5), i.e. the cron
-   job's start-up cost.
+* kronos-db: ``kronos_db.housekeeping.expire_sessions`` with the default policy (batches of
+  about ``--batch-time``, a physical pass over the heap then a sweep);
+* the baseline: one autocommit ``DELETE FROM sessions WHERE expires_at < now()``.
+
+While each runs, a second process plays the auth service: it updates ``last_active_at`` of
+random sessions (half of them among the expired ones, about to go; ``last_active_at`` is
+indexed, so each update writes a new row version, possibly on another page) in a loop, one
+autocommit UPDATE every millisecond. We report its latency (p50, p99, max) and the longest
+time any of its UPDATEs waited on a lock (sampled from pg_stat_activity every 2 ms), and after
+each kronos-db run we count the expired sessions left (rows the updater moved included): 0.
+
+The figures printed are medians over the pairs, ratios kronos-db / DELETE in the same pair.
 """
 
 from __future__ import annotations
@@ -25,10 +28,7 @@ import argparse
 import multiprocessing
 import os
 import random
-import shutil
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,30 +41,25 @@ from psycopg import sql
 from kronos_db import housekeeping, migrations
 from kronos_db.config import Settings
 from kronos_db.db import resolve_target
+from kronos_db.durations import parse_duration
 from kronos_db.housekeeping import BatchOptions
 
 UPDATER = "bench-auth-service"
 
 
 def load(conn: psycopg.Connection[Any], rows: int) -> None:
-    """Sessions 1..rows: even ids expired a day ago, odd ids valid for another day."""
+    """Sessions 1..rows afresh: even ids expired during the last day, odd ids valid for one."""
+    conn.execute("TRUNCATE sessions CASCADE")
     conn.execute(
         "INSERT INTO sessions (id, token, created_at, expires_at, last_active_at)"
         " SELECT n, 'token-' || n || '-' || md5(n::text), now() - interval '2 days',"
-        "        now() + CASE WHEN n %% 2 = 0 THEN -1 ELSE 1 END * interval '1 day', now()"
+        "        now() + CASE WHEN n %% 2 = 0 THEN -1 ELSE 1 END"
+        "                * (n %% 86400 + 1) * interval '1 second', now()"
         "   FROM generate_series(1, %(rows)s::integer) AS n",
         {"rows": rows},
     )
-
-
-def reload_expired(conn: psycopg.Connection[Any], rows: int) -> None:
-    conn.execute(
-        "INSERT INTO sessions (id, token, created_at, expires_at, last_active_at)"
-        " SELECT n, 'token-' || n || '-' || md5(n::text), now() - interval '2 days',"
-        "        now() - interval '1 day', now()"
-        "   FROM generate_series(2, %(rows)s::integer, 2) AS n",
-        {"rows": rows},
-    )
+    conn.execute("VACUUM ANALYZE sessions")
+    conn.execute("CHECKPOINT")
 
 
 def updater(url: str, rows: int, stop: Any, out: Any) -> None:
@@ -162,23 +157,15 @@ def observe(url: str, rows: int, work: Any) -> Observed:
     )
 
 
-def wall_time(command: list[str], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.monotonic()
-        subprocess.run(command, check=True, capture_output=True)
-        times.append(time.monotonic() - started)
-    return statistics.median(times)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--server",
         default=os.environ.get("KRONOS_BENCH_SERVER", "postgresql://postgres@127.0.0.1:5432"),
     )
     parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--batch-time", default="25ms")
     args = parser.parse_args()
     name = f"kronos_bench_housekeeping_{os.getpid()}"
     admin_url = f"{args.server}/postgres"
@@ -186,7 +173,7 @@ def main() -> None:
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        run(url, args.rows, args.batch_size)
+        run(url, args.rows, args.pairs, parse_duration(args.batch_time))
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(
@@ -194,111 +181,106 @@ def main() -> None:
             )
 
 
-def run(url: str, rows: int, batch_size: int) -> None:
+def expired_left(conn: psycopg.Connection[Any], now: datetime) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM sessions WHERE expires_at < %(now)s", {"now": now}
+    ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def idle_for(seconds: float) -> int:
+    time.sleep(seconds)
+    return 0
+
+
+def run(url: str, rows: int, pairs: int, batch_time: timedelta) -> None:
     migrations.upgrade(Settings(), resolve_target(url, Settings()), "head")
+    options = BatchOptions(batch_time=batch_time)
+    kronos: list[Observed] = []
+    plain: list[Observed] = []
+    left: list[int] = []
+    batches: list[int] = []
     with psycopg.connect(url, autocommit=True) as conn:
         server = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         print(
-            f"PostgreSQL {server}, {os.cpu_count()} CPUs (shared), {rows:,} sessions, "
-            f"half expired; batch size {batch_size}",
+            f"PostgreSQL {server}, {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.2f}; {rows:,} sessions, half expired; "
+            f"batch time {batch_time.total_seconds() * 1000:g} ms; {pairs} pairs",
             flush=True,
         )
-        started = time.monotonic()
         load(conn, rows)
-        conn.execute("VACUUM ANALYZE sessions")
-        print(f"loaded in {time.monotonic() - started:.0f}s", flush=True)
-
-        idle = observe(url, rows, lambda: (time.sleep(3), 0)[1])
+        idle = observe(url, rows, lambda: idle_for(3))
 
         def batched() -> int:
             with psycopg.connect(url, autocommit=True) as job_conn:
+                now = datetime.now(UTC)
                 result = housekeeping.expire_sessions(
-                    job_conn,
-                    datetime.now(UTC),
-                    idle_timeout=timedelta(0),
-                    options=BatchOptions(batch_size=batch_size),
+                    job_conn, now, idle_timeout=timedelta(0), options=options
                 )
+                left.append(expired_left(job_conn, now))
+                batches.append(result.batches)
             return result.rows
-
-        kronos = observe(url, rows, batched)
-        print(f"batched: {kronos.rows:,} rows in {kronos.seconds:.1f}s", flush=True)
-
-        started = time.monotonic()
-        reload_expired(conn, rows)
-        conn.execute("VACUUM ANALYZE sessions")
-        print(f"reloaded the expired half in {time.monotonic() - started:.0f}s", flush=True)
 
         def single_delete() -> int:
             with psycopg.connect(url, autocommit=True) as job_conn:
                 cursor = job_conn.execute("DELETE FROM sessions WHERE expires_at < now()")
                 return cursor.rowcount
 
-        plain = observe(url, rows, single_delete)
-        print(f"single DELETE: {plain.rows:,} rows in {plain.seconds:.1f}s", flush=True)
-        conn.execute("VACUUM ANALYZE sessions")
+        for pair in range(pairs):
+            order = [("kronos", batched), ("plain", single_delete)]
+            for label, work in order if pair % 2 == 0 else list(reversed(order)):
+                load(conn, rows)
+                observed = observe(url, rows, work)
+                (kronos if label == "kronos" else plain).append(observed)
+                print(
+                    f"pair {pair + 1} {label}: {observed.rows:,} rows in {observed.seconds:.2f}s,"
+                    f" longest lock wait {observed.longest_lock_wait_ms:.1f} ms,"
+                    f" slowest update {observed.max_ms:.1f} ms",
+                    flush=True,
+                )
+    report(kronos, plain, idle, left, batches)
 
-    kronos_db = [sys.executable, "-m", "kronos_db", "expire", "sessions", "--database-url", url]
-    psql = [
-        shutil.which("psql") or "psql",
-        url,
-        "-qc",
-        "DELETE FROM sessions WHERE expires_at < now()",
-    ]
-    noop_kronos = wall_time(kronos_db)
-    noop_psql = wall_time(psql)
 
+def report(
+    kronos: list[Observed],
+    plain: list[Observed],
+    idle: Observed,
+    left: list[int],
+    batches: list[int],
+) -> None:
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    ratios = [k.rows_per_second / p.rows_per_second for k, p in zip(kronos, plain, strict=True)]
     print()
-    print("| measure | kronos-db expire sessions (batched) | single DELETE | ratio |")
+    print("| measure (median of the pairs) | kronos-db expire sessions | single DELETE | ratio |")
     print("| --- | ---: | ---: | ---: |")
 
-    def line(label: str, ours: float, theirs: float, unit: str, precision: int = 1) -> None:
+    def line(label: str, attribute: str, unit: str, precision: int = 1) -> None:
+        ours = median([getattr(k, attribute) for k in kronos])
+        theirs = median([getattr(p, attribute) for p in plain])
         ratio = f"{ours / theirs:.2f}x" if theirs else "—"
         print(
             f"| {label} | {ours:,.{precision}f} {unit} | {theirs:,.{precision}f} {unit} | {ratio} |"
         )
 
-    line("rows deleted", kronos.rows, plain.rows, "", 0)
-    line("wall time", kronos.seconds, plain.seconds, "s", 2)
-    line("throughput", kronos.rows_per_second, plain.rows_per_second, "rows/s", 0)
-    line(
-        f"auth-service UPDATE p50 (idle: {idle.p50_ms:.2f} ms)",
-        kronos.p50_ms,
-        plain.p50_ms,
-        "ms",
-        2,
-    )
-    line(
-        f"auth-service UPDATE p99 (idle: {idle.p99_ms:.2f} ms)",
-        kronos.p99_ms,
-        plain.p99_ms,
-        "ms",
-        2,
-    )
-    line(
-        f"auth-service UPDATE max (idle: {idle.max_ms:.2f} ms)",
-        kronos.max_ms,
-        plain.max_ms,
-        "ms",
-        1,
-    )
-    line(
-        "longest lock wait of an UPDATE",
-        kronos.longest_lock_wait_ms,
-        plain.longest_lock_wait_ms,
-        "ms",
-        1,
-    )
-    line("auth-service UPDATEs during the run", kronos.updates, plain.updates, "", 0)
+    line("rows deleted", "rows", "", 0)
+    line("wall time", "seconds", "s", 2)
+    line("throughput", "rows_per_second", "rows/s", 0)
+    line(f"auth-service UPDATE p50 (idle: {idle.p50_ms:.2f} ms)", "p50_ms", "ms", 2)
+    line(f"auth-service UPDATE p99 (idle: {idle.p99_ms:.2f} ms)", "p99_ms", "ms", 2)
+    line(f"auth-service UPDATE max (idle: {idle.max_ms:.1f} ms)", "max_ms", "ms", 1)
+    line("longest lock wait of an UPDATE", "longest_lock_wait_ms", "ms", 1)
+    line("auth-service UPDATEs during the run", "updates", "", 0)
     print()
+    print(f"throughput ratio per pair: {', '.join(f'{r:.2f}x' for r in ratios)}")
     print(
-        "| no-op run (nothing to expire), median of 5 | kronos-db expire sessions | "
-        "psql -c (same DELETE) | ratio |"
+        "longest lock wait of an UPDATE in any kronos-db run: "
+        f"{max(k.longest_lock_wait_ms for k in kronos):.1f} ms; slowest UPDATE: "
+        f"{max(k.max_ms for k in kronos):.1f} ms"
     )
-    print("| --- | ---: | ---: | ---: |")
-    print(
-        f"| whole-process wall time | {noop_kronos * 1000:.0f} ms | {noop_psql * 1000:.0f} ms | "
-        f"{noop_kronos / noop_psql:.1f}x |"
-    )
+    print(f"batches per kronos-db run: {', '.join(map(str, batches))}")
+    print(f"expired sessions left after each kronos-db run: {', '.join(map(str, left))}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from kronos_db import db
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import UsageError
 from kronos_db.resources import query
@@ -65,6 +66,9 @@ class BatchPolicy:
     # the lock_timeout of a batch's plain statements: past it, the batch runs again with SKIP
     # LOCKED (None: half the target duration)
     lock_wait: timedelta | None = None
+    # the job's: a batch that waits longer for a lock (DDL on the table) fails the job
+    lock_timeout: timedelta = timedelta(seconds=2)
+    statement_timeout: timedelta = timedelta(seconds=60)  # a bound on one batch (0: none)
     # idempotent work (deleting expired rows) may commit without waiting for the WAL flush: a
     # crash can only bring back rows that the next run deletes again
     synchronous_commit: bool = True
@@ -81,8 +85,16 @@ class BatchPolicy:
     @property
     def plain_lock_wait(self) -> timedelta:
         if self.lock_wait is not None:
-            return self.lock_wait
-        return max(timedelta(milliseconds=1), self.duration / 2)
+            return min(self.lock_wait, self.lock_timeout)
+        return min(max(timedelta(milliseconds=1), self.duration / 2), self.lock_timeout)
+
+    def settings(self, *, lock_wait: timedelta | None = None) -> dict[str, str]:
+        """What a batch's transaction sets LOCAL (nothing outlives it on a pooled connection)."""
+        return {
+            "lock_timeout": postgres_interval(lock_wait or self.lock_timeout),
+            "statement_timeout": postgres_interval(self.statement_timeout),
+            "synchronous_commit": "on" if self.synchronous_commit else "off",
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,14 +197,10 @@ def _apply(
     lock_wait: timedelta | None,
 ) -> dict[str, Any]:
     """One batch statement in a transaction of its own; its one row, or ``{"rows": n}``."""
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            query("batching", "set_batch_settings"),
-            {
-                "lock_timeout": None if lock_wait is None else postgres_interval(lock_wait),
-                "synchronous_commit": "on" if policy.synchronous_commit else "off",
-            },
-        )
+    with (
+        db.transaction_settings(conn, policy.settings(lock_wait=lock_wait)),
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
         cur.execute(statement, dict(params))
         if cur.description is None:  # a plain DELETE: its row count
             return {"rows": cur.rowcount}
@@ -382,13 +390,14 @@ def delete_before(
     in one physical pass over the heap, the count telling whether a sweep is needed.
     """
     params = {"cutoff": cutoff}
-    count_statement = _statements("count_rows_before", table, column, key)
-    row = conn.execute(count_statement, params).fetchone()
+    with db.transaction_settings(conn, policy.settings()):
+        count_statement = _statements("count_rows_before", table, column, key)
+        row = conn.execute(count_statement, params).fetchone()
+        estimate = conn.execute(query("batching", "select_relation_rows"), {"relation": table})
+        rows_in_table = estimate.fetchone()
     matching = int(row[0]) if row else 0
     if matching == 0:
         return totals
-    estimate = conn.execute(query("batching", "select_relation_rows"), {"relation": table})
-    rows_in_table = estimate.fetchone()
     share = matching / max(1.0, float(rows_in_table[0] if rows_in_table else 0))
     if share < PHYSICAL_PASS_SHARE:
         logger.info("%s: %d rows with %s before the cutoff: by key", table, matching, column)

@@ -186,10 +186,16 @@ class RehearseSettings:
 
 @dataclasses.dataclass(frozen=True)
 class HousekeepingSettings:
+    batch_time: timedelta = setting(
+        timedelta(milliseconds=25),
+        "Target duration of one batch (one short transaction): batches are sized from the "
+        "previous ones' durations, so a service needing a row a batch holds waits about this "
+        "long at most.",
+    )
     batch_size: int = setting(
-        1000,
-        "Rows deleted or updated per batch; each batch is its own short transaction.",
-        minimum=1,
+        0,
+        "Rows per batch, fixed, instead of sizing batches by batch_time (0: by time).",
+        minimum=0,
     )
     batch_pause: timedelta = setting(
         timedelta(0), "Pause between two batches, to leave room for replicas and vacuum (0: none)."

@@ -2,11 +2,14 @@
 
 Every job runs against a busy database, so each one:
 
-* works in **bounded batches**, one short transaction per batch on an autocommit connection,
-  so its row locks last milliseconds;
-* claims its rows with ``FOR UPDATE SKIP LOCKED``: a row a service holds right now is skipped
-  (the next run takes it), never waited on;
-* stops when a batch claims nothing;
+* works in **batches sized by time** (:mod:`kronos_db.batching`): each batch is one short
+  transaction that takes about ``batch_time`` (25 ms), so a service that needs a row a batch
+  holds waits at most about that long, and the run goes about as fast as one big statement;
+* expires rows in **one physical pass** over the table (page ranges, then a sweep for rows an
+  update moved behind the cursor), never visiting a row twice or re-reading an index's dead
+  entries;
+* never waits on a row a service holds (``FOR UPDATE SKIP LOCKED`` when a batch meets one):
+  the row is skipped, retried once at the end, and otherwise left to the next run;
 * holds a job-level lease (``housekeeping:<job>``, :mod:`kronos_db.locks`) for the run: a
   second, overlapping run returns at once with ``skipped=True`` and does nothing;
 * runs under ``lock_timeout`` (fail fast behind DDL instead of queueing and blocking the
@@ -14,7 +17,7 @@ Every job runs against a busy database, so each one:
   each batch's transaction, so that nothing stays behind on a pooled server connection;
 * takes the clock as a parameter (``now``, tz-aware); nothing reads the server's ``now()``.
 
-The message-queue jobs live in :mod:`kronos_db.queue` and use the same batch runner.
+The message-queue jobs live in :mod:`kronos_db.queue` and use the same batches.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -31,7 +33,8 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg.rows import dict_row
 
-from kronos_db import db
+from kronos_db import batching, db
+from kronos_db.batching import BatchPolicy, ProgressCallback, Totals
 from kronos_db.config import HousekeepingSettings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import UsageError
@@ -40,23 +43,23 @@ from kronos_db.resources import query
 
 logger = logging.getLogger(__name__)
 
-# Called after each batch with the rows changed so far and the batches run so far.
-ProgressCallback = Callable[[int, int], None]
-
 
 @dataclasses.dataclass(frozen=True)
 class BatchOptions:
     """How a job runs its batches (from the ``[housekeeping]`` section, or options)."""
 
-    batch_size: int = 1000
+    batch_size: int = 0  # rows per batch; 0: sized so that a batch takes about batch_time
+    batch_time: timedelta = timedelta(milliseconds=25)
     pause: timedelta = timedelta(0)
     lock_timeout: timedelta = timedelta(seconds=2)
     statement_timeout: timedelta = timedelta(seconds=60)
     dry_run: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UsageError(f"the batch size must be at least 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise UsageError(f"the batch size cannot be negative, got {self.batch_size}")
+        if self.batch_time <= timedelta(0):
+            raise UsageError("the batch time must be longer than 0")
         if self.pause < timedelta(0):
             raise UsageError("the pause between batches cannot be negative")
 
@@ -66,10 +69,24 @@ class BatchOptions:
     ) -> BatchOptions:
         return cls(
             batch_size=settings.batch_size,
+            batch_time=settings.batch_time,
             pause=settings.batch_pause,
             lock_timeout=settings.lock_timeout,
             statement_timeout=settings.statement_timeout,
             dry_run=dry_run,
+        )
+
+    def policy(self, *, idempotent: bool = False) -> BatchPolicy:
+        """The batch policy of a job; ``idempotent`` jobs (deleting expired rows) commit
+        without waiting for the WAL flush (a crash can only bring back rows the next run
+        deletes again)."""
+        return BatchPolicy(
+            duration=self.batch_time,
+            rows=self.batch_size,
+            pause=self.pause,
+            lock_timeout=self.lock_timeout,
+            statement_timeout=self.statement_timeout,
+            synchronous_commit=not idempotent,
         )
 
 
@@ -82,12 +99,13 @@ class JobResult:
 
     job: str
     rows: int  # rows deleted or updated; with dry_run, rows that would be
-    batches: int
+    batches: int  # batches (transactions) run
     seconds: float
     now: datetime
     dry_run: bool = False
     skipped: bool = False  # another run held the job's advisory lock: nothing was done
     details: Mapping[str, int] = dataclasses.field(default_factory=dict)  # rows per kind
+    rows_in_use: int = 0  # rows services held during the run: left to the next run
 
     def summary(self) -> str:
         """One line for logs and cron mail: ``expire-sessions: 812 rows in 1 batch, 0.04s``."""
@@ -99,7 +117,8 @@ class JobResult:
         if self.dry_run:
             return f"{self.job}: {rows} would be affected{kinds} (dry run)"
         batches = f"{self.batches} batch" + ("" if self.batches == 1 else "es")
-        return f"{self.job}: {rows}{kinds} in {batches}, {self.seconds:.2f}s"
+        in_use = f"; {self.rows_in_use} in use, left for the next run" if self.rows_in_use else ""
+        return f"{self.job}: {rows}{kinds} in {batches}, {self.seconds:.2f}s{in_use}"
 
 
 def check_now(now: datetime) -> datetime:
@@ -139,54 +158,6 @@ def job_timeouts(conn: psycopg.Connection[Any], options: BatchOptions) -> Iterat
         yield
 
 
-@dataclasses.dataclass
-class Tally:
-    rows: int = 0
-    batches: int = 0
-    details: Counter[str] = dataclasses.field(default_factory=Counter)
-
-
-def run_batches(
-    conn: psycopg.Connection[Any],
-    statement: LiteralString,
-    params: Mapping[str, Any],
-    options: BatchOptions,
-    tally: Tally,
-    *,
-    detail_columns: tuple[str, ...] = (),
-    detail: str | None = None,
-    cursor_columns: tuple[str, ...] = (),
-    on_progress: ProgressCallback | None = None,
-) -> None:
-    """Run ``statement`` batch after batch until a batch claims no row.
-
-    The statement returns one row with ``claimed`` (rows its batch locked) and ``rows`` (rows it
-    changed), plus ``detail_columns`` (added to the tally's details) and ``cursor_columns``
-    (keyset values passed to the next batch, for jobs whose rows stay in the scanned range).
-    """
-    values = dict(params, batch_size=options.batch_size)
-    values.update(dict.fromkeys(cursor_columns))
-    with conn.cursor(row_factory=dict_row) as cur:
-        while True:
-            with job_timeouts(conn, options):
-                row = cur.execute(statement, values).fetchone()
-            assert row is not None
-            if not row["claimed"]:
-                return
-            tally.batches += 1
-            tally.rows += row["rows"]
-            if detail is not None:
-                tally.details[detail] += row["rows"]
-            for column in detail_columns:
-                tally.details[column] += row[column]
-            for column in cursor_columns:
-                values[column] = row[column]
-            if on_progress is not None:
-                on_progress(tally.rows, tally.batches)
-            if options.pause:
-                time.sleep(options.pause.total_seconds())
-
-
 def count_rows(
     conn: psycopg.Connection[Any], statement: LiteralString, params: Mapping[str, Any]
 ) -> dict[str, int]:
@@ -201,7 +172,7 @@ def run_job(
     job: str,
     now: datetime,
     options: BatchOptions,
-    work: Callable[[Tally], None],
+    work: Callable[[Totals], None],
     count: Callable[[], Mapping[str, int]],
 ) -> JobResult:
     """The frame every job shares: dry run, or lock + timeouts + batches, timed."""
@@ -216,15 +187,23 @@ def run_job(
             job, rows, 0, time.monotonic() - started, now, dry_run=True, details=counts
         )
     _require_autocommit(conn)
-    tally = Tally()
+    totals = Totals()
     with try_advisory_lock(conn, lock_name(job)) as acquired:
         if not acquired:
             logger.info("%s: another run holds the lock %s; nothing to do", job, lock_name(job))
             return JobResult(job, 0, 0, time.monotonic() - started, now, skipped=True)
-        work(tally)
+        work(totals)
     seconds = time.monotonic() - started
-    logger.info("%s: %d rows in %d batches, %.2fs", job, tally.rows, tally.batches, seconds)
-    return JobResult(job, tally.rows, tally.batches, seconds, now, details=dict(tally.details))
+    logger.info("%s: %d rows in %d batches, %.2fs", job, totals.rows, totals.batches, seconds)
+    return JobResult(
+        job,
+        totals.rows,
+        totals.batches,
+        seconds,
+        now,
+        details=dict(totals.details),
+        rows_in_use=totals.skipped,
+    )
 
 
 def expire_sessions(
@@ -244,24 +223,29 @@ def expire_sessions(
     params: dict[str, Any] = {"now": now, "idle_before": now - idle_timeout}
     idle = idle_timeout > timedelta(0)
 
-    def work(tally: Tally) -> None:
-        tally.details["expired"] = tally.details["idle"] = 0
-        run_batches(
+    def work(totals: Totals) -> None:
+        totals.details["expired"] = totals.details["idle"] = 0
+        policy = options.policy(idempotent=True)
+        batching.delete_before(
             conn,
-            query("housekeeping", "delete_expired_sessions"),
-            params,
-            options,
-            tally,
+            "sessions",
+            "expires_at",
+            now,
+            key="id",
+            policy=policy,
+            totals=totals,
             detail="expired",
             on_progress=on_progress,
         )
         if idle:
-            run_batches(
+            batching.delete_before(
                 conn,
-                query("housekeeping", "delete_idle_sessions"),
-                params,
-                options,
-                tally,
+                "sessions",
+                "last_active_at",
+                now - idle_timeout,
+                key="id",
+                policy=policy,
+                totals=totals,
                 detail="idle",
                 on_progress=on_progress,
             )
@@ -288,13 +272,15 @@ def expire_cache(
     """Delete the cache rows past ``expires_at`` (rows without an expiry never go)."""
     params = {"now": now}
 
-    def work(tally: Tally) -> None:
-        run_batches(
+    def work(totals: Totals) -> None:
+        batching.delete_before(
             conn,
-            query("housekeeping", "delete_expired_cache"),
-            params,
-            options,
-            tally,
+            "cache",
+            "expires_at",
+            now,
+            key="key",
+            policy=options.policy(idempotent=True),
+            totals=totals,
             on_progress=on_progress,
         )
 
@@ -320,14 +306,16 @@ def reset_rate_limits(
         raise UsageError("the rate-limit window must be longer than 0")
     params = {"window_start": now - older_than}
 
-    def work(tally: Tally) -> None:
-        run_batches(
+    def work(totals: Totals) -> None:
+        statement = query("housekeeping", "reset_rate_limits")
+        batching.keyset_pass(
             conn,
-            query("housekeeping", "reset_rate_limits"),
+            statement,
+            statement,  # it claims with SKIP LOCKED already
             params,
-            options,
-            tally,
+            options.policy(),
             cursor_columns=("after_request", "after_id"),
+            totals=totals,
             on_progress=on_progress,
         )
 
@@ -342,13 +330,11 @@ __all__ = [
     "BatchOptions",
     "JobResult",
     "ProgressCallback",
-    "Tally",
     "expire_cache",
     "expire_sessions",
     "job_settings",
     "job_timeouts",
     "lock_name",
     "reset_rate_limits",
-    "run_batches",
     "run_job",
 ]

@@ -8,8 +8,10 @@ message (one that kills its consumer) stops looping. A consumer that still holds
 row lock is alive: ``FOR UPDATE SKIP LOCKED`` leaves that message alone. Requeued topics get a
 ``NOTIFY kronos_message_queue`` like new messages do.
 
-``purge_processed`` deletes ``processed`` messages older than ``older_than``; ``pending``,
-``processing`` and ``failed`` messages are never purged (failed ones wait for a human).
+``purge_processed`` deletes ``processed`` messages older than ``older_than``, in key order
+through the partial index on ``status_changed_at`` (batches sized by time, each from the last
+key of the previous one); ``pending``, ``processing`` and ``failed`` messages are never purged
+(failed ones wait for a human).
 Ages are measured from ``status_changed_at`` (kept by a trigger, migration 0008).
 """
 
@@ -22,17 +24,17 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
+from kronos_db import batching
+from kronos_db.batching import Totals
 from kronos_db.errors import UsageError
 from kronos_db.housekeeping import (
     DEFAULT_OPTIONS,
     BatchOptions,
     JobResult,
     ProgressCallback,
-    Tally,
     check_now,
     count_rows,
     job_timeouts,
-    run_batches,
     run_job,
 )
 from kronos_db.resources import query
@@ -91,15 +93,18 @@ def requeue_stuck(
         raise UsageError(f"max attempts must be at least 1, got {max_attempts}")
     params = {"now": now, "stuck_before": now - older_than, "max_attempts": max_attempts}
 
-    def work(tally: Tally) -> None:
-        tally.details["requeued"] = tally.details["failed"] = 0
-        run_batches(
+    def work(totals: Totals) -> None:
+        totals.details["requeued"] = totals.details["failed"] = 0
+        statement = query("queue", "requeue_stuck_messages")
+        batching.keyset_pass(
             conn,
-            query("queue", "requeue_stuck_messages"),
+            statement,
+            statement,  # it claims with SKIP LOCKED already; requeued rows leave the predicate
             params,
-            options,
-            tally,
-            detail_columns=("requeued", "failed"),
+            options.policy(),
+            cursor_columns=(),
+            details=("requeued", "failed"),
+            totals=totals,
             on_progress=on_progress,
         )
 
@@ -122,13 +127,15 @@ def purge_processed(
         raise UsageError("the purge age cannot be negative")
     params = {"processed_before": now - older_than}
 
-    def work(tally: Tally) -> None:
-        run_batches(
+    def work(totals: Totals) -> None:
+        batching.keyset_pass(
             conn,
             query("queue", "delete_processed_messages"),
+            query("queue", "delete_processed_messages_skip_locked"),
             params,
-            options,
-            tally,
+            options.policy(idempotent=True),
+            cursor_columns=("after_at", "after_id"),
+            totals=totals,
             on_progress=on_progress,
         )
 

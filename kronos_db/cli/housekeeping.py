@@ -8,7 +8,6 @@ A run that finds another run holding the job's advisory lock does nothing and ex
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -46,11 +45,22 @@ ratelimits_app = typer.Typer(
     help="Reset rate-limit counters whose window has passed.", no_args_is_help=True
 )
 
+BatchTimeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--batch-time",
+        help="Target duration of one batch (one short transaction), e.g. 25ms: each batch is "
+        "sized from the last ones' durations (default: housekeeping.batch_time, 25ms).",
+        show_default=False,
+        rich_help_panel="Batches",
+    ),
+]
 BatchSizeOption = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        help="Rows per batch (one short transaction each; default: housekeeping.batch_size, 1000).",
+        help="Rows per batch, fixed, instead of sizing batches by time (default: "
+        "housekeeping.batch_size, 0: by time).",
         show_default=False,
         rich_help_panel="Batches",
     ),
@@ -80,18 +90,24 @@ def _check_duration(value: str | None, option: str, *, allow_zero: bool = True) 
         raise typer.BadParameter(f"must be longer than 0, got {value!r}", param_hint=option)
 
 
-def _check_positive(value: int | None, option: str) -> None:
-    if value is not None and value < 1:
-        raise typer.BadParameter(f"must be at least 1, got {value}", param_hint=option)
+def _check_positive(value: int | None, option: str, *, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise typer.BadParameter(f"must be at least {minimum}, got {value}", param_hint=option)
 
 
 def _settings(
-    config: Path | None, batch_size: int | None, pause: str | None, **overrides: tuple[Any, str]
+    config: Path | None,
+    batch_time: str | None,
+    batch_size: int | None,
+    pause: str | None,
+    **overrides: tuple[Any, str],
 ) -> Settings:
     # validate the options first, so that the error names the option
-    _check_positive(batch_size, "--batch-size")
+    _check_duration(batch_time, "--batch-time", allow_zero=False)
+    _check_positive(batch_size, "--batch-size", minimum=0)
     _check_duration(pause, "--pause")
     values: dict[str, tuple[Any, str]] = {
+        "housekeeping.batch_time": (batch_time, "option --batch-time"),
         "housekeeping.batch_size": (batch_size, "option --batch-size"),
         "housekeeping.batch_pause": (pause, "option --pause"),
     }
@@ -112,11 +128,7 @@ def _run_job(
 ) -> None:
     """Run a job with the output every housekeeping command shares."""
     with StepProgress(stderr.is_terminal and not json and not dry_run) as progress:
-        total: int | None = None
-        if progress.enabled:
-            # a dry run first gives the bar its total (an index count, cheap next to the deletes)
-            total = job(dataclasses.replace(options, dry_run=True), None).rows
-        progress.start(description, description, total)
+        progress.start(description, description)
 
         def update(rows: int, batches: int) -> None:
             progress.update(description, rows, detail=f"· {batches} batches")
@@ -153,6 +165,7 @@ def expire_sessions(
             show_default=False,
         ),
     ] = None,
+    batch_time: BatchTimeOption = None,
     batch_size: BatchSizeOption = None,
     pause: PauseOption = None,
     dry_run: DryRunOption = False,
@@ -167,7 +180,11 @@ def expire_sessions(
     """
     _check_duration(idle_timeout, "--idle-timeout")
     settings = _settings(
-        config, batch_size, pause, session_idle_timeout=(idle_timeout, "option --idle-timeout")
+        config,
+        batch_time,
+        batch_size,
+        pause,
+        session_idle_timeout=(idle_timeout, "option --idle-timeout"),
     )
     moment = parse_now(now)
     with _connection(database_url, settings) as conn:
@@ -188,6 +205,7 @@ def expire_sessions(
 
 @expire_app.command("cache")
 def expire_cache(
+    batch_time: BatchTimeOption = None,
     batch_size: BatchSizeOption = None,
     pause: PauseOption = None,
     dry_run: DryRunOption = False,
@@ -200,7 +218,7 @@ def expire_cache(
 
     Example: kronos-db expire cache
     """
-    settings = _settings(config, batch_size, pause)
+    settings = _settings(config, batch_time, batch_size, pause)
     moment = parse_now(now)
     with _connection(database_url, settings) as conn:
         _run_job(
@@ -298,6 +316,7 @@ def queue_requeue_stuck(
             show_default=False,
         ),
     ] = None,
+    batch_time: BatchTimeOption = None,
     batch_size: BatchSizeOption = None,
     pause: PauseOption = None,
     dry_run: DryRunOption = False,
@@ -314,6 +333,7 @@ def queue_requeue_stuck(
     _check_positive(max_attempts, "--max-attempts")
     settings = _settings(
         config,
+        batch_time,
         batch_size,
         pause,
         stuck_after=(older_than, "option --older-than"),
@@ -349,6 +369,7 @@ def queue_purge(
             show_default=False,
         ),
     ] = None,
+    batch_time: BatchTimeOption = None,
     batch_size: BatchSizeOption = None,
     pause: PauseOption = None,
     dry_run: DryRunOption = False,
@@ -362,7 +383,9 @@ def queue_purge(
     Example: kronos-db queue purge --older-than 7d
     """
     _check_duration(older_than, "--older-than")
-    settings = _settings(config, batch_size, pause, purge_after=(older_than, "option --older-than"))
+    settings = _settings(
+        config, batch_time, batch_size, pause, purge_after=(older_than, "option --older-than")
+    )
     moment = parse_now(now)
     with _connection(database_url, settings) as conn:
         _run_job(
@@ -391,6 +414,7 @@ def ratelimits_reset(
             show_default=False,
         ),
     ] = None,
+    batch_time: BatchTimeOption = None,
     batch_size: BatchSizeOption = None,
     pause: PauseOption = None,
     dry_run: DryRunOption = False,
@@ -405,7 +429,11 @@ def ratelimits_reset(
     """
     _check_duration(older_than, "--older-than", allow_zero=False)
     settings = _settings(
-        config, batch_size, pause, ratelimit_window=(older_than, "option --older-than")
+        config,
+        batch_time,
+        batch_size,
+        pause,
+        ratelimit_window=(older_than, "option --older-than"),
     )
     moment = parse_now(now)
     with _connection(database_url, settings) as conn:

@@ -26,7 +26,13 @@ from kronos_db.cli.common import (
     stdout,
     target_for,
 )
-from kronos_db.cli.housekeeping import BatchSizeOption, DryRunOption, PauseOption, _settings
+from kronos_db.cli.housekeeping import (
+    BatchSizeOption,
+    BatchTimeOption,
+    DryRunOption,
+    PauseOption,
+    _settings,
+)
 from kronos_db.errors import ExitCode
 
 
@@ -52,6 +58,7 @@ def maintain(
             show_default=False,
         ),
     ] = None,
+    batch_time: BatchTimeOption = None,
     batch_size: BatchSizeOption = None,
     pause: PauseOption = None,
     dry_run: DryRunOption = False,
@@ -69,7 +76,7 @@ def maintain(
     Example: kronos-db maintain --metrics /var/lib/node_exporter/textfile/kronos.prom
     """
     selected = maintenance.select_jobs(job or (), skip or ())  # an unknown name: exit 2
-    settings = _settings(config, batch_size, pause)
+    settings = _settings(config, batch_time, batch_size, pause)
     target = target_for(database_url, settings)
     moment = parse_now(now)
     with StepProgress(stderr.is_terminal and not json) as progress:

@@ -1,13 +1,5 @@
 -- Batches: what the batch loop (kronos_db/batching.py) asks the server, whatever the job.
 
--- name: set_batch_settings
--- settings of one batch's transaction: its lock_timeout (NULL: the session's) and whether its
--- commit waits for the WAL flush
-SELECT set_config('lock_timeout',
-                  coalesce(%(lock_timeout)s::text, current_setting('lock_timeout')),
-                  true) AS lock_timeout,
-       set_config('synchronous_commit', %(synchronous_commit)s::text, true) AS synchronous_commit;
-
 -- name: select_relation_pages
 -- the relation's heap size in pages, now (the physical pass walks pages [0, this))
 SELECT (pg_relation_size(%(relation)s::regclass) / current_setting('block_size')::integer)::bigint

@@ -1,6 +1,7 @@
 -- The message queue's housekeeping: stats, requeueing messages a dead consumer left in
--- processing, purging processed messages. Batches claim rows with FOR UPDATE SKIP LOCKED (a
--- consumer holding a message is alive: its message is left alone); the clock is a parameter.
+-- processing, purging processed messages. Batches are sized by time (kronos_db/batching.py);
+-- rows a consumer holds are never waited on (FOR UPDATE SKIP LOCKED: a consumer holding a
+-- message is alive, its message is left alone); the clock is a parameter.
 
 -- name: select_queue_stats
 -- per topic and status: message count, oldest message age, longest time in that status, max attempts
@@ -25,7 +26,7 @@ WITH batch AS (
      WHERE status = 'processing'
        AND status_changed_at < %(stuck_before)s::timestamptz
      ORDER BY status_changed_at
-     LIMIT %(batch_size)s::integer
+     LIMIT %(limit)s::integer
        FOR UPDATE SKIP LOCKED
 ),
 moved AS (
@@ -44,7 +45,7 @@ woken AS (
     SELECT pg_notify('kronos_message_queue', topic)
       FROM (SELECT DISTINCT topic FROM moved WHERE status = 'pending') AS topics
 )
-SELECT (SELECT count(*) FROM batch)::integer AS claimed,
+SELECT (SELECT count(*) FROM batch)::integer AS scanned,
        (SELECT count(*) FROM moved)::integer AS rows,
        (SELECT count(*) FROM moved WHERE status = 'pending')::integer AS requeued,
        (SELECT count(*) FROM moved WHERE status = 'failed')::integer AS failed,
@@ -60,26 +61,71 @@ SELECT count(*)::bigint AS rows,
    AND status_changed_at < %(stuck_before)s::timestamptz;
 
 -- name: delete_processed_messages
--- deletes one batch of messages processed before processed_before, oldest first; returns counts
+-- one batch in key order: deletes the next limit processed messages older than processed_before
+-- after the previous batch's last (status_changed_at, id), through the partial index; returns
+-- how many it took, deleted, and the new last key
 WITH batch AS (
-    SELECT id
+    SELECT ctid, status_changed_at, id
       FROM message_queue
      WHERE status = 'processed'
        AND status_changed_at < %(processed_before)s::timestamptz
-     ORDER BY status_changed_at
-     LIMIT %(batch_size)s::integer
+       AND (%(after_at)s::timestamptz IS NULL
+            OR (status_changed_at, id) > (%(after_at)s::timestamptz, %(after_id)s::bigint))
+     ORDER BY status_changed_at, id
+     LIMIT %(limit)s::integer
+),
+deleted AS (
+    DELETE FROM message_queue
+     WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch))
+       AND status = 'processed'
+       AND status_changed_at < %(processed_before)s::timestamptz
+    RETURNING 1
+),
+last_key AS (
+    SELECT status_changed_at, id FROM batch ORDER BY status_changed_at DESC, id DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM batch)::integer AS scanned,
+       (SELECT count(*) FROM deleted)::integer AS rows,
+       (SELECT status_changed_at FROM last_key) AS after_at,
+       (SELECT id FROM last_key) AS after_id;
+
+-- name: delete_processed_messages_skip_locked
+-- the same batch when a service holds one of its rows: the key range is taken as above, its
+-- rows claimed with SKIP LOCKED (a message in use is left), and how many were left is returned
+WITH batch AS (
+    SELECT ctid, status_changed_at, id
+      FROM message_queue
+     WHERE status = 'processed'
+       AND status_changed_at < %(processed_before)s::timestamptz
+       AND (%(after_at)s::timestamptz IS NULL
+            OR (status_changed_at, id) > (%(after_at)s::timestamptz, %(after_id)s::bigint))
+     ORDER BY status_changed_at, id
+     LIMIT %(limit)s::integer
+),
+claimed AS (
+    SELECT ctid
+      FROM message_queue
+     WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch))
+       AND status = 'processed'
+       AND status_changed_at < %(processed_before)s::timestamptz
        FOR UPDATE SKIP LOCKED
 ),
 deleted AS (
-    DELETE FROM message_queue AS m
-     USING batch
-     WHERE m.id = batch.id
-       AND m.status = 'processed'
-       AND m.status_changed_at < %(processed_before)s::timestamptz
-    RETURNING m.id
+    DELETE FROM message_queue
+     WHERE ctid = ANY (ARRAY(SELECT ctid FROM claimed))
+       AND status = 'processed'
+       AND status_changed_at < %(processed_before)s::timestamptz
+    RETURNING 1
+),
+last_key AS (
+    SELECT status_changed_at, id FROM batch ORDER BY status_changed_at DESC, id DESC LIMIT 1
 )
-SELECT (SELECT count(*) FROM batch)::integer AS claimed,
-       (SELECT count(*) FROM deleted)::integer AS rows;
+SELECT (SELECT count(*) FROM batch)::integer AS scanned,
+       (SELECT count(*) FROM deleted)::integer AS rows,
+       greatest(0, (SELECT count(*) FROM batch) - (SELECT count(*) FROM claimed))::integer
+           AS skipped,
+       (SELECT status_changed_at FROM last_key) AS after_at,
+       (SELECT id FROM last_key) AS after_id;
 
 -- name: count_processed_messages
 -- how many processed messages are older than processed_before
