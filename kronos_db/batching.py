@@ -32,6 +32,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, LiteralString
 
@@ -40,7 +41,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from kronos_db import db
+from kronos_db import db, logs
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import UsageError
 from kronos_db.resources import query
@@ -235,6 +236,12 @@ def relation_pages(conn: psycopg.Connection[Any], relation: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _locks(relation: str, policy: BatchPolicy) -> str:
+    budget = policy.duration.total_seconds() * 1000
+    batch = f"{policy.rows} rows" if policy.rows else f"about {budget:g} ms"
+    return f"ROW EXCLUSIVE on {relation}, the row locks of one batch ({batch}) at a time"
+
+
 def _page_range(params: Mapping[str, Any], low: int, high: int) -> dict[str, Any]:
     return {**params, "first_page": f"({low},0)", "end_page": f"({high},0)"}
 
@@ -274,7 +281,7 @@ def physical_pass(
     def walk(label: str) -> None:
         cursor, end = 0, relation_pages(conn, relation)
         sizer = Sizer(policy, initial=8 if policy.rows else 32, maximum=max(1, end))
-        started, rows = time.monotonic(), totals.rows
+        rows = totals.rows
 
         def step(size: int) -> Batch:
             nonlocal cursor, end
@@ -289,15 +296,14 @@ def physical_pass(
                 end = relation_pages(conn, relation)
             return Batch(units=size, rows=int(row["rows"]), skipped=skipped, last=cursor >= end)
 
-        run(step, policy, sizer=sizer, totals=totals, detail=detail, on_progress=on_progress)
-        logger.info(
-            "%s: %s of %d pages: %d rows in %.0f ms",
-            relation,
-            label,
-            end,
-            totals.rows - rows,
-            (time.monotonic() - started) * 1000,
-        )
+        with logs.step(
+            f"{relation}: {label} of {end} pages",
+            interrupted=lambda: f"page {cursor} of {end} reached, the batches before it kept",
+            locks=_locks(relation, policy),
+            log=logger,
+        ):
+            run(step, policy, sizer=sizer, totals=totals, detail=detail, on_progress=on_progress)
+        logger.info("%s: %s: %d rows", relation, label, totals.rows - rows)
 
     walk("physical pass")
     changed = totals.rows - before
@@ -362,6 +368,15 @@ def keyset_pass(
     return run(step, policy, sizer=sizer, totals=totals, detail=detail, on_progress=on_progress)
 
 
+def _keyset_step(table: str, column: str, policy: BatchPolicy) -> AbstractContextManager[logs.Step]:
+    return logs.step(
+        f"{table}: by key ({column})",
+        interrupted="the batches done are kept",
+        locks=_locks(table, policy),
+        log=logger,
+    )
+
+
 def _statements(name: str, table: str, column: str, key: str) -> sql.Composed:
     return sql.SQL(query("batching", name)).format(
         table=sql.Identifier(*table.split(".")),
@@ -398,20 +413,22 @@ def delete_before(
     matching = int(row[0]) if row else 0
     if matching == 0:
         return totals
-    share = matching / max(1.0, float(rows_in_table[0] if rows_in_table else 0))
+    # reltuples is an estimate (0 before the first ANALYZE): never below what was counted
+    share = matching / max(matching, float(rows_in_table[0] if rows_in_table else 0))
     if share < PHYSICAL_PASS_SHARE:
         logger.info("%s: %d rows with %s before the cutoff: by key", table, matching, column)
-        return keyset_pass(
-            conn,
-            _statements("delete_before_after_key", table, column, key),
-            _statements("delete_before_after_key_skip_locked", table, column, key),
-            params,
-            policy,
-            cursor_columns=("after_value", "after_key"),
-            totals=totals,
-            detail=detail,
-            on_progress=on_progress,
-        )
+        with _keyset_step(table, column, policy):
+            return keyset_pass(
+                conn,
+                _statements("delete_before_after_key", table, column, key),
+                _statements("delete_before_after_key_skip_locked", table, column, key),
+                params,
+                policy,
+                cursor_columns=("after_value", "after_key"),
+                totals=totals,
+                detail=detail,
+                on_progress=on_progress,
+            )
     logger.info(
         "%s: %d rows with %s before the cutoff (%.0f%% of the table): by pages",
         table,

@@ -33,10 +33,10 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg.rows import dict_row
 
-from kronos_db import batching, db
+from kronos_db import batching, db, logs
 from kronos_db.batching import BatchPolicy, ProgressCallback, Totals
 from kronos_db.config import HousekeepingSettings
-from kronos_db.durations import postgres_interval
+from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import UsageError
 from kronos_db.locks import try_advisory_lock
 from kronos_db.resources import query
@@ -178,21 +178,32 @@ def run_job(
     """The frame every job shares: dry run, or lock + timeouts + batches, timed."""
     check_now(now)
     started = time.monotonic()
-    if options.dry_run:
-        # read-only: no lock needed, and a dry run never makes a real run skip
-        with job_timeouts(conn, options):
-            counts = dict(count())
-        rows = counts.pop("rows")
-        return JobResult(
-            job, rows, 0, time.monotonic() - started, now, dry_run=True, details=counts
-        )
-    _require_autocommit(conn)
-    totals = Totals()
-    with try_advisory_lock(conn, lock_name(job)) as acquired:
-        if not acquired:
-            logger.info("%s: another run holds the lock %s; nothing to do", job, lock_name(job))
-            return JobResult(job, 0, 0, time.monotonic() - started, now, skipped=True)
-        work(totals)
+    with logs.job(job):
+        if options.dry_run:
+            # read-only: no lock needed, and a dry run never makes a real run skip
+            with job_timeouts(conn, options):
+                counts = dict(count())
+            rows = counts.pop("rows")
+            return JobResult(
+                job, rows, 0, time.monotonic() - started, now, dry_run=True, details=counts
+            )
+        _require_autocommit(conn)
+        totals = Totals()
+        with try_advisory_lock(conn, lock_name(job)) as acquired:
+            if not acquired:
+                logger.info("%s: another run holds the lock %s; nothing to do", job, lock_name(job))
+                return JobResult(job, 0, 0, time.monotonic() - started, now, skipped=True)
+            with logs.step(
+                job,
+                interrupted=lambda: (
+                    f"{totals.rows} rows done in {totals.batches} committed batches, nothing "
+                    "half-done; the next run carries on"
+                ),
+                locks=f"lease {lock_name(job)}, lock_timeout "
+                f"{format_duration(options.lock_timeout)}",
+                log=logger,
+            ):
+                work(totals)
     seconds = time.monotonic() - started
     logger.info("%s: %d rows in %d batches, %.2fs", job, totals.rows, totals.batches, seconds)
     return JobResult(

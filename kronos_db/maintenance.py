@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from kronos_db import db, housekeeping, partitions, queue
+from kronos_db import db, housekeeping, logs, partitions, queue
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError, PartitionError, UsageError, translate_database_error
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
@@ -268,7 +268,8 @@ def run_maintenance(
             try:
                 if conn is None:
                     conn = db.connect(target)
-                result = job.run(conn, now, settings, dry_run, progress)
+                with logs.job(job.name):
+                    result = job.run(conn, now, settings, dry_run, progress)
                 conn = _reset_session(conn)
                 outcome = JobOutcome(
                     job.name,

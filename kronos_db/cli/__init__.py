@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import signal
 import sys
 from difflib import get_close_matches
 from typing import Annotated, Any, Literal
@@ -22,7 +23,14 @@ from typing import Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from kronos_db.cli.common import configure_logging, emit_json, redact, stderr
+from kronos_db.cli.common import (
+    LOG_FORMATS,
+    configure_logging,
+    emit_json,
+    error,
+    output,
+    redact,
+)
 from kronos_db.errors import ExitCode, KronosError
 
 
@@ -195,14 +203,95 @@ def root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log what kronos-db does on stderr.")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Log each step with its duration and locks on stderr; -vv also each batch.",
+        ),
+    ] = 0,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print only errors on stderr, and no summary on stdout."
+        ),
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            envvar="KRONOS_LOG_FORMAT",
+            metavar="text|json",
+            help="stderr as log lines with time, level and job: text or json (one object a "
+            "line). Default: lines for people.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Schema-first migrations and DBA toolkit for the Kronos PostgreSQL database.
 
     Example: kronos-db migrate --create-db
     """
-    configure_logging(verbose)
+    if log_format is not None and log_format not in LOG_FORMATS:
+        raise typer.BadParameter(
+            f"expected text or json, got {log_format!r}", param_hint="--log-format"
+        )
+    configure_logging(verbose, quiet=quiet, log_format=log_format)
+
+
+# What an interruption leaves behind, per command, when no step of the library said more.
+_INTERRUPTED_STATE = {
+    "migrate": "each revision is one transaction: the one under way is rolled back, those "
+    "before it stay applied (a no-transaction revision resumes on the next run); "
+    "`kronos-db status` shows where the database is",
+    "downgrade": "each revision is one transaction: the one under way is rolled back, those "
+    "before it stay reverted; `kronos-db status` shows where the database is",
+    "partitions-rotate": "each step is a short transaction of its own: finished steps stay, the "
+    "one under way is rolled back; the next run carries on",
+    "backup-create": "the partial dump file is removed and nothing is recorded",
+    "backup-verify": "the scratch database may be left behind (kronos_verify_*); the backup is "
+    "not marked verified",
+    "backup-restore": "the target database may be left half-restored: drop it or restore again "
+    "with --force",
+    "backup-prune": "files already deleted have their rows marked pruned; run it again",
+    "roles-apply": "each change is its own statement: those made stay; run it again",
+}
+_READ_ONLY = "nothing was changed"
+
+
+def _interruption(signal_name: str) -> str:
+    """``interrupted (SIGINT) during <what>, after <n>s: <the state it left>``."""
+    from kronos_db import logs
+
+    steps = logs.interrupted_steps()
+    if steps:
+        what = " > ".join(
+            dict.fromkeys(
+                part
+                for step, _ in reversed(steps)
+                for part in (step.job or "", step.description)
+                if part
+            )
+        )
+        state = next((state for _, state in steps if state), "")
+        seconds = max(step.seconds for step, _ in steps)
+    else:
+        what = output.command or "kronos-db"
+        state = _INTERRUPTED_STATE.get(output.command or "", "")
+        seconds = 0.0
+    after = f", after {seconds:.1f}s" if seconds else ""
+    return f"interrupted ({signal_name}) during {what}{after}: {state or _READ_ONLY}"
+
+
+_signal_received: list[str] = []
+
+
+def _on_signal(number: int, frame: object) -> None:
+    """SIGINT and SIGTERM: remember which, then interrupt as Ctrl-C does (psycopg cancels the
+    query under way on KeyboardInterrupt, so the server stops too)."""
+    _signal_received.append(signal.Signals(number).name)
+    raise KeyboardInterrupt
 
 
 def _json_requested(argv: list[str]) -> bool:
@@ -217,18 +306,28 @@ def _fail(message: str, code: int) -> None:
     message = redact(message)
     if _json_requested(sys.argv[1:]):
         emit_json({"error": message, "exit_code": int(code)})
-    stderr.print(f"kronos-db: error: {message}", markup=False)
+    error(message, exit_code=int(code))
     sys.exit(code)
+
+
+def _signal_code(name: str) -> int:
+    """128 + the signal's number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    return 128 + int(getattr(signal, name, signal.SIGINT))
 
 
 def main() -> None:
     """Entry point of the ``kronos-db`` script."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _on_signal)
     try:
-        code = app(standalone_mode=False)
+        # the program's name, however it was started (completion is keyed on it)
+        code = app(prog_name="kronos-db", standalone_mode=False)
+        if _signal_received:  # Typer turns KeyboardInterrupt into a silent exit 130
+            _fail(_interruption(_signal_received[0]), _signal_code(_signal_received[0]))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        _fail("interrupted", 130)
+        _fail(_interruption(_signal_received[0] if _signal_received else "SIGINT"), 130)
     except typer.TyperException as exc:
         # Typer's usage errors (a bad option, a missing argument): one line, exit 2
         context = getattr(exc, "ctx", None)
@@ -240,7 +339,8 @@ def main() -> None:
     except KronosError as exc:
         _fail(exc.message, exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        received = _signal_received[0] if _signal_received else "SIGINT"
+        _fail(_interruption(received), _signal_code(received))
     except Exception as exc:
         if os.environ.get("KRONOS_DEBUG"):
             raise

@@ -153,6 +153,10 @@ def duration_option(value: str | None) -> timedelta | None:
 def settings_for(
     config: Path | None, overrides: dict[str, tuple[Any, str]] | None = None
 ) -> Settings:
+    """The settings of a command (which every command loads first: it also notes which command
+    is under way, for the job name of log lines and for Ctrl-C)."""
+    output.command = _command_job() or output.command
+    ensure_logging()
     return load_settings(config, overrides)
 
 
@@ -175,8 +179,21 @@ def is_terminal() -> bool:
 
 
 def notify(message: str) -> None:
-    """Progress and warnings: stderr, so stdout stays data."""
-    stderr.print(f"kronos-db: {redact(message)}", markup=False)
+    """A notice for the user (stderr, so stdout stays data; hidden by --quiet)."""
+    ensure_logging()
+    _cli_logger.log(NOTICE, message)
+
+
+def warn(message: str) -> None:
+    """A warning (stderr; --quiet hides it too: it shows errors only)."""
+    ensure_logging()
+    _cli_logger.warning(message)
+
+
+def error(message: str, **fields: Any) -> None:
+    """The one line of a failure (stderr, in the log format)."""
+    ensure_logging()
+    _cli_logger.error(message, extra=fields)
 
 
 def _json_default(value: Any) -> Any:
@@ -204,6 +221,40 @@ def human_duration(value: timedelta) -> str:
     return format_duration(value)
 
 
+# --------------------------------------------------------------------------- logging
+
+NOTICE = 25  # between INFO and WARNING: what a command tells its user (hidden by --quiet)
+logging.addLevelName(NOTICE, "NOTICE")
+LOG_FORMATS = ("text", "json")
+_STANDARD_RECORD_FIELDS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "job", "asctime"}
+)
+
+
+@dataclasses.dataclass
+class Output:
+    """How this process talks on stderr: set once by the root options."""
+
+    log_format: str | None = None  # None: lines for people (kronos-db: …)
+    quiet: bool = False
+    verbosity: int = 0
+    command: str | None = None  # the command under way, as a job name (expire-sessions)
+
+
+output = Output()
+
+
+def _command_job() -> str | None:
+    """The command under way, as a job name: ``expire sessions`` -> ``expire-sessions``."""
+    from typer._click.globals import get_current_context
+
+    context = get_current_context(silent=True)
+    if context is None:
+        return None
+    path = context.command_path.split(" ", 1)
+    return path[1].replace(" ", "-") if len(path) > 1 else None
+
+
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
@@ -211,14 +262,96 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(verbose: bool) -> None:
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class HumanFormatter(logging.Formatter):
+    """``kronos-db: error: …``, ``kronos-db: warning: …``, ``kronos-db: …``: for people."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.ERROR:
+            prefix = "error: "
+        elif record.levelno >= logging.WARNING:
+            prefix = "warning: "
+        else:
+            prefix = ""
+        return f"kronos-db: {prefix}{record.getMessage()}"
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-01-31T12:00:00.000Z WARNING expire-sessions: …``: time, level and job on every
+    line, for log files."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        job = getattr(record, "job", "") or "kronos-db"
+        message = record.getMessage().removeprefix(f"{job}: ")  # the job is said once
+        return f"{_timestamp(record)} {record.levelname} {job}: {message}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``job``, ``logger``, ``message`` and the
+    record's extra fields (``duration_ms``, ``step``, …), for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "job": getattr(record, "job", "") or None,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_RECORD_FIELDS and not key.startswith("_"):
+                data.setdefault(key, value)
+        return json.dumps(data, default=str)
+
+
+def configure_logging(
+    verbosity: int = 0, *, quiet: bool = False, log_format: str | None = None
+) -> None:
+    """stderr: lines for people by default, ``text`` or ``json`` lines for machines.
+
+    Levels: errors and warnings always (not warnings with ``quiet``), notices (what a command
+    tells its user) unless ``quiet``, each step with its duration from ``-v``, batches from
+    ``-vv``.
+    """
+    output.log_format, output.quiet, output.verbosity = log_format, quiet, verbosity
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JsonFormatter()
+    elif log_format == "text":
+        formatter = TextFormatter()
+    else:
+        formatter = HumanFormatter()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("kronos-db: %(message)s"))
+    handler.setFormatter(formatter)
     handler.addFilter(_RedactingFilter())
+    from kronos_db.logs import JobFilter
+
+    handler.addFilter(JobFilter(_command_job))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("kronos_db").setLevel(logging.INFO if verbose else logging.WARNING)
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
+    if quiet:
+        level = logging.ERROR
+    elif verbosity >= 2:
+        level = logging.DEBUG
+    elif verbosity == 1:
+        level = logging.INFO
+    else:
+        level = NOTICE
+    logging.getLogger("kronos_db").setLevel(level)
+
+
+_cli_logger = logging.getLogger("kronos_db.cli")
+
+
+def ensure_logging() -> None:
+    """Logging as the root options would set it, for what happens before (or without) them."""
+    if not logging.getLogger().handlers:
+        configure_logging(log_format=os.environ.get("KRONOS_LOG_FORMAT") or None)
 
 
 class StepProgress:
