@@ -1,14 +1,23 @@
-"""The configuration: one TOML file, every setting with a documented default.
+"""The configuration: a TOML file and the environment, every setting with a documented default.
 
-The file is ``--config``, else ``$KRONOS_CONFIG``, else ``./kronos.toml`` when present. Each
-section is a frozen dataclass; each field carries its documentation in ``metadata["doc"]``,
-which ``kronos-db config show`` and ``docs/configuration.md`` print. Values are validated on load
-and an error names the key and the file. Later capabilities add their own sections here.
+The file is ``--config``, else ``$KRONOS_CONFIG``, else ``./kronos.toml`` when present. Every
+setting can also come from the environment as ``KRONOS_<SECTION>_<KEY>`` (``[backups]
+directory`` is ``KRONOS_BACKUPS_DIRECTORY``), so a container needs no file. Precedence: a
+command-line option, then the environment, then the file, then the default; ``sources`` says
+where each value came from. A ``KRONOS_*`` variable that names no setting is reported (a
+warning naming the closest setting), never silently ignored.
+
+Each section is a frozen dataclass; each field carries its documentation in
+``metadata["doc"]``, which ``kronos-db config show`` and ``docs/configuration.md`` print. Values
+are validated on load and an error names the key and where the value came from. Later
+capabilities add their own sections here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import tomllib
 import types
@@ -23,6 +32,17 @@ from kronos_db.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "kronos.toml"
 CONFIG_ENV = "KRONOS_CONFIG"
+ENVIRONMENT_PREFIX = "KRONOS_"
+# KRONOS_* variables that are not settings (docs/configuration.md lists them)
+PROCESS_VARIABLES = {
+    CONFIG_ENV: "the configuration file",
+    "KRONOS_DEBUG": "any value: an unexpected error shows its traceback",
+    "KRONOS_LOG_FORMAT": "text or json: the log format when --log-format is not given",
+}
+# the test suite's and the benchmarks' own variables
+RESERVED_PREFIXES = ("KRONOS_TEST_", "KRONOS_BENCH_")
+
+logger = logging.getLogger(__name__)
 
 
 def setting(
@@ -598,6 +618,88 @@ def _convert(value: Any, kind: Any, key: str, origin: str) -> Any:
     raise TypeError(f"unsupported setting type {kind!r} for {key}")
 
 
+def environment_variable(dotted: str) -> str:
+    """``backups.directory`` -> ``KRONOS_BACKUPS_DIRECTORY``."""
+    return ENVIRONMENT_PREFIX + dotted.replace(".", "_").upper()
+
+
+def setting_variables() -> dict[str, str]:
+    """Every setting's environment variable -> its ``section.key``."""
+    return {
+        environment_variable(f"{name}.{field.name}"): f"{name}.{field.name}"
+        for name, cls in section_types().items()
+        for field in dataclasses.fields(cls)
+    }
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _from_text(text: str, kind: Any) -> Any:
+    """A variable's text as the TOML value it stands for, for :func:`_convert` to check."""
+    if kind is bool:
+        word = text.strip().lower()
+        return True if word in _TRUE else False if word in _FALSE else text
+    if kind is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            return text
+    if kind is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            return text
+    origin_type = typing.get_origin(kind)
+    if origin_type is tuple:
+        (item_kind, _ellipsis) = typing.get_args(kind)
+        return [_from_text(item.strip(), item_kind) for item in text.split(",") if item.strip()]
+    if origin_type in (typing.Union, types.UnionType):
+        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return _from_text(text, inner)
+    return text  # strings, durations (parsed as in the file), choices
+
+
+_warned: set[str] = set()
+
+
+def _environment_values(
+    environ: Mapping[str, str],
+) -> dict[str, dict[str, tuple[Any, str]]]:
+    """The settings the environment sets, per section; unknown KRONOS_* variables warned of."""
+    variables = setting_variables()
+    sections = section_types()
+    found: dict[str, dict[str, tuple[Any, str]]] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENVIRONMENT_PREFIX):
+            continue
+        dotted = variables.get(name)
+        if dotted is None:
+            if name not in PROCESS_VARIABLES and not name.startswith(RESERVED_PREFIXES):
+                _warn_unknown(name, variables)
+            continue
+        section, _, key = dotted.partition(".")
+        kind = typing.get_type_hints(sections[section])[key]
+        found.setdefault(section, {})[key] = (_from_text(text, kind), f"${name}")
+    return found
+
+
+def _warn_unknown(name: str, variables: Mapping[str, str]) -> None:
+    if name in _warned:
+        return
+    _warned.add(name)
+    candidates = [*variables, *PROCESS_VARIABLES]
+    closest = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    if closest and closest[0] in variables:
+        hint = f"did you mean {closest[0]} ({variables[closest[0]]})?"
+    elif closest:
+        hint = f"did you mean {closest[0]}?"
+    else:
+        hint = "no setting is named like it (see kronos-db config show)"
+    logger.warning("unknown environment variable %s, ignored: %s", name, hint)
+
+
 def _build_section(
     cls: type[SectionT],
     name: str,
@@ -612,7 +714,12 @@ def _build_section(
             sources[key] = "default"
             continue
         raw, origin = values[field.name]
-        value = _convert(raw, hints[field.name], key, origin)
+        try:
+            value = _convert(raw, hints[field.name], key, origin)
+        except ConfigError as exc:
+            if field.metadata.get("secret"):  # never echo a secret's value
+                raise ConfigError(f"{origin}: {key}: invalid value (not shown: a secret)") from None
+            raise exc from None
         minimum = field.metadata.get("minimum")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{origin}: {key}: must be at least {minimum}, got {raw!r}")
@@ -623,14 +730,16 @@ def _build_section(
     return cls(**kwargs)
 
 
-def find_config_file(explicit: str | Path | None) -> Path | None:
+def find_config_file(
+    explicit: str | Path | None, environ: Mapping[str, str] | None = None
+) -> Path | None:
     """``--config``, else ``$KRONOS_CONFIG``, else ``./kronos.toml`` when present."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(f"{path}: configuration file not found")
         return path
-    from_env = os.environ.get(CONFIG_ENV)
+    from_env = (os.environ if environ is None else environ).get(CONFIG_ENV)
     if from_env:
         path = Path(from_env)
         if not path.is_file():
@@ -643,19 +752,28 @@ def find_config_file(explicit: str | Path | None) -> Path | None:
 def load_settings(
     config_file: str | Path | None = None,
     overrides: Mapping[str, tuple[Any, str]] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Load and validate the configuration.
 
     ``overrides`` maps ``"section.key"`` to ``(value, origin)``, for command-line options; they
-    win over the file.
+    win over the environment (``environ``, by default this process's), which wins over the
+    file, which wins over the defaults.
     """
-    path = find_config_file(config_file)
+    environ = os.environ if environ is None else environ
+    path = find_config_file(config_file, environ)
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                f"{exc.start}): save it as UTF-8, as TOML requires"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     sections = section_types()
@@ -674,6 +792,8 @@ def load_settings(
                     f"{path}: unknown key {section_name}.{key} (known: {', '.join(sorted(known))})"
                 )
             per_section[section_name][key] = (value, str(path))
+    for section_name, values in _environment_values(environ).items():
+        per_section[section_name].update(values)
     for dotted, (value, origin) in (overrides or {}).items():
         if value is None:
             continue
@@ -691,8 +811,9 @@ def load_settings(
 class EffectiveSetting:
     key: str
     value: str
-    source: str
+    source: str  # "default", the file's path, "$KRONOS_…" or "option --…"
     doc: str
+    variable: str  # the environment variable that sets it
 
 
 def describe(value: Any) -> str:
@@ -720,7 +841,11 @@ def effective_settings(settings: Settings) -> list[EffectiveSetting]:
                 shown = mask_conninfo(shown)
             rows.append(
                 EffectiveSetting(
-                    key, shown, settings.sources.get(key, "default"), field.metadata.get("doc", "")
+                    key,
+                    shown,
+                    settings.sources.get(key, "default"),
+                    field.metadata.get("doc", ""),
+                    environment_variable(key),
                 )
             )
     return rows

@@ -95,9 +95,12 @@ def _normalise_url(raw: str) -> str:
 
 def resolve_target(database_url: str | None, settings: Settings) -> Target:
     """Pick the database from the option, the environment, the configuration or libpq."""
+    url_source = settings.sources.get("database.url", "default")
     candidates: list[tuple[str | None, str]] = [(database_url, "option --database-url")]
+    if url_source.startswith("$"):  # database.url from KRONOS_DATABASE_URL (load_settings)
+        candidates.append((settings.database.url, url_source))
     candidates += [(os.environ.get(name), f"${name}") for name in URL_ENVIRONMENT]
-    candidates.append((settings.database.url, settings.sources.get("database.url", "default")))
+    candidates.append((settings.database.url, url_source))
     raw, source = next(((value, origin) for value, origin in candidates if value), ("", "libpq"))
     raw = _normalise_url(raw)
     secrets = [raw] if raw else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kronos_db.config import Settings, describe, section_types
+from kronos_db.config import Settings, describe, environment_variable, section_types
 
 
 def configuration_reference() -> str:
@@ -12,7 +12,16 @@ def configuration_reference() -> str:
     defaults = Settings()
     lines: list[str] = []
     for name, cls in section_types().items():
-        lines += [f"### [{name}]", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        prefix = environment_variable(f"{name}.x")[:-1]
+        example = environment_variable(f"{name}.{dataclasses.fields(cls)[0].name}")
+        lines += [
+            f"### [{name}]",
+            "",
+            f"From the environment: `{prefix}<KEY>`, e.g. `{example}`.",
+            "",
+            "| key | default | meaning |",
+            "| --- | --- | --- |",
+        ]
         section = getattr(defaults, name)
         for field in dataclasses.fields(cls):
             value = describe(getattr(section, field.name))
