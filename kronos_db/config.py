@@ -312,22 +312,32 @@ class PartitionSettings:
         "", "Where `archive` writes its files (required when retention_action = archive)."
     )
     lock_timeout: timedelta = setting(
-        timedelta(seconds=2),
-        "lock_timeout for each DDL statement: give up quickly instead of queueing an "
-        "exclusive lock in front of the services' writes.",
+        timedelta(milliseconds=200),
+        "The longest a service's insert may queue behind a rotation: every lock rotate asks "
+        "for is given up after this (rolled back, retried later) instead of queueing in front "
+        "of the services' writes.",
+        lock_timeout=True,
+    )
+    hold_timeout: timedelta = setting(
+        timedelta(milliseconds=50),
+        "The longest rotate may hold a lock inserts wait on (an attach's check of the default "
+        "partition, a detach): past it the step rolls back and retries. Worst insert wait: "
+        "lock_timeout + hold_timeout.",
         lock_timeout=True,
     )
     retry_delay: timedelta = setting(
         timedelta(milliseconds=500),
-        "First back-off after a lock timeout; doubles (with jitter) up to 30s.",
+        "First back-off after a lock given up; doubles (with jitter) up to 30s.",
     )
     budget: timedelta = setting(
         timedelta(minutes=2),
-        "Total time one step may spend retrying lock timeouts before it is reported failed.",
+        "Total time one run may spend retrying locks; then the steps still blocked fail "
+        "(exit 4) and the next run tries again.",
     )
     move_batch_size: int = setting(
         10_000,
-        "Rows moved per transaction out of the default partition into a new partition.",
+        "Rows per statement when rows move out of the default partition (all the rows of a "
+        "range move in the transaction that attaches their partition).",
         minimum=1,
     )
     coverage_warning: int = setting(

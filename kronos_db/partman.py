@@ -1,12 +1,11 @@
 """The pg_partman backend: where the extension is installed and the table registered with it.
 
 pg_partman's ``part_config`` row is then the policy (interval, premake, retention), and its
-functions do the work: ``create_partition_time`` for the partitions ahead (kronos-db's guard on
-the default partition still spares that attach its scan), ``drop_partition_time`` with
-``p_reference_timestamp := now`` for retention (so the clock is a parameter here too), then
-``run_maintenance`` for anything else partman is configured to do. Rows in the default
-partition are moved by kronos-db's native code (pg_partman 4.x has no batched, lock-bounded
-mover that keeps services writing); its names are pg_partman's, so partman adopts the result.
+``create_partition_time`` makes the empty partitions ahead (its template table applies), one
+per transaction under kronos-db's lock budget; ``run_maintenance`` then runs for anything else
+pg_partman is configured to do. Moving rows out of the default partition, adopting strays, the
+range holding now and retention are kronos-db's own steps (see :class:`_PartmanRotation` for
+why), with pg_partman's names, so that pg_partman adopts the result.
 
 Every call runs with ``TimeZone = UTC`` set locally: pg_partman 4.x computes bounds and names in
 the session's time zone, and a non-UTC session would make it create overlapping partitions.
@@ -15,7 +14,7 @@ the session's time zone, and a non-UTC session would make it create overlapping 
 from __future__ import annotations
 
 import dataclasses
-import functools
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -27,23 +26,19 @@ from kronos_db.config import PartitionSettings, Settings
 from kronos_db.errors import UsageError
 from kronos_db.partitions import (
     Action,
+    BatchSizer,
     Interval,
     Notify,
     ParentTable,
     Policy,
-    RotationResult,
     StepResult,
     _Rotation,
     _Runner,
-    drop_leftover_guard,
+    floor_time,
     list_partitions,
     parent_table,
-    plan_rotation,
-    run_actions,
 )
 from kronos_db.resources import query
-
-_NOTHING = "pg_partman run_maintenance: nothing to do"
 
 # pg_partman 4.x: the interval text part_config holds, and its datetime_string (names)
 PARTMAN_INTERVALS = {
@@ -101,14 +96,9 @@ def table_config(conn: psycopg.Connection[Any], table: str) -> PartmanConfig | N
     found = extension(conn)
     if found is None:
         return None
-    statement = sql.SQL(
-        "SELECT CASE partition_interval::interval WHEN '1 hour' THEN 'hourly' "
-        "WHEN '1 day' THEN 'daily' WHEN '7 days' THEN 'weekly' WHEN '1 mon' THEN 'monthly' "
-        "END AS interval_name, premake, "
-        "extract(epoch FROM retention::interval)::float8 AS retention_seconds, "
-        "retention_keep_table, infinite_time_partitions "
-        "FROM {}.part_config WHERE parent_table = %(table)s::text"
-    ).format(sql.Identifier(found.schema))
+    statement = sql.SQL(query("partitions", "select_partman_config")).format(
+        partman=sql.Identifier(found.schema)
+    )
     with conn.cursor(row_factory=class_row(_ConfigRow)) as cur:
         row = cur.execute(statement, {"table": _partman_name(conn, table)}).fetchone()
     if row is None:
@@ -200,58 +190,46 @@ def _interval_text(value: timedelta) -> str | None:
     return f"{seconds} seconds" if seconds > 0 else None
 
 
-def rotate(
+def rotation(
     conn: psycopg.Connection[Any],
     settings: Settings,
     parent: ParentTable,
     policy: Policy,
     now: datetime,
-    *,
-    dry_run: bool,
     notify: Notify,
-) -> RotationResult:
-    """The partman backend's rotation (called by :func:`kronos_db.partitions.rotate`)."""
+    dry_run: bool,
+    batch_sizer: Callable[[], BatchSizer] | None,
+    started: float,
+) -> _Rotation:
+    """The partman backend's steps (called by :func:`kronos_db.partitions.rotate`)."""
     config = table_config(conn, settings.partitions.table)
     assert config is not None
-    if not dry_run:
-        drop_leftover_guard(conn, parent, settings.partitions, notify)
-    plan = plan_rotation(conn, parent, policy, now)
-    for warning in plan.warnings:
-        notify(f"warning: {warning}")
-    # rows to rescue and unfinished retirements: kronos-db's own code, partman-compatible names
-    native_rotation = _Rotation(conn, settings, parent, policy, now, notify, dry_run=dry_run)
-    rotation = _PartmanRotation(
-        conn, settings, parent, policy, now, notify, dry_run=dry_run, config=config
-    )
-    rotation.log = native_rotation.log
-    native = [
-        a
-        for a in plan.actions
-        if a.kind in ("finalize", "resume")
-        or (a.kind == "create" and (a.rows_in_default or (a.lower and a.lower <= now)))
-    ]
-    steps = run_actions(native_rotation, native)
-    creates = [a for a in plan.actions if a.kind == "create" and a not in native]
-    steps += rotation.create_future(creates)
-    retires = [a for a in plan.actions if a.kind == "retire"]
-    if retires:
-        steps += rotation.retire_all(retires)
-    maintenance = rotation.maintenance()
-    if not maintenance.ok or maintenance.description != _NOTHING:
-        steps.append(maintenance)
-    return RotationResult(
-        parent.qualified,
-        "partman",
+    return _PartmanRotation(
+        conn,
+        settings,
+        parent,
+        policy,
         now,
-        dry_run,
-        False,
-        tuple(steps),
-        plan.warnings,
-        tuple(rotation.log),
+        notify,
+        dry_run=dry_run,
+        batch_sizer=batch_sizer,
+        started=started,
+        config=config,
     )
 
 
 class _PartmanRotation(_Rotation):
+    """pg_partman makes the empty partitions ahead; everything else is kronos-db's own code.
+
+    Rescues, adoptions and the range holding now move rows and attach in one transaction
+    with kronos-db's lock budget (pg_partman 4.x's partition_data_time holds the default
+    partition's ACCESS EXCLUSIVE lock while it moves a whole range), with pg_partman's names
+    so that it adopts the result. Retention is kronos-db's detach-then-finish too (pg_partman's
+    drop_partition_time detaches and drops every expired partition in one transaction, under
+    one ACCESS EXCLUSIVE lock of the parent, and cannot archive), with the policy of
+    part_config.
+    """
+
     def __init__(self, *args: Any, config: PartmanConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config = config
@@ -259,143 +237,46 @@ class _PartmanRotation(_Rotation):
 
     def utc(self, runner: _Runner) -> None:
         # pg_partman 4.x names and bounds partitions in the session's time zone
-        runner.conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
-
-    def _attach_future(self, runner: _Runner, *, action: Action, guarded: bool) -> dict[str, Any]:
-        return {}  # create_partition_time attached it already
-
-    def _create_and_move(self, runner: _Runner, *, action: Action) -> dict[str, Any]:
-        """Future partitions without default rows: pg_partman creates them (template, grants)."""
-        return {}
-
-    def create_future(self, actions: Any) -> list[StepResult]:
-        if not actions:
-            return []
-        guarded = False
-        if self.parent.default_partition is not None:
-            guarded = self._add_guard(actions)
-        try:
-            statement = sql.SQL(
-                "SELECT {}.create_partition_time({}, {}::timestamptz[], p_analyze := false)"
-            ).format(
-                self.partman,
-                sql.Literal(self.config_name()),
-                sql.Literal([a.lower for a in actions]),
-            )
-
-            def work(runner: _Runner) -> dict[str, Any]:
-                def create() -> None:
-                    self.utc(runner)
-                    runner.execute(statement)
-                    if not self.dry_run:
-                        # pg_partman's inherit_privileges copies the parent's grants: the
-                        # role mapping decides instead
-                        for action in actions:
-                            self.conform_privileges(runner, action.partition)
-
-                runner.retrying("pg_partman create_partition_time", create)
-                return {}
-
-            first = self.step(actions[0], work)
-        finally:
-            if guarded:
-                self._drop_guard()
-        return [
-            first,
-            *(
-                # one pg_partman call made them all: its time is counted on the first
-                dataclasses.replace(
-                    first,
-                    partition=a.partition,
-                    description=a.describe(),
-                    statements=(),
-                    seconds=0.0,
-                    attempts=0,
-                )
-                for a in actions[1:]
-            ),
-        ]
+        if not self.dry_run:
+            runner.conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
 
     def config_name(self) -> str:
         return f"{self.parent.schema}.{self.parent.name}"
 
-    def retire_all(self, actions: list[Action]) -> list[StepResult]:
-        keep = self.policy.retention_action != "drop"
-        statement = sql.SQL(
-            "SELECT {}.drop_partition_time({}, p_retention := {}::interval, p_keep_table := {}, "
-            "p_keep_index := true, p_reference_timestamp := {})"
-        ).format(
-            self.partman,
-            sql.Literal(self.config_name()),
-            sql.Literal(_interval_text(self.policy.retention)),
-            sql.Literal(keep),
-            sql.Literal(self.now),
+    def create(self, action: Action) -> StepResult:
+        """A range after now, empty: pg_partman's create_partition_time (its template table).
+
+        One partition per transaction, under lock_timeout: its attach checks the default
+        partition (emptied by the rescues before) under the default's ACCESS EXCLUSIVE lock.
+        The range holding now goes through kronos-db's own attach (inserts into it are under
+        way: they must wait before routing, not fail after).
+        """
+        assert action.lower is not None
+        if action.lower <= self.now or action.lower != floor_time(
+            action.lower, self.policy.interval
+        ):
+            return super().create(action)
+        statement = sql.SQL(query("partitions", "create_partman_partition")).format(
+            partman=self.partman
         )
-        before = {p.name for p in list_partitions(self.conn, self.parent)}
+        lower = action.lower
 
         def work(runner: _Runner) -> dict[str, Any]:
-            def drop() -> None:
+            def create() -> None:
                 self.utc(runner)
-                runner.execute(statement)
+                runner.execute(statement, {"table": self.config_name(), "lower": lower})
+                # pg_partman's inherit_privileges copies the parent's grants: the role
+                # mapping decides instead
+                self.conform_privileges(runner, action.partition)
 
-            runner.retrying("pg_partman drop_partition_time", drop)
+            runner.retrying(f"pg_partman create_partition_time {action.partition}", create)
             return {}
 
-        first = self.step(actions[0], work)
-        if not first.ok:
-            return [
-                dataclasses.replace(first, partition=a.partition, description=a.describe())
-                for a in actions
-            ]
-        after = (
-            {p.name for p in list_partitions(self.conn, self.parent)}
-            if not self.dry_run
-            else before - {a.partition for a in actions}
-        )
-        results: list[StepResult] = []
-        for index, action in enumerate(actions):
-            if action.partition in after:
-                results.append(
-                    StepResult(
-                        action.kind,
-                        action.partition,
-                        False,
-                        action.describe(),
-                        error="pg_partman kept this partition",
-                    )
-                )
-                continue
-            if not keep:
-                results.append(
-                    StepResult(
-                        action.kind,
-                        action.partition,
-                        True,
-                        action.describe(),
-                        # one pg_partman call retired them all: its time is on the first
-                        seconds=first.seconds if index == 0 else 0.0,
-                        attempts=first.attempts if index == 0 else 0,
-                        statements=first.statements if index == 0 else (),
-                    )
-                )
-                continue
+        return self.step(action, work)
 
-            def finish(runner: _Runner, action: Action = action) -> dict[str, Any]:
-                from kronos_db.partitions import _mark_sql
-
-                runner.retrying(
-                    f"mark {action.partition}",
-                    functools.partial(
-                        runner.execute,
-                        _mark_sql(self.parent, action.partition, self.policy.retention_action),
-                    ),
-                )
-                return self.finish(runner, action.partition, self.policy.retention_action)
-
-            results.append(self.step(action, finish))
-        return results
-
-    def maintenance(self) -> StepResult:
+    def closing_steps(self) -> list[StepResult]:
+        """pg_partman's run_maintenance, for whatever else it is configured to do; reported
+        only when it changed something."""
         statement = sql.SQL(query("partitions", "run_partman_maintenance")).format(
             partman=self.partman
         )
@@ -414,5 +295,7 @@ class _PartmanRotation(_Rotation):
         after = {p.name for p in list_partitions(self.conn, self.parent)}
         changes = [f"+{name}" for name in sorted(after - before)]
         changes += [f"-{name}" for name in sorted(before - after)]
-        description = ("pg_partman run_maintenance: " + ", ".join(changes)) if changes else _NOTHING
-        return dataclasses.replace(result, kind="maintenance", description=description)
+        if result.ok and not changes:
+            return []
+        description = "pg_partman run_maintenance: " + (", ".join(changes) or "nothing to do")
+        return [dataclasses.replace(result, kind="maintenance", description=description)]

@@ -89,7 +89,16 @@ LockTimeoutOption = Annotated[
     str | None,
     typer.Option(
         "--lock-timeout",
-        help="lock_timeout for each DDL statement, e.g. 2s.",
+        help="Longest an insert may queue behind a lock rotate asks for, e.g. 200ms.",
+        show_default=False,
+        rich_help_panel="Safety",
+    ),
+]
+HoldTimeoutOption = Annotated[
+    str | None,
+    typer.Option(
+        "--hold-timeout",
+        help="Longest a lock inserts wait on may be held (the attach's check), e.g. 50ms.",
         show_default=False,
         rich_help_panel="Safety",
     ),
@@ -98,7 +107,7 @@ BudgetOption = Annotated[
     str | None,
     typer.Option(
         "--budget",
-        help="Time one step may spend retrying lock timeouts, e.g. 2m.",
+        help="Time one run may spend retrying locks, e.g. 2m.",
         show_default=False,
         rich_help_panel="Safety",
     ),
@@ -123,12 +132,13 @@ def _settings(
     archive_directory: str | None = None,
     backend: str | None = None,
     lock_timeout: str | None = None,
+    hold_timeout: str | None = None,
     budget: str | None = None,
 ) -> Settings:
     _choice(interval, ("hourly", "daily", "weekly", "monthly"), "--interval")
     _choice(retention_action, ("drop", "detach", "archive"), "--retention-action")
     _choice(backend, ("auto", "native", "partman"), "--backend")
-    for value in (retention, lock_timeout, budget):
+    for value in (retention, lock_timeout, hold_timeout, budget):
         duration_option(value)
     overrides: dict[str, tuple[Any, str]] = {
         "partitions.interval": (interval, "option --interval"),
@@ -138,6 +148,7 @@ def _settings(
         "partitions.archive_directory": (archive_directory, "option --archive-directory"),
         "partitions.backend": (backend, "option --backend"),
         "partitions.lock_timeout": (lock_timeout, "option --lock-timeout"),
+        "partitions.hold_timeout": (hold_timeout, "option --hold-timeout"),
         "partitions.budget": (budget, "option --budget"),
     }
     return settings_for(config, overrides)
@@ -159,11 +170,13 @@ def status(
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Show every partition, the default partition's rows, coverage ahead and the next rotation.
+    """Show every partition, the default partition's rows, strays, coverage and the next rotation.
 
-    A monitoring check: exits 0 OK, 1 WARNING (coverage under coverage_warning, rows in the
-    default partition, an unfinished retirement), 2 CRITICAL (now not covered, or coverage under
-    coverage_critical), 3 UNKNOWN (the check itself failed).
+    A monitoring check (health's log_partitions check reports the same verdict): exits 0 OK,
+    1 WARNING (coverage under coverage_warning, rows waiting in the default partition, a stray
+    table that may hold log rows, an unfinished retirement such as a pending archive),
+    2 CRITICAL (now not covered, or coverage under coverage_critical), 3 UNKNOWN (the check
+    itself failed).
 
     Example: kronos-db partitions status --json
     """
@@ -192,9 +205,12 @@ def status(
     for partition in result.partitions:
         name = partition.name + (" (detach pending)" if partition.detach_pending else "")
         if partition.is_default:
-            table.add_row(
-                name, "DEFAULT", "", str(result.default_rows), human_size(partition.total_bytes)
+            rows = (
+                str(result.default_rows)
+                if result.default_rows_exact
+                else "≈" + str(result.default_rows)
             )
+            table.add_row(name, "DEFAULT", "", rows, human_size(partition.total_bytes))
         else:
             table.add_row(
                 name,
@@ -204,6 +220,14 @@ def status(
                 human_size(partition.total_bytes),
             )
     stdout.print(table)
+    for stray in result.strays:
+        held = "?" if stray.rows is None else str(stray.rows)
+        verdict = "adoptable" if stray.adoptable else f"not adoptable: {stray.reason}"
+        stdout.print(
+            f"stray: {stray.name} [{_when(stray.lower)}, {_when(stray.upper)}), {held} row(s), "
+            f"{verdict}",
+            markup=False,
+        )
     stdout.print(
         f"table: {result.table} ({result.backend} backend, {result.interval}, "
         f"premake {result.premake}, retention "
@@ -221,7 +245,10 @@ def status(
         stdout.print("next rotation: nothing to do")
     for warning in result.warnings:
         notify(f"warning: {warning}")
-    stdout.print(f"{result.level}" + (": " + "; ".join(result.problems) if result.problems else ""))
+    stdout.print(
+        f"{result.level}" + (": " + "; ".join(result.problems) if result.problems else ""),
+        markup=False,
+    )
     raise typer.Exit(result.exit_code)
 
 
@@ -249,17 +276,20 @@ def rotate(
     archive_directory: ArchiveDirectoryOption = None,
     backend: BackendOption = None,
     lock_timeout: LockTimeoutOption = None,
+    hold_timeout: HoldTimeoutOption = None,
     budget: BudgetOption = None,
     now: NowOption = None,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Create the missing partitions, move default-partition rows, retire old partitions.
+    """Adopt strays, move default-partition rows, create partitions, retire old ones.
 
-    Safe for cron: a second run while one is working exits 0 having done nothing; quiet when
-    there is nothing to do and no terminal. Exits 1 when a step failed (the others still
-    run), 4 when every failure was a lock timeout.
+    Every row stays visible through the table exactly once; an insert waits at most
+    --lock-timeout (+ --hold-timeout) because of it. Safe for cron: a second run while one is
+    working exits 0 having done nothing; quiet when there is nothing to do and no terminal.
+    Exits 1 when a step failed (the others still run), 4 when every failure was a lock not
+    granted within the run's budget (the next run retries).
 
     Example: kronos-db partitions rotate --dry-run
     """
@@ -272,6 +302,7 @@ def rotate(
         archive_directory=archive_directory,
         backend=backend,
         lock_timeout=lock_timeout,
+        hold_timeout=hold_timeout,
         budget=budget,
     )
     moment = parse_now(now)
@@ -297,7 +328,11 @@ def rotate(
         return
     for step in result.steps:
         if step.ok:
-            extra = f", {step.rows_moved} row(s) moved" if step.rows_moved else ""
+            extra = (
+                f", {step.rows_moved} row(s) moved ({step.rows_planned} planned)"
+                if step.rows_moved or step.rows_planned
+                else ""
+            )
             if step.archive_file:
                 extra += f", {step.archived_rows} row(s) archived to {step.archive_file}"
             stdout.print(f"{step.description} [dim]({step.seconds * 1000:.0f} ms{extra})[/dim]")
