@@ -477,16 +477,6 @@ class HealthSettings:
     unused_index_minimum_bytes: int = setting(
         1024 * 1024, "Unused indexes smaller than this are listed but not a WARNING.", minimum=0
     )
-    partition_ahead_warning: timedelta = setting(
-        timedelta(days=3), "logs partitions must cover at least this far ahead, else WARNING."
-    )
-    partition_ahead_critical: timedelta = setting(
-        timedelta(days=1), "logs partitions must cover at least this far ahead, else CRITICAL."
-    )
-    logs_default_warning: int = setting(
-        1, "Rows in logs_default (no partition covered them) for WARNING.", minimum=0
-    )
-    logs_default_critical: int = setting(10_000, "Rows in logs_default for CRITICAL.", minimum=0)
     expired_rows_warning: int = setting(
         10_000, "Expired sessions or cache rows still waiting to be deleted: WARNING.", minimum=0
     )

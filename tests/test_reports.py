@@ -336,19 +336,40 @@ def test_sequence_near_its_maximum_and_its_column_type(conn: psycopg.Connection[
 # ----------------------------------------------------------------------------- Kronos checks
 
 
-def test_rows_in_the_default_log_partition(conn: psycopg.Connection[Any]) -> None:
-    result = check(conn, "logs_default")
+def test_log_partitions_reports_the_partitions_modules_verdict(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from kronos_db import partitions
+    from kronos_db.config import Settings
+
+    result = check(conn, "log_partitions")
     assert result.status is Status.OK
-    assert result.value == 0
+    assert result.value == 7  # partitions ready ahead of today's
+    # a row waits in the default partition: the same WARNING as `partitions status`
     conn.execute(
         'INSERT INTO logs (service_name, level, message, "timestamp") '
-        "VALUES ('auth', 'INFO', 'from the past', '2001-01-01T00:00:00Z')"
+        "VALUES ('auth', 'INFO', 'in a gap', now() + interval '20 days')"
     )
-    result = check(conn, "logs_default")
+    result = check(conn, "log_partitions")
+    status = partitions.partition_status(conn, Settings(), now())
+    assert (result.status, status.level) == (Status.WARNING, "WARNING")
+    assert result.summary == "; ".join(status.problems)
+    assert "1 row(s) wait in the default partition logs_default" in result.summary
+    assert result.details == (dataclasses.replace(status, now=result.details[0].now),)
+    # a stray table holding log rows, and an archive left pending: WARNING too, both said
+    conn.execute("CREATE TABLE logs_p2001_01_01 (LIKE logs)")
+    conn.execute(
+        'INSERT INTO logs_p2001_01_01 (id, service_name, level, message, "timestamp") '
+        "VALUES (1, 'auth', 'INFO', 'stranded', '2001-01-01T00:00:00Z')"
+    )
+    conn.execute("CREATE TABLE logs_p2001_01_02 (LIKE logs)")
+    conn.execute(
+        "COMMENT ON TABLE logs_p2001_01_02 IS 'kronos-db: retired from public.logs: archive pending'"
+    )
+    result = check(conn, "log_partitions")
     assert result.status is Status.WARNING
-    assert result.value == 1
-    assert "logs_default" in result.summary
-    assert check(conn, "logs_default", logs_default_critical=1).status is Status.CRITICAL
+    assert "stray table public.logs_p2001_01_01 holds 1 row(s)" in result.summary
+    assert "finish retiring logs_p2001_01_02: archive pending" in result.summary
 
 
 def test_log_partition_coverage_ahead(conn: psycopg.Connection[Any]) -> None:
@@ -363,7 +384,7 @@ def test_log_partition_coverage_ahead(conn: psycopg.Connection[Any]) -> None:
     assert check(conn, "log_partitions", today + timedelta(days=6)).status is Status.WARNING
     late = check(conn, "log_partitions", today + timedelta(days=30))
     assert late.status is Status.CRITICAL
-    assert "no logs partition covers" in late.summary
+    assert "no partition covers now" in late.summary
     # a hole between partitions is reported
     (middle,) = conn.execute(
         "SELECT 'logs_p' || to_char((now() AT TIME ZONE 'UTC')::date + 3, 'YYYY_MM_DD')"
@@ -526,6 +547,12 @@ def test_health_with_only_pg_monitor(database: Database) -> None:
         admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_monitor").format(sql.Identifier(role))
         )
+        # a row waits in the default partition, which pg_monitor alone cannot read
+        admin.execute(
+            'INSERT INTO logs (service_name, level, message, "timestamp") '
+            "VALUES ('auth', 'INFO', 'in a gap', now() + interval '20 days')"
+        )
+        admin.execute("ANALYZE logs_default")
     try:
         with psycopg.connect(url_for(database.name, user=role), autocommit=True) as monitor:
             report = health_report(monitor, HealthSettings(), now=now(), with_charts=True)
@@ -546,7 +573,6 @@ def test_health_with_only_pg_monitor(database: Database) -> None:
             "unindexed_foreign_keys",
             "slow_queries",
             "log_partitions",
-            "logs_default",
         ):
             assert by_name[name].status is not Status.UNKNOWN, by_name[name]
         # the Kronos data is not readable with pg_monitor alone: UNKNOWN, with the GRANT to run
@@ -555,7 +581,7 @@ def test_health_with_only_pg_monitor(database: Database) -> None:
             assert "GRANT SELECT" in by_name[name].hint
         assert by_name["sequences"].status is Status.UNKNOWN
         assert "GRANT SELECT ON ALL SEQUENCES" in by_name["sequences"].hint
-        assert "estimate" in by_name["logs_default"].summary
+        assert "planner estimate" in by_name["log_partitions"].summary
         assert report.largest_tables  # the HTML charts still have data
     finally:
         with psycopg.connect(url_for(database.name), autocommit=True) as admin:

@@ -277,7 +277,7 @@ def test_health_on_a_database_without_the_kronos_schema(cli: Any, empty_database
     result = cli("health", "--database-url", empty_database.url, "--skip", "settings", "--json")
     assert result.code == 3, result.output
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
-    for name in ("log_partitions", "logs_default", "expired_rows", "message_queue", "last_backup"):
+    for name in ("log_partitions", "expired_rows", "message_queue", "last_backup"):
         assert checks[name]["status"] == "UNKNOWN"
         assert "migrate" in checks[name]["hint"] or "no public.logs" in checks[name]["summary"]
     assert checks["connections"]["status"] == "OK"  # the server-level checks still ran

@@ -112,6 +112,7 @@ def health_command(
                 only=only or (),
                 skip=skip or (),
                 with_charts=html_file is not None,
+                partitions=settings.partitions,
             )
     except KronosError as exc:
         # a monitoring plugin that cannot check says UNKNOWN, whatever went wrong

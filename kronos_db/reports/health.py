@@ -22,9 +22,9 @@ from typing import Any
 import psycopg
 
 from kronos_db import replication
-from kronos_db.config import HealthSettings, describe
+from kronos_db.config import HealthSettings, PartitionSettings, Settings, describe
 from kronos_db.durations import format_duration, human_duration
-from kronos_db.errors import ConfigError, ReportUnavailableError, UsageError
+from kronos_db.errors import ConfigError, KronosError, ReportUnavailableError, UsageError
 from kronos_db.reports import (
     activity,
     cache,
@@ -89,6 +89,8 @@ class Context:
     limits: Limits
     thresholds: HealthSettings
     now: datetime
+    # the policy and thresholds of the log partitions (their check is the partitions module's)
+    partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -519,56 +521,36 @@ def check_settings(ctx: Context) -> Outcome:
 
 
 def check_log_partitions(ctx: Context) -> Outcome:
-    t = ctx.thresholds
-    coverage = kronos.log_partition_coverage(ctx.conn, ctx.limits, now=ctx.now)
-    hours = coverage.ahead.total_seconds() / 3600
-    if not coverage.covers_now:
-        return Outcome(
-            Status.CRITICAL,
-            "no logs partition covers the current time: new log rows go to the default partition",
-            0.0,
-            (coverage,),
-            "run `kronos-db partitions rotate` (or create the partitions)",
+    """The partitions module's verdict, as is: coverage ahead, rows waiting in the default
+    partition, stray tables, unfinished retirements (one answer, computed there)."""
+    from kronos_db import partitions
+
+    try:
+        status = partitions.partition_status(
+            ctx.conn,
+            Settings(partitions=ctx.partitions),
+            ctx.now,
+            statement_timeout=ctx.limits.statement_timeout,
+            lock_timeout=ctx.limits.lock_timeout,
         )
-    status = grade(
-        coverage.ahead.total_seconds(),
-        _seconds(t.partition_ahead_warning),
-        _seconds(t.partition_ahead_critical),
-        higher_is_worse=False,
+    except KronosError as exc:
+        raise ReportUnavailableError(
+            exc.message, hint="is the database migrated (kronos-db migrate)?"
+        ) from None
+    mapping = {"OK": Status.OK, "WARNING": Status.WARNING, "CRITICAL": Status.CRITICAL}
+    covered = (
+        f"covered until {status.covered_until:%Y-%m-%d %H:%M %Z}, "
+        f"{status.partitions_ahead} partition(s) ahead"
+        if status.covered_until
+        else "now is not covered"
     )
-    summary = (
-        f"{coverage.partitions} partitions; covered until "
-        f"{coverage.covered_until:%Y-%m-%d %H:%M %Z} ({hours:.0f}h ahead)"
-    )
-    if coverage.gaps:
-        summary += f"; {len(coverage.gaps)} gap(s) between partitions"
+    summary = "; ".join(status.problems) if status.problems else covered
     return Outcome(
-        status,
+        mapping[status.level],
         summary,
-        hours,
-        (coverage,),
-        "" if status is Status.OK else "run `kronos-db partitions rotate` (cron)",
-    )
-
-
-def check_logs_default(ctx: Context) -> Outcome:
-    t = ctx.thresholds
-    coverage = kronos.log_partition_coverage(ctx.conn, ctx.limits, now=ctx.now)
-    if coverage.default_partition is None:
-        return Outcome(Status.OK, "logs has no default partition", 0, (coverage,))
-    rows = coverage.default_rows or 0
-    status = grade(rows, t.logs_default_warning, t.logs_default_critical)
-    estimate = "" if coverage.default_rows_exact else " (planner estimate)"
-    return Outcome(
-        status,
-        f"{rows:,} row(s) in {coverage.default_partition}{estimate}",
-        rows,
-        (coverage,),
-        ""
-        if status is Status.OK
-        else "rows outside every partition: create the missing partitions, then move them "
-        "out (`kronos-db partitions rotate`)"
-        + ("" if coverage.default_rows_exact else "; " + kronos.data_hint("logs_default")),
+        status.partitions_ahead,
+        (status,),
+        status.hint,
     )
 
 
@@ -806,20 +788,10 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "log_partitions",
-        "Kronos: logs partitions ahead",
+        "Kronos: logs partitions",
         check_log_partitions,
-        "h",
-        lambda t: (
-            f"< {format_duration(t.partition_ahead_warning)}",
-            f"< {format_duration(t.partition_ahead_critical)}",
-        ),
-    ),
-    Check(
-        "logs_default",
-        "Kronos: rows in the default logs partition",
-        check_logs_default,
-        "rows",
-        lambda t: (f"{t.logs_default_warning:,}", f"{t.logs_default_critical:,}"),
+        "partitions ahead",
+        lambda t: ("[partitions] coverage_warning", "[partitions] coverage_critical"),
     ),
     Check(
         "expired_rows",
@@ -902,7 +874,6 @@ _HIGHER_IS_WORSE = (
     "dead_tuples",
     "bloat",
     "slow_query",
-    "logs_default",
     "expired_rows",
     "queue_age",
     "queue_pending",
@@ -912,7 +883,7 @@ _HIGHER_IS_WORSE = (
     "slot_retained",
     "archive_ready",
 )
-_LOWER_IS_WORSE = ("cache_hit", "partition_ahead")
+_LOWER_IS_WORSE = ("cache_hit",)
 
 
 def validate_thresholds(thresholds: HealthSettings) -> None:
@@ -937,11 +908,15 @@ def health_report(
     only: Sequence[str] = (),
     skip: Sequence[str] = (),
     with_charts: bool = False,
+    partitions: PartitionSettings | None = None,
 ) -> HealthReport:
-    """Run the checks (all, or ``only`` those, minus ``skip``) and grade them."""
+    """Run the checks (all, or ``only`` those, minus ``skip``) and grade them.
+
+    ``partitions``: the ``[partitions]`` settings the log_partitions check judges by.
+    """
     validate_thresholds(thresholds)
     limits = Limits.from_settings(thresholds)
-    ctx = Context(conn, limits, thresholds, now)
+    ctx = Context(conn, limits, thresholds, now, partitions or PartitionSettings())
     results = tuple(run_check(check, ctx) for check in select_checks(only, skip))
     largest: tuple[space.TableSize, ...] = ()
     slowest: tuple[queries.SlowQuery, ...] = ()
