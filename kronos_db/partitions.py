@@ -570,14 +570,20 @@ def _gaps(
 
 
 def keep_rows_commands(parent: ParentTable, name: str, columns: Sequence[str]) -> str:
-    """SQL that frees a stray table's name and puts its rows back into the table, losing none."""
-    kept = f"{name}_kept"[:63]
+    """SQL that frees a stray table's name and moves its rows back into the table.
+
+    One statement moves them (``DELETE … RETURNING`` into ``INSERT``): a row leaves the stray
+    only if it enters the table, which routes it to its partition (or the default partition,
+    for the next rotation to rescue); a duplicate key fails the statement and moves nothing.
+    """
+    kept = sql.Identifier(parent.schema, f"{name}_kept"[:63]).as_string(None)
     column_list = ", ".join(sql.Identifier(c).as_string(None) for c in columns)
     return (
         f"ALTER TABLE {sql.Identifier(parent.schema, name).as_string(None)} "
-        f"RENAME TO {sql.Identifier(kept).as_string(None)}; "
+        f"RENAME TO {sql.Identifier(f'{name}_kept'[:63]).as_string(None)}; "
+        f"WITH moved AS (DELETE FROM {kept} RETURNING {column_list}) "
         f"INSERT INTO {parent.identifier().as_string(None)} ({column_list}) "
-        f"SELECT {column_list} FROM {sql.Identifier(parent.schema, kept).as_string(None)}"
+        f"SELECT {column_list} FROM moved"
     )
 
 
@@ -956,8 +962,8 @@ def partition_status(
             )
         )
     for stray in plan.strays:
-        if stray.rows == 0 and stray.adoptable:
-            continue  # an empty leftover the next rotation attaches: nothing is hidden
+        if stray.rows == 0:
+            continue  # nothing hidden (one in the way of a partition is in the warnings)
         remedy = (
             "`kronos-db partitions rotate` adopts it (attaches it with its rows)"
             if stray.adoptable

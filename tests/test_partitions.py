@@ -687,3 +687,123 @@ def test_an_archive_that_cannot_be_written_keeps_the_rows_for_the_next_run(
     resumed = [s for s in result.steps if s.partition == old]
     assert [(s.kind, s.ok, s.archived_rows) for s in resumed] == [("resume", True, 10)]
     assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
+
+
+def test_a_stray_left_by_an_older_version_is_adopted_with_its_rows(
+    conn: psycopg.Connection[Any], backend: str
+) -> None:
+    # what an older kronos-db left when killed mid-rescue: the day's table built by hand, part
+    # of the day's rows moved into it (invisible: it was never attached), the rest still in
+    # the default partition, and the day's partition impossible to create under that name
+    day = TODAY + timedelta(days=3)
+    name = partition_name("logs", day, "daily")
+    conn.execute(f"DROP TABLE {name}")
+    insert(conn, *[day + timedelta(minutes=i) for i in range(100)])
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE logs INCLUDING ALL, CONSTRAINT {} "
+            'CHECK ("timestamp" >= {} AND "timestamp" < {}))'
+        ).format(
+            sql.Identifier(name),
+            sql.Identifier(f"{name}_bounds"),
+            sql.Literal(day),
+            sql.Literal(day + timedelta(days=1)),
+        )
+    )
+    conn.execute(
+        sql.SQL(
+            "WITH moved AS (DELETE FROM logs_default WHERE ctid IN "
+            "(SELECT ctid FROM logs_default ORDER BY id LIMIT 60) RETURNING *) "
+            "INSERT INTO {} SELECT * FROM moved"
+        ).format(sql.Identifier(name))
+    )
+    assert total_rows(conn) == 40  # 60 rows nobody sees
+    now = TODAY + timedelta(hours=1)
+    status = partitions.partition_status(conn, Settings(), now)
+    assert status.level == "WARNING"
+    assert [(s.name, s.rows, s.adoptable) for s in status.strays] == [(name, 60, True)]
+    assert any(
+        f"stray table public.{name} holds 60 row(s) that public.logs does not show: "
+        "`kronos-db partitions rotate` adopts it" in problem
+        for problem in status.problems
+    ), status.problems
+    result = partitions.rotate(conn, Settings(), now)
+    assert not result.failed, result.failed
+    assert [(s.kind, s.partition, s.rows_moved, s.rows_planned) for s in result.steps] == [
+        ("adopt", name, 40, 40)
+    ]
+    assert total_rows(conn) == 100
+    assert default_rows(conn) == 0
+    assert name in names(conn)
+    assert partitions.partition_status(conn, Settings(), now).level == "OK"
+    assert partitions.rotate(conn, Settings(), now).steps == ()
+
+
+def test_a_stray_that_cannot_be_adopted_is_reported_with_sql_that_keeps_its_rows(
+    conn: psycopg.Connection[Any],
+) -> None:
+    day = TODAY + timedelta(days=3)
+    name = partition_name("logs", day, "daily")
+    conn.execute(f"DROP TABLE {name}")
+    # made by hand, with a column logs does not have: it cannot become a partition
+    conn.execute(f"CREATE TABLE {name} (LIKE logs INCLUDING DEFAULTS, note text)")
+    conn.execute(
+        f'INSERT INTO {name} (id, service_name, level, message, "timestamp") '
+        "SELECT i, 'svc', 'info', 'kept', %s::timestamptz + i * interval '1 minute' "
+        "FROM generate_series(1, 5) AS i",
+        (day,),
+    )
+    status = partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
+    assert status.level == "WARNING"
+    (problem,) = [p for p in status.problems if "stray table" in p]
+    assert "cannot be adopted (its columns differ from public.logs's)" in problem
+    assert "drop" not in problem.lower()
+    commands = problem.split("keep its rows with: ", 1)[1]
+    result = partitions.rotate(conn, Settings(), TODAY + timedelta(hours=1))
+    assert not result.failed, result.failed
+    assert any(f"cannot create {name}" in w for w in result.warnings), result.warnings
+    for command in commands.split("; "):
+        conn.execute(command)  # type: ignore[call-overload]
+    assert total_rows(conn) == 5  # in the default partition now, visible
+    assert conn.execute(f"SELECT count(*) FROM {name}_kept").fetchone() == (0,)
+    result = partitions.rotate(conn, Settings(), TODAY + timedelta(hours=1))
+    assert not result.failed, result.failed
+    assert conn.execute(f"SELECT count(*) FROM {name}").fetchone() == (5,)
+    status = partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
+    assert status.level == "OK", status.problems  # the emptied stray hides nothing
+
+
+def test_an_archive_recorded_before_a_crash_is_not_recorded_again(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    # an older kronos-db recorded the archive, then died before dropping the table
+    old = partition_name("logs", TODAY, "daily")
+    insert(conn, *[TODAY + timedelta(minutes=i) for i in range(20)])
+    conn.execute(f"ALTER TABLE logs DETACH PARTITION {old}")
+    conn.execute(
+        f"COMMENT ON TABLE {old} IS 'kronos-db: retired from public.logs: archive pending'"
+    )
+    path = tmp_path / f"public.{old}.copy.gz"
+    assert partitions.archive_table(conn, sql.Identifier("public", old), path) == 20
+    digest = backups.file_digest(path)
+    backups.record_backup(
+        conn,
+        kind="partition_archive",
+        file_path=path,
+        size_bytes=digest.size_bytes,
+        sha256=digest.sha256,
+        row_counts={f"public.{old}": 20},
+    )
+    settings = policy(retention_action="archive", archive_directory=str(tmp_path))
+    status = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
+    assert any(f"finish retiring {old}: archive pending" in p for p in status.problems)
+    result = partitions.rotate(conn, settings, TODAY + timedelta(hours=1))
+    assert [(s.kind, s.partition, s.ok, s.archived_rows) for s in result.steps] == [
+        ("resume", old, True, 20)
+    ]
+    records = conn.execute(
+        "SELECT file_path, sha256 FROM backups WHERE kind = 'partition_archive'"
+    ).fetchall()
+    assert records == [(str(path), digest.sha256)]  # once, and the file is the one recorded
+    assert backups.file_digest(path) == digest
+    assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)

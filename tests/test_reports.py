@@ -364,7 +364,8 @@ def test_log_partitions_reports_the_partitions_modules_verdict(
     )
     conn.execute("CREATE TABLE logs_p2001_01_02 (LIKE logs)")
     conn.execute(
-        "COMMENT ON TABLE logs_p2001_01_02 IS 'kronos-db: retired from public.logs: archive pending'"
+        "COMMENT ON TABLE logs_p2001_01_02 IS "
+        "'kronos-db: retired from public.logs: archive pending'"
     )
     result = check(conn, "log_partitions")
     assert result.status is Status.WARNING
