@@ -1194,6 +1194,11 @@ class _Runner:
                     return work()
             except (pg_errors.LockNotAvailable, _HoldExceeded) as exc:
                 self.back_off(label, exc)
+            except pg_errors.RaiseException as exc:
+                # pg_partman re-raises every error as a plain RAISE EXCEPTION with the message
+                if "lock timeout" not in str(exc):
+                    raise
+                self.back_off(label, exc)
 
     def back_off(self, label: str, exc: BaseException) -> None:
         """Sleep a jittered, doubling delay before the next attempt, or give up (LockTimeoutError).
