@@ -607,15 +607,16 @@ def _strays(
     cutoff = retention_cutoff(policy, now)
     strays: list[Stray] = []
     for row in rows:
-        count: int | None = row.row_estimate if row.row_estimate >= 0 else None
-        if count is None:
-            statement = sql.SQL(query("partitions", "count_rows_capped")).format(
-                table=sql.Identifier(parent.schema, row.name)
-            )
-            with _unless_denied(conn) as allowed:
-                count = _count(conn, statement, {"cap": DEFAULT_ROW_COUNT_CAP})
-            if not allowed[0]:
-                count = None
+        # counted (capped): a stray is rare, and its statistics may be stale or missing;
+        # a role that cannot read it gets the planner's estimate, or "unknown"
+        statement = sql.SQL(query("partitions", "count_rows_capped")).format(
+            table=sql.Identifier(parent.schema, row.name)
+        )
+        count: int | None = None
+        with _unless_denied(conn) as allowed:
+            count = _count(conn, statement, {"cap": DEFAULT_ROW_COUNT_CAP})
+        if not allowed[0]:
+            count = row.row_estimate if row.row_estimate >= 0 else None
         lower = row.check_lower.astimezone(UTC) if row.check_lower else None
         upper = row.check_upper.astimezone(UTC) if row.check_upper else None
         if lower is None:
