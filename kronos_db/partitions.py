@@ -1098,20 +1098,6 @@ class _HoldExceeded(PartitionError):
     """The part of a step that holds a lock services wait on ran past hold_timeout."""
 
 
-@dataclasses.dataclass(frozen=True)
-class _Holder:
-    pid: int
-    application_name: str
-    state: str
-    transaction_seconds: float
-
-    def describe(self) -> str:
-        app = f" {self.application_name!r}" if self.application_name else ""
-        return (
-            f"pid {self.pid}{app} ({self.state}, transaction open {self.transaction_seconds:.0f}s)"
-        )
-
-
 class _Runner:
     """Runs one step's SQL: records it, runs it (unless dry-run), gives up and retries locks.
 
@@ -1226,12 +1212,12 @@ class _Runner:
         time.sleep(wait)
         self._delay *= 2
 
-    def holders(self) -> list[_Holder]:
+    def holders(self) -> list[locks.BlockingSession]:
         """The sessions holding locks on the relations this step needs (for the message)."""
         if self.dry_run or not self.relations or self.conn.broken:
             return []
         try:
-            with self.conn.cursor(row_factory=class_row(_Holder)) as cur:
+            with self.conn.cursor(row_factory=class_row(locks.BlockingSession)) as cur:
                 return cur.execute(
                     query("partitions", "select_lock_holders"), {"oids": self.relations}
                 ).fetchall()
@@ -2045,24 +2031,22 @@ def rotate(
             plan = plan_rotation(conn, parent, policy, now)
         for warning in plan.warnings:
             notify(f"warning: {warning}")
+        backend = _Rotation
         if policy.backend == "partman":
-            from kronos_db import partman
+            from kronos_db.partman import PartmanRotation
 
-            rotation: _Rotation = partman.rotation(
-                conn, settings, parent, policy, now, notify, dry_run, batch_sizer, started
-            )
-        else:
-            rotation = _Rotation(
-                conn,
-                settings,
-                parent,
-                policy,
-                now,
-                notify,
-                dry_run=dry_run,
-                batch_sizer=batch_sizer,
-                started=started,
-            )
+            backend = PartmanRotation
+        rotation = backend(
+            conn,
+            settings,
+            parent,
+            policy,
+            now,
+            notify,
+            dry_run=dry_run,
+            batch_sizer=batch_sizer,
+            started=started,
+        )
         steps = run_actions(rotation, plan.actions)
         steps += rotation.closing_steps()
         return RotationResult(

@@ -4,7 +4,7 @@ pg_partman's ``part_config`` row is then the policy (interval, premake, retentio
 ``create_partition_time`` makes the empty partitions ahead (its template table applies), one
 per transaction under kronos-db's lock budget; ``run_maintenance`` then runs for anything else
 pg_partman is configured to do. Moving rows out of the default partition, adopting strays, the
-range holding now and retention are kronos-db's own steps (see :class:`_PartmanRotation` for
+range holding now and retention are kronos-db's own steps (see :class:`PartmanRotation` for
 why), with pg_partman's names, so that pg_partman adopts the result.
 
 Every call runs with ``TimeZone = UTC`` set locally: pg_partman 4.x computes bounds and names in
@@ -14,8 +14,7 @@ the session's time zone, and a non-UTC session would make it create overlapping 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 import psycopg
@@ -26,10 +25,7 @@ from kronos_db.config import PartitionSettings, Settings
 from kronos_db.errors import UsageError
 from kronos_db.partitions import (
     Action,
-    BatchSizer,
     Interval,
-    Notify,
-    ParentTable,
     Policy,
     StepResult,
     _Rotation,
@@ -190,35 +186,7 @@ def _interval_text(value: timedelta) -> str | None:
     return f"{seconds} seconds" if seconds > 0 else None
 
 
-def rotation(
-    conn: psycopg.Connection[Any],
-    settings: Settings,
-    parent: ParentTable,
-    policy: Policy,
-    now: datetime,
-    notify: Notify,
-    dry_run: bool,
-    batch_sizer: Callable[[], BatchSizer] | None,
-    started: float,
-) -> _Rotation:
-    """The partman backend's steps (called by :func:`kronos_db.partitions.rotate`)."""
-    config = table_config(conn, settings.partitions.table)
-    assert config is not None
-    return _PartmanRotation(
-        conn,
-        settings,
-        parent,
-        policy,
-        now,
-        notify,
-        dry_run=dry_run,
-        batch_sizer=batch_sizer,
-        started=started,
-        config=config,
-    )
-
-
-class _PartmanRotation(_Rotation):
+class PartmanRotation(_Rotation):
     """pg_partman makes the empty partitions ahead; everything else is kronos-db's own code.
 
     Rescues, adoptions and the range holding now move rows and attach in one transaction
@@ -230,8 +198,11 @@ class _PartmanRotation(_Rotation):
     part_config.
     """
 
-    def __init__(self, *args: Any, config: PartmanConfig, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        config = table_config(self.conn, self.options.table)
+        if config is None:
+            raise UsageError(f"{self.options.table} is no longer registered with pg_partman")
         self.config = config
         self.partman = sql.Identifier(config.schema)
 

@@ -11,11 +11,12 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import random
 import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -176,3 +177,24 @@ def rotate_and_kill(
             assert time.monotonic() < deadline, f"backend {backend} of the killed run lingers"
             time.sleep(0.05)
     return parent_end.recv() if finished else None
+
+
+def kill_then_finish(
+    url: str, settings: Settings, base: datetime, origin: float, *, kills: int, longest: float
+) -> list[Any]:
+    """Rotations SIGKILLed at ``kills`` jittered moments over ``longest`` seconds (a different
+    set each run), each followed by a check that no stray table appeared; then one rotation
+    that finishes, whose steps must all succeed. Returns them."""
+    rng = random.Random(origin)
+    interrupted = 0
+    for index in range(kills):
+        after = longest * (index + rng.random()) / kills
+        interrupted += rotate_and_kill(url, settings, base, origin, after) is None
+        with psycopg.connect(url, autocommit=True) as conn:
+            strays = partitions.partition_status(conn, Settings(), datetime.now(UTC)).strays
+            assert strays == (), strays
+    assert interrupted, "no kill landed inside a rotation"
+    steps = rotate_and_kill(url, settings, base, origin, None)
+    assert steps is not None
+    assert all(ok for _kind, _name, ok, _error in steps), steps
+    return steps

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import random
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import Database
-from partition_workload import Workload, rotate_and_kill
+from partition_workload import Workload, kill_then_finish
 from psycopg import sql
 
 from kronos_db import backups, partitions, partman
@@ -54,12 +53,6 @@ def strays(conn: psycopg.Connection[Any]) -> list[str]:
     return [stray.name for stray in status.strays]
 
 
-def kill_points(seed: int, count: int, longest: float) -> list[float]:
-    """``count`` moments spread over [0, longest), jittered so that each run hits others."""
-    rng = random.Random(seed)
-    return [longest * (i + rng.random()) / count for i in range(count)]
-
-
 @pytest.mark.parametrize("backend", ["native", "partman"])
 def test_rescue_of_the_current_range_under_load_and_kills(database: Database, backend: str) -> None:
     """Today's partition is missing: rows pile up in the default partition while services
@@ -83,15 +76,7 @@ def test_rescue_of_the_current_range_under_load_and_kills(database: Database, ba
         planned = count(conn, "logs_default")
     settings = policy(move_batch_size=2_000, budget=timedelta(seconds=20))
     with Workload(database.url, base=planned, stamp=clock) as load:
-        interrupted = 0
-        for after in kill_points(seed=int(origin), count=4, longest=2.5):
-            interrupted += rotate_and_kill(database.url, settings, base, origin, after) is None
-            with database.connect() as conn:
-                assert strays(conn) == []
-        assert interrupted, "no kill landed inside a rotation"
-        steps = rotate_and_kill(database.url, settings, base, origin, None)
-        assert steps is not None
-        assert all(ok for _kind, _name, ok, _error in steps), steps
+        kill_then_finish(database.url, settings, base, origin, kills=4, longest=2.5)
         time.sleep(0.3)
     load.check()
     with database.connect() as conn:
@@ -155,15 +140,7 @@ def test_past_rescue_and_retirement_under_load_and_kills(
         cut=TODAY,
         retiring=retiring,
     ) as load:
-        interrupted = 0
-        for after in kill_points(seed=int(origin), count=3, longest=0.9):
-            interrupted += rotate_and_kill(database.url, settings, now, origin, after) is None
-            with database.connect() as conn:
-                assert strays(conn) == []
-        assert interrupted, "no kill landed inside a rotation"
-        steps = rotate_and_kill(database.url, settings, now, origin, None)
-        assert steps is not None
-        assert all(ok for _kind, _name, ok, _error in steps), steps
+        kill_then_finish(database.url, settings, now, origin, kills=3, longest=0.9)
         time.sleep(0.3)
     load.check()
     with database.connect() as conn:

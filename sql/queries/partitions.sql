@@ -188,9 +188,11 @@ SELECT count(*)::bigint AS rows
 -- name: select_lock_holders
 -- other sessions holding a granted lock on any of the relations: who a lock timeout waited on
 SELECT DISTINCT activity.pid,
+       coalesce(activity.usename, '') AS usename,
        coalesce(activity.application_name, '') AS application_name,
        coalesce(activity.state, '') AS state,
-       coalesce(extract(epoch FROM now() - activity.xact_start), 0)::float8 AS transaction_seconds
+       coalesce(extract(epoch FROM now() - activity.xact_start), 0)::float8 AS transaction_seconds,
+       left(coalesce(activity.query, ''), 200) AS query
   FROM pg_locks AS lock
   JOIN pg_stat_activity AS activity ON activity.pid = lock.pid
  WHERE lock.granted
