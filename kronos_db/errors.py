@@ -96,6 +96,10 @@ class UnsafeMigrationError(KronosError):
     exit_code = ExitCode.UNSAFE
 
 
+class NotAdoptedError(KronosError):
+    """The database holds Kronos tables that kronos-db did not create: run kronos-db adopt."""
+
+
 class PartitionError(KronosError):
     """A partition maintenance step failed."""
 

@@ -53,6 +53,7 @@ from kronos_db.errors import (
     LockBusyError,
     LockTimeoutError,
     MigrationTreeError,
+    NotAdoptedError,
     UnknownRevisionError,
     UnsafeMigrationError,
     translate_database_error,
@@ -64,6 +65,18 @@ logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK = "migrations"
 MAX_RETRY_DELAY = 30.0
+# the tables of the Kronos schema (../shared/kronos-schema.md), in foreign key order
+KRONOS_TABLES = (
+    "roles",
+    "users",
+    "sessions",
+    "logs",
+    "cache",
+    "routes",
+    "rate_limits",
+    "message_queue",
+    "backups",
+)
 Notify = Callable[[str], None]
 
 
@@ -216,6 +229,8 @@ class MigrationStatus:
     checksum_problems: tuple[ChecksumProblem, ...]
     heads: tuple[str, ...] = ()
     branches: str = ""  # why there are several heads and what to do ("" with one head)
+    # why migrate would refuse this database (Kronos tables without kronos-db's history)
+    not_adopted: str | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -374,6 +389,10 @@ def _run_online(run: MigrationRun) -> None:
     try:
         with engine.connect() as connection:
             driver_connection = _driver(connection)
+            with driver_connection.transaction():
+                reason = unmanaged_reason(driver_connection)
+            if reason is not None:
+                raise NotAdoptedError(reason)
             with db.transaction_settings(driver_connection, run.revision_settings()):
                 driver_connection.execute(query("migrations", "create_migration_checksums"))
                 driver_connection.execute(query("migrations", "create_migration_progress"))
@@ -531,6 +550,41 @@ def current_revisions(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
     return tuple(row[0] for row in conn.execute(query("migrations", "select_current_revisions")))
 
 
+def present_kronos_tables(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
+    """The Kronos tables that exist in the current schema, in foreign key order."""
+    rows = conn.execute(
+        query("migrations", "select_present_kronos_tables"), {"tables": list(KRONOS_TABLES)}
+    )
+    return tuple(row[0] for row in rows)
+
+
+def unmanaged_reason(conn: psycopg.Connection[Any]) -> str | None:
+    """Why kronos-db must not migrate this database as it stands (None: it may).
+
+    Kronos tables without kronos-db's history were built outside kronos-db: running the
+    revisions on them fails on the first CREATE TABLE. A version table without one checksum
+    recorded by kronos-db was stamped by hand (``alembic stamp``): it claims a schema nobody
+    checked. Either way ``kronos-db adopt`` is the way in.
+    """
+    present = present_kronos_tables(conn)
+    if not present:
+        return None
+    current = current_revisions(conn)
+    if not current:
+        return (
+            f"{len(present)} Kronos table(s) ({', '.join(present)}) exist but kronos-db has no "
+            "history here: the database was built outside kronos-db; take it over with "
+            "`kronos-db adopt --plan`, then `kronos-db adopt --apply`"
+        )
+    if not _applied_at(conn):
+        return (
+            f"alembic_version says {', '.join(current)} but kronos-db recorded none of its "
+            "revisions: the history was stamped outside kronos-db and nothing checked that the "
+            "schema matches it; run `kronos-db adopt --plan` (it checks, converts and stamps)"
+        )
+    return None
+
+
 def _read_current(target: db.Target) -> tuple[str, ...]:
     with db.connection(target) as conn:
         return current_revisions(conn)
@@ -555,6 +609,9 @@ def _migrate(
     with migration_lock(settings, target, notify) as lease, db.connection(target) as observer:
         before = current_revisions(observer)
         _refuse_sessionless_revisions(settings, target, tree, before, revision, upgrade=upgrade)
+        reason = unmanaged_reason(observer)
+        if reason is not None:
+            raise NotAdoptedError(reason)
         run = MigrationRun(
             settings=settings, target=target, tree=tree, verify_checksums=upgrade, lease=lease
         )
@@ -824,6 +881,7 @@ def status(settings: Settings, target: db.Target) -> MigrationStatus:
         ).fetchone() or (False, False)
         problems = _checksum_problems(conn, tree) if has_checksums else []
         partial = _partial_scripts(conn, tree)
+        not_adopted = unmanaged_reason(conn)
     chain = _applied_chain(script_dir, current)
     pending = tuple(
         _revision_info(tree, s, applied, chain, partial)
@@ -838,6 +896,7 @@ def status(settings: Settings, target: db.Target) -> MigrationStatus:
         checksum_problems=tuple(problems),
         heads=tuple(heads),
         branches=describe_heads(script_dir),
+        not_adopted=not_adopted,
     )
 
 

@@ -324,6 +324,8 @@ def status(
         emit_json({**dataclasses.asdict(result), "up_to_date": result.up_to_date})
     else:
         stdout.print(f"database: {result.database}")
+        if result.not_adopted:
+            stdout.print(f"not under kronos-db: {result.not_adopted}", markup=False)
         stdout.print(f"current:  {_at(result.current)}")
         stdout.print(f"head:     {result.head}")
         if result.pending:

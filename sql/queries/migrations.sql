@@ -130,3 +130,15 @@ SELECT current_setting(%(name)s::text) AS value;
 -- sets one setting for the session: only for a no-transaction revision, which runs on a session
 -- of its own (never behind a transaction pooler), and always restored afterwards
 SELECT set_config(%(name)s::text, %(value)s::text, false);
+
+-- name: set_migration_timeouts
+-- the session's timeouts for migration statements
+SELECT set_config('lock_timeout', %(lock_timeout)s::text, false),
+       set_config('statement_timeout', %(statement_timeout)s::text, false);
+
+-- name: select_present_kronos_tables
+-- which of the Kronos tables exist in the current schema, in the order given
+SELECT wanted.name
+  FROM unnest(%(tables)s::text[]) WITH ORDINALITY AS wanted (name, position)
+ WHERE to_regclass(quote_ident(current_schema()) || '.' || quote_ident(wanted.name)) IS NOT NULL
+ ORDER BY wanted.position;
