@@ -100,6 +100,10 @@ class NotAdoptedError(KronosError):
     """The database holds Kronos tables that kronos-db did not create: run kronos-db adopt."""
 
 
+class DataLossError(KronosError):
+    """The downgrade would drop tables or columns that hold rows."""
+
+
 class PartitionError(KronosError):
     """A partition maintenance step failed."""
 

@@ -42,6 +42,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
+from psycopg import sql
 from sqlalchemy.pool import NullPool
 
 from kronos_db import db, locks
@@ -49,6 +50,7 @@ from kronos_db.config import Settings, load_settings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import (
     ChecksumMismatchError,
+    DataLossError,
     KronosError,
     LockBusyError,
     LockTimeoutError,
@@ -597,6 +599,7 @@ def _migrate(
     *,
     upgrade: bool,
     create_database: bool = False,
+    drop_data: bool = False,
     notify: Notify = _quiet,
 ) -> MigrationResult:
     tree = MigrationTree.from_settings(settings)
@@ -612,6 +615,14 @@ def _migrate(
         reason = unmanaged_reason(observer)
         if reason is not None:
             raise NotAdoptedError(reason)
+        if not upgrade:
+            losing = [d for d in destructive_drops(observer, tree, before, revision) if d.rows]
+            if losing and not drop_data:
+                raise DataLossError(
+                    f"downgrading to {revision} drops data: "
+                    + ", ".join(d.describe() for d in losing)
+                    + "; back it up first (kronos-db backup create), then pass --drop-data"
+                )
         run = MigrationRun(
             settings=settings, target=target, tree=tree, verify_checksums=upgrade, lease=lease
         )
@@ -772,10 +783,126 @@ def upgrade(
 
 
 def downgrade(
-    settings: Settings, target: db.Target, revision: str, *, notify: Notify = _quiet
+    settings: Settings,
+    target: db.Target,
+    revision: str,
+    *,
+    drop_data: bool = False,
+    notify: Notify = _quiet,
 ) -> MigrationResult:
-    """Revert revisions down to ``revision`` (``base`` removes every Kronos object)."""
-    return _migrate(settings, target, revision, upgrade=False, notify=notify)
+    """Revert revisions down to ``revision`` (``base`` removes every Kronos object).
+
+    Refuses (``DataLossError``) when a reverted revision drops a table or a column that holds
+    rows, listing them with their counts, unless ``drop_data``.
+    """
+    return _migrate(settings, target, revision, upgrade=False, drop_data=drop_data, notify=notify)
+
+
+# ------------------------------------------------------------------ destructive downgrades
+
+_DROP_TABLE = re.compile(
+    r"^\s*DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?P<names>[^;]+?)\s*(?:CASCADE|RESTRICT)?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_ALTER_TABLE = re.compile(
+    r"^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?P<table>\"[^\"]+\"|[\w$.]+)\s+(?P<body>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_DROP_COLUMN = re.compile(
+    r"\bDROP\s+(?:COLUMN\s+)?(?:IF\s+EXISTS\s+)?(?P<column>\"[^\"]+\"|(?!CONSTRAINT\b)[\w$]+)",
+    re.IGNORECASE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    """A table or a column a downgrade drops, and the rows it holds now."""
+
+    revision: str
+    table: str
+    column: str | None
+    rows: int
+
+    def describe(self) -> str:
+        where = f"column {self.table}.{self.column}" if self.column else f"table {self.table}"
+        noun = "value" if self.column else "row"
+        return (
+            f"{where} ({self.rows} {noun}{'s' if self.rows != 1 else ''}, revision {self.revision})"
+        )
+
+
+def _unquote(name: str) -> str:
+    name = name.strip()
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
+def reverted_revisions(tree: MigrationTree, current: Sequence[str], revision: str) -> list[Script]:
+    """The revisions a downgrade from ``current`` to ``revision`` reverts, newest first."""
+    script = tree.script_directory()
+    reverted: list[Script] = []
+    for head in current:
+        chain = list(script.iterate_revisions(head, "base"))
+        relative = re.fullmatch(r"-(\d+)", revision)
+        if relative:
+            reverted += chain[: int(relative.group(1))]
+        elif revision == "base":
+            reverted += chain
+        else:
+            target = script.get_revision(revision)
+            ids = [s.revision for s in chain]
+            if target is not None and target.revision in ids:
+                reverted += chain[: ids.index(target.revision)]
+    return list(dict.fromkeys(reverted))
+
+
+def dropped_objects(script: Script) -> list[tuple[str, str | None]]:
+    """The (table, column) pairs a revision's downgrade SQL drops (column None: the table)."""
+    path = sql_path(script.path, "downgrade")
+    if not path.is_file():
+        return []
+    dropped: list[tuple[str, str | None]] = []
+    for statement in MigrationScript.load(path).statements:
+        text = "\n".join(
+            line for line in statement.splitlines() if not line.lstrip().startswith("--")
+        )
+        if match := _DROP_TABLE.match(text):
+            dropped += [(_unquote(n), None) for n in match.group("names").split(",")]
+        elif match := _ALTER_TABLE.match(text):
+            table = _unquote(match.group("table"))
+            dropped += [
+                (table, _unquote(m.group("column")))
+                for m in _DROP_COLUMN.finditer(match.group("body"))
+                if m.group("column").upper() not in {"DEFAULT", "NOT", "IDENTITY", "EXPRESSION"}
+            ]
+    return dropped
+
+
+def destructive_drops(
+    conn: psycopg.Connection[Any], tree: MigrationTree, current: Sequence[str], revision: str
+) -> list[Drop]:
+    """What a downgrade would drop, each with the rows (or non-NULL values) it holds now."""
+    drops: list[Drop] = []
+    for script in reverted_revisions(tree, current, revision):
+        for table, column in dropped_objects(script):
+            row = conn.execute(
+                query("migrations", "select_drop_target"), {"table": table, "column": column}
+            ).fetchone()
+            table_exists, column_exists = row or (False, False)
+            if not table_exists or (column is not None and not column_exists):
+                continue
+            identifier = sql.Identifier(*table.split("."))
+            if column is None:
+                statement = sql.SQL(query("migrations", "count_table_rows")).format(
+                    table=identifier
+                )
+            else:
+                statement = sql.SQL(query("migrations", "count_column_values")).format(
+                    table=identifier, column=sql.Identifier(column)
+                )
+            counted = conn.execute(statement).fetchone()
+            rows = int(counted[0]) if counted else 0
+            drops.append(Drop(script.revision, table, column, rows))
+    return drops
 
 
 def _revision_info(

@@ -267,6 +267,15 @@ def downgrade(
         str | None,
         typer.Option("--from", help="With --sql: the revision to start from.", show_default=False),
     ] = None,
+    drop_data: Annotated[
+        bool,
+        typer.Option(
+            "--drop-data",
+            help="Let the downgrade drop tables and columns that hold rows (refused otherwise, "
+            "listing them with their row counts).",
+            rich_help_panel="Safety",
+        ),
+    ] = False,
     lock_timeout: LockTimeoutOption = None,
     lock_wait: LockWaitOption = None,
     retries: RetriesOption = None,
@@ -275,6 +284,9 @@ def downgrade(
     json: JsonOption = False,
 ) -> None:
     """Revert migrations down to REVISION; `base` removes every Kronos object.
+
+    A downgrade that would drop a table or a column holding rows is refused, listing each with
+    its row count, unless --drop-data is given.
 
     Example: kronos-db downgrade -1
     """
@@ -292,7 +304,7 @@ def downgrade(
         )
         return
     target = target_for(database_url, settings)
-    result = migrations.downgrade(settings, target, revision, notify=notify)
+    result = migrations.downgrade(settings, target, revision, drop_data=drop_data, notify=notify)
     if json:
         emit_json(result)
         return

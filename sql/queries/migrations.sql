@@ -142,3 +142,18 @@ SELECT wanted.name
   FROM unnest(%(tables)s::text[]) WITH ORDINALITY AS wanted (name, position)
  WHERE to_regclass(quote_ident(current_schema()) || '.' || quote_ident(wanted.name)) IS NOT NULL
  ORDER BY wanted.position;
+
+-- name: select_drop_target
+-- whether a table (and a column of it) a downgrade would drop exists now
+SELECT to_regclass(%(table)s::text) IS NOT NULL AS table_exists,
+       EXISTS (SELECT 1 FROM pg_attribute
+                WHERE attrelid = to_regclass(%(table)s::text)
+                  AND attname = %(column)s::text AND NOT attisdropped) AS column_exists;
+
+-- name: count_table_rows
+-- the rows of a table a downgrade would drop (its partitions included)
+SELECT count(*) FROM {table};
+
+-- name: count_column_values
+-- the values of a column a downgrade would drop
+SELECT count(*) FROM {table} WHERE {column} IS NOT NULL;
