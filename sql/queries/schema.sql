@@ -1,6 +1,7 @@
 -- Introspection for `kronos-db check`: the schema as (kind, name, attribute, value) facts.
--- Covers every user schema; leaves out extension members (they belong to the extension) and
--- the partitions of a partitioned table (created by rotation over time), but records each
+-- Covers every user schema; leaves out extension members (they belong to the extension), the
+-- partitions of a partitioned table (created by rotation over time) and kronos_quarantine (rows
+-- `kronos-db adopt` kept aside, a table that exists only where it was needed), but records each
 -- partitioned table's key and default partition.
 
 -- name: select_schema_facts
@@ -22,6 +23,8 @@ relations AS (
       JOIN namespaces AS n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
        AND NOT c.relispartition
+       -- kronos-db's quarantine is data kept aside by `adopt`, created only when needed
+       AND c.relname NOT IN ('kronos_quarantine', 'kronos_quarantine_id_seq')
        AND NOT EXISTS (SELECT 1 FROM extension_members AS e
                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid)
 )
