@@ -205,6 +205,37 @@ class RehearseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdoptSettings:
+    lock_timeout: timedelta = setting(
+        timedelta(seconds=2),
+        "`adopt --apply`: lock_timeout of each step's DDL; a service waits at most this long "
+        "behind a step that queues for a lock.",
+        lock_timeout=True,
+    )
+    retries: int = setting(
+        10, "`adopt --apply`: how many times a step that hit lock_timeout is retried.", minimum=0
+    )
+    retry_delay: timedelta = setting(
+        timedelta(seconds=1),
+        "`adopt --apply`: first back-off after a lock timeout; doubles (with jitter) up to 30s.",
+    )
+    batch_size: int = setting(
+        5000,
+        "`adopt --apply`: rows per transaction when filling a shadow column, fixing or "
+        "quarantining rows.",
+        minimum=1,
+    )
+    batch_pause: timedelta = setting(
+        timedelta(0),
+        "`adopt --apply`: pause between two batches, to leave room for replicas (0: none).",
+    )
+    statement_timeout: timedelta = setting(
+        timedelta(0),
+        "`adopt --apply`: statement_timeout of each step (0: none; validations read whole tables).",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class HousekeepingSettings:
     batch_time: timedelta = setting(
         timedelta(milliseconds=25),
@@ -547,6 +578,7 @@ class Settings:
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
     lint: LintSettings = dataclasses.field(default_factory=LintSettings)
     rehearse: RehearseSettings = dataclasses.field(default_factory=RehearseSettings)
+    adopt: AdoptSettings = dataclasses.field(default_factory=AdoptSettings)
     housekeeping: HousekeepingSettings = dataclasses.field(default_factory=HousekeepingSettings)
     partitions: PartitionSettings = dataclasses.field(default_factory=PartitionSettings)
     backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)
