@@ -76,6 +76,18 @@ COMMANDS: dict[str, LazyCommand] = {
         "kronos_db.cli.migrate",
         "Join the heads of a branched migration tree with a new, empty revision.",
     ),
+    "adopt": LazyCommand(
+        "kronos_db.cli.adopt",
+        "Take over a Kronos database built outside kronos-db (the original design's DDL).",
+    ),
+    "stamp": LazyCommand(
+        "kronos_db.cli.adopt",
+        "Record REVISION as applied without running it (for experts; prefer `adopt`).",
+    ),
+    "quarantine": LazyCommand(
+        "kronos_db.cli.adopt",
+        "The rows `adopt` moved out of their tables (restorable) or changed (kept for the record).",
+    ),
     "lint": LazyCommand(
         "kronos_db.cli.lint",
         "Lint migrations: squawk's rules and Kronos's own, judged on the live tables.",
