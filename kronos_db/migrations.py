@@ -474,19 +474,23 @@ def migration_lock(
         yield lease
 
 
-class _BlockerWatcher:
-    """Remembers who blocks the migration session, to name them if lock_timeout fires."""
+class BlockerWatcher:
+    """Remembers who blocks a working session, to name them if its lock_timeout fires.
 
-    def __init__(self, conn: psycopg.Connection[Any], run: MigrationRun) -> None:
+    Polls ``pg_blocking_pids()`` of the session ``pid()`` returns (None: not known yet) from
+    ``conn``, a connection of its own that stays idle (migrate's observer, adopt's).
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], pid: Callable[[], int | None]) -> None:
         self._conn = conn
-        self._run = run
+        self._pid = pid
         self._stop = threading.Event()
         self.blockers: list[locks.BlockingSession] = []
         self._thread = threading.Thread(target=self._watch, name="kronos-blockers", daemon=True)
 
     def _watch(self) -> None:
         while not self._stop.wait(0.1):
-            pid = self._run.backend_pid
+            pid = self._pid()
             if pid is None:
                 continue
             try:
@@ -496,7 +500,11 @@ class _BlockerWatcher:
             if found:
                 self.blockers = found
 
-    def __enter__(self) -> _BlockerWatcher:
+    def describe(self) -> str:
+        who = "; ".join(b.describe() for b in self.blockers)
+        return f"blocked by {who}" if who else "the blocking session had already gone"
+
+    def __enter__(self) -> BlockerWatcher:
         self._thread.start()
         return self
 
@@ -631,7 +639,7 @@ def _migrate(
         started = time.monotonic()
         while True:
             attempts += 1
-            watcher = _BlockerWatcher(observer, run)
+            watcher = BlockerWatcher(observer, lambda: run.backend_pid)
             try:
                 with watcher:
                     if upgrade:
@@ -643,8 +651,7 @@ def _migrate(
                 error = _translate(exc, target)
                 if not isinstance(error, LockTimeoutError) or isinstance(error, LockBusyError):
                     raise error from exc
-                who = "; ".join(b.describe() for b in watcher.blockers)
-                blocked = f"blocked by {who}" if who else "the blocking session had already gone"
+                blocked = watcher.describe()
                 failing = _next_revision_name(run, tree, observer)
                 wait = retry_delay(settings, attempts)
                 spent = time.monotonic() - started
@@ -1158,6 +1165,7 @@ def describe_heads(script_dir: ScriptDirectory) -> str:
 
 __all__ = [
     "AppliedStep",
+    "BlockerWatcher",
     "ChecksumProblem",
     "MigrationResult",
     "MigrationRun",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from kronos_db import baseline, db, locks, migrations, partitions, schema
+from kronos_db import baseline, db, migrations, partitions, schema
 from kronos_db.adopt import catalog, rules, steps
 from kronos_db.adopt.catalog import LiveState
 from kronos_db.adopt.rules import Violation
@@ -402,34 +401,6 @@ class AdoptionResult:
         return max(blocking, key=lambda s: s.lock_seconds, default=None)
 
 
-class _BlockerWatcher:
-    """Remembers who blocks the work session, to name them when lock_timeout fires."""
-
-    def __init__(self, conn: psycopg.Connection[Any], pid: int) -> None:
-        self._conn = conn
-        self._pid = pid
-        self._stop = threading.Event()
-        self.blockers: list[locks.BlockingSession] = []
-        self._thread = threading.Thread(target=self._watch, name="kronos-adopt", daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                found = locks.blocking_sessions(self._conn, self._pid)
-            except psycopg.Error:
-                return
-            if found:
-                self.blockers = found
-
-    def __enter__(self) -> _BlockerWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 class _Executor:
     """Runs steps on an autocommit connection: timeouts per step, retries on lock timeouts."""
 
@@ -462,14 +433,13 @@ class _Executor:
         while True:
             attempt += 1
             self.attempts += 1
-            watcher = _BlockerWatcher(self.watch_conn, self.pid)
+            watcher = migrations.BlockerWatcher(self.watch_conn, lambda: self.pid)
             try:
                 with watcher:
                     work()
                 return
             except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as exc:
-                who = "; ".join(b.describe() for b in watcher.blockers)
-                blocked = f"blocked by {who}" if who else "the blocking session had already gone"
+                blocked = watcher.describe()
                 if attempt > options.retries:
                     raise LockTimeoutError(
                         f"lock timeout ({postgres_interval(options.lock_timeout)}) at {label}: "
