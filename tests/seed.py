@@ -85,6 +85,19 @@ DIRTY = {
 }
 
 
+# what a user chooses for those rows: fix what a fix can repair, quarantine the rest
+FIX = (
+    "roles_permissions_no_null",
+    "logs_timestamp_not_null",
+    "routes_method_check",
+    "rate_limits_request_count_check",
+    "rate_limits_user_id_route_id_key",
+    "message_queue_status_check",
+    "message_queue_status_not_null",
+)
+QUARANTINE = ("users_password_hash_argon2", "sessions_token_excl", "routes_method_check")
+
+
 def fill(conn: psycopg.Connection[Any], now: datetime, sizes: Sizes = Sizes()) -> None:
     """Load data the way the services write it: naive UTC timestamps, serial ids."""
     naive_now = now.replace(tzinfo=None)

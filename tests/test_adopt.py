@@ -36,17 +36,7 @@ NOW = seed.SEED_NOW.replace(tzinfo=UTC)
 LOCK_TIMEOUT = timedelta(seconds=2)
 SETTINGS = Settings(adopt=AdoptSettings(lock_timeout=LOCK_TIMEOUT, batch_size=2000))
 TABLES = migrations.KRONOS_TABLES
-# what the user chooses for each rule the dirty rows break
-FIX = (
-    "roles_permissions_no_null",
-    "logs_timestamp_not_null",
-    "routes_method_check",
-    "rate_limits_request_count_check",
-    "rate_limits_user_id_route_id_key",
-    "message_queue_status_check",
-    "message_queue_status_not_null",
-)
-QUARANTINE = ("users_password_hash_argon2", "sessions_token_excl", "routes_method_check")
+FIX, QUARANTINE = seed.FIX, seed.QUARANTINE
 CHOICES = [*(f"--fix={r}" for r in FIX), *(f"--quarantine={r}" for r in QUARANTINE)]
 
 
@@ -437,22 +427,23 @@ def _state(database: Database) -> dict[str, Any]:
     }
 
 
+def _apply_args(database: Database) -> list[str]:
+    return [
+        "adopt",
+        "--apply",
+        "--timestamps-in",
+        "UTC",
+        *CHOICES,
+        "--now",
+        NOW.isoformat(),
+        "--database-url",
+        database.url,
+    ]
+
+
 def _apply_process(database: Database) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kronos_db",
-            "adopt",
-            "--apply",
-            "--timestamps-in",
-            "UTC",
-            *CHOICES,
-            "--now",
-            NOW.isoformat(),
-            "--database-url",
-            database.url,
-        ],
+        [sys.executable, "-m", "kronos_db", *_apply_args(database)],
         cwd=REPO,
         env=clean_environment(),
         stdout=subprocess.DEVNULL,
@@ -519,18 +510,7 @@ def test_killed_anywhere_and_rerun_ends_in_the_same_state(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
     assert len(killed) == len(kill_points), killed
-    final = run_cli(
-        "adopt",
-        "--apply",
-        "--timestamps-in",
-        "UTC",
-        *CHOICES,
-        "--now",
-        NOW.isoformat(),
-        "--database-url",
-        victim.url,
-        timeout=180,
-    )
+    final = run_cli(*_apply_args(victim), timeout=180)
     assert final.code == 0, final.output
     state = _state(victim)
     assert state["revisions"] == expected["revisions"]

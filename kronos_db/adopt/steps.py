@@ -35,6 +35,7 @@ from kronos_db.adopt import catalog
 from kronos_db.adopt.catalog import LiveState
 from kronos_db.adopt.rules import RULES, primary_key
 from kronos_db.migration_sql import MigrationScript
+from kronos_db.migrations import KRONOS_TABLES
 from kronos_db.resources import query, resource_root, trusted_sql
 
 # the revision whose schema the adoption reaches; later revisions are then applied by migrate
@@ -170,17 +171,6 @@ TRIGGERS: tuple[tuple[str, str, str], ...] = (
     ("message_queue", "message_queue_status_changed", "0008"),
 )
 TOOLKIT_TABLES = ("kronos_stat_snapshots", "kronos_statement_snapshots", "kronos_table_snapshots")
-TABLE_ORDER = (
-    "roles",
-    "users",
-    "sessions",
-    "logs",
-    "cache",
-    "routes",
-    "rate_limits",
-    "message_queue",
-    "backups",
-)
 
 Mode = Literal["transaction", "concurrently", "backfill", "resolve", "rotate"]
 Statement = sql.SQL | sql.Composed
@@ -291,8 +281,55 @@ def _comments() -> list[Statement]:
 # --------------------------------------------------------------------------- locks, in words
 
 
-def _brief(mode: str, table: str) -> tuple[str, bool, float]:
-    return f"{mode} on {table}, catalog only", True, CATALOG_SECONDS
+def _catalog_step(
+    key: str,
+    table: str,
+    description: str,
+    *statements: Statement,
+    done: bool,
+    lock: str = "ACCESS EXCLUSIVE",
+    on: str = "",
+) -> Work:
+    """A step that only changes the catalog: its lock stops writes for milliseconds."""
+    return Work(
+        key=key,
+        table=table,
+        description=description,
+        lock=f"{lock} on {on or table}, catalog only",
+        blocks_writes=True,
+        seconds=CATALOG_SECONDS,
+        lock_seconds=CATALOG_SECONDS,
+        done=done,
+        statements=_fixed(*statements),
+    )
+
+
+def _validate_step(
+    key: str,
+    table: str,
+    names: Sequence[str],
+    *,
+    seconds: float,
+    done: bool,
+    lock: str = "",
+) -> Work:
+    """VALIDATE CONSTRAINT: reads every row under a lock that lets reads and writes go on."""
+    return Work(
+        key=key,
+        table=table,
+        description=f"validate {', '.join(names)} (reads every row; writes go on)",
+        lock=lock or f"SHARE UPDATE EXCLUSIVE on {table}",
+        blocks_writes=False,
+        seconds=seconds,
+        lock_seconds=0.0,
+        done=done,
+        statements=_fixed(
+            *(
+                sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(_ident(table), _ident(n))
+                for n in names
+            )
+        ),
+    )
 
 
 SHARE_UPDATE = "SHARE UPDATE EXCLUSIVE"  # reads and writes go on
@@ -414,22 +451,13 @@ def _indexed(state: LiveState, table: str, columns: Sequence[str]) -> bool:
 
 
 def _default_steps(state: LiveState, table: str) -> list[Work]:
-    columns = [
-        c
-        for c in NOW_DEFAULTS.get(table, ())
-        if (found := state.column(table, c)) is not None
-        and found.default_expression != "now()"
-        and found.type == AWARE
-    ]
     wanted = NOW_DEFAULTS.get(table, ())
     if not wanted:
         return []
-    lock, blocks, held = _brief("ACCESS EXCLUSIVE", table)
     statement = sql.SQL("ALTER TABLE {} {}").format(
         _ident(table),
         sql.SQL(", ").join(
-            sql.SQL("ALTER COLUMN {} SET DEFAULT now()").format(_ident(c))
-            for c in columns or wanted
+            sql.SQL("ALTER COLUMN {} SET DEFAULT now()").format(_ident(c)) for c in wanted
         ),
     )
     done = all(
@@ -437,16 +465,8 @@ def _default_steps(state: LiveState, table: str) -> list[Work]:
         for c in wanted
     )
     return [
-        Work(
-            key=f"{table}.defaults",
-            table=table,
-            description=f"{', '.join(wanted)}: DEFAULT now()",
-            lock=lock,
-            blocks_writes=blocks,
-            seconds=held,
-            lock_seconds=held,
-            done=done,
-            statements=_fixed(statement),
+        _catalog_step(
+            f"{table}.defaults", table, f"{', '.join(wanted)}: DEFAULT now()", statement, done=done
         )
     ]
 
@@ -455,18 +475,13 @@ def _new_column_steps(state: LiveState, table: str) -> list[Work]:
     wanted = NEW_COLUMNS.get(table, ())
     if not wanted:
         return []
-    lock, blocks, held = _brief("ACCESS EXCLUSIVE", table)
     return [
-        Work(
-            key=f"{table}.columns",
-            table=table,
-            description=f"add {', '.join(wanted)} (no rewrite: defaults are constants or now())",
-            lock=lock,
-            blocks_writes=blocks,
-            seconds=held,
-            lock_seconds=held,
+        _catalog_step(
+            f"{table}.columns",
+            table,
+            f"add {', '.join(wanted)} (no rewrite: defaults are constants or now())",
+            target_statement(f"add_columns_{table}"),
             done=all(state.column(table, c) is not None for c in wanted),
-            statements=_fixed(target_statement(f"add_columns_{table}")),
         )
     ]
 
@@ -477,41 +492,22 @@ def _check_steps(state: LiveState, table: str) -> list[Work]:
         if owner != table:
             continue
         found = [state.constraint(table, n) for n in names]
-        lock, blocks, held = _brief("ACCESS EXCLUSIVE", table)
-        steps.append(
-            Work(
-                key=f"{table}.check.{names[0]}",
-                table=table,
-                description=f"add {', '.join(names)} NOT VALID (new rows are checked from now)",
-                lock=lock,
-                blocks_writes=blocks,
-                seconds=held,
-                lock_seconds=held,
+        steps += [
+            _catalog_step(
+                f"{table}.check.{names[0]}",
+                table,
+                f"add {', '.join(names)} NOT VALID (new rows are checked from now)",
+                target_statement(statement),
                 done=all(c is not None for c in found),
-                statements=_fixed(target_statement(statement)),
-            )
-        )
-        seconds = _seconds(state.rows(table), SCAN_ROWS_PER_SECOND) * len(names)
-        steps.append(
-            Work(
-                key=f"{table}.validate.{names[0]}",
-                table=table,
-                description=f"validate {', '.join(names)} (reads every row; writes go on)",
-                lock=f"{SHARE_UPDATE} on {table}",
-                blocks_writes=False,
-                seconds=seconds,
-                lock_seconds=0.0,
+            ),
+            _validate_step(
+                f"{table}.validate.{names[0]}",
+                table,
+                names,
+                seconds=_seconds(state.rows(table), SCAN_ROWS_PER_SECOND) * len(names),
                 done=all(c is not None and c.validated for c in found),
-                statements=_fixed(
-                    *(
-                        sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                            _ident(table), _ident(n)
-                        )
-                        for n in names
-                    )
-                ),
-            )
-        )
+            ),
+        ]
     return steps
 
 
@@ -526,55 +522,34 @@ def _not_null_steps(state: LiveState, table: str) -> list[Work]:
         done = found is not None and found.not_null
         check = not_null_check_name(table, column)
         constraint = state.constraint(table, check)
-        lock, blocks, held = _brief("ACCESS EXCLUSIVE", table)
         steps += [
-            Work(
-                key=f"{table}.not_null_check.{column}",
-                table=table,
-                description=f"{column} IS NOT NULL as a CHECK NOT VALID",
-                lock=lock,
-                blocks_writes=blocks,
-                seconds=held,
-                lock_seconds=held,
+            _catalog_step(
+                f"{table}.not_null_check.{column}",
+                table,
+                f"{column} IS NOT NULL as a CHECK NOT VALID",
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                    _ident(table), _ident(check), _ident(column)
+                ),
                 done=done or constraint is not None,
-                statements=_fixed(
-                    sql.SQL(
-                        "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID"
-                    ).format(_ident(table), _ident(check), _ident(column))
-                ),
             ),
-            Work(
-                key=f"{table}.not_null_validate.{column}",
-                table=table,
-                description=f"validate {check} (reads every row; writes go on)",
-                lock=f"{SHARE_UPDATE} on {table}",
-                blocks_writes=False,
+            _validate_step(
+                f"{table}.not_null_validate.{column}",
+                table,
+                [check],
                 seconds=_seconds(state.rows(table), SCAN_ROWS_PER_SECOND),
-                lock_seconds=0.0,
                 done=done or (constraint is not None and constraint.validated),
-                statements=_fixed(
-                    sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                        _ident(table), _ident(check)
-                    )
-                ),
             ),
-            Work(
-                key=f"{table}.not_null.{column}",
-                table=table,
-                description=f"{column} SET NOT NULL (proved by the validated check: no scan)",
-                lock=lock,
-                blocks_writes=blocks,
-                seconds=held,
-                lock_seconds=held,
-                done=done and constraint is None,
-                statements=_fixed(
-                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
-                        _ident(table), _ident(column)
-                    ),
-                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                        _ident(table), _ident(check)
-                    ),
+            _catalog_step(
+                f"{table}.not_null.{column}",
+                table,
+                f"{column} SET NOT NULL (proved by the validated check: no scan)",
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
+                    _ident(table), _ident(column)
                 ),
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                    _ident(table), _ident(check)
+                ),
+                done=done and constraint is None,
             ),
         ]
     return steps
@@ -591,49 +566,35 @@ def _foreign_key_steps(state: LiveState, table: str) -> list[Work]:
         done = current is not None and current.on_delete == "c" and current.validated and not new
         both = f"{table} and {referenced}"
         steps += [
-            Work(
-                key=f"{table}.fk_add.{name}",
-                table=table,
-                description=f"{name} ON DELETE CASCADE: add it NOT VALID beside the old one",
-                lock=f"SHARE ROW EXCLUSIVE on {both}, catalog only",
-                blocks_writes=True,
-                seconds=CATALOG_SECONDS,
-                lock_seconds=CATALOG_SECONDS,
+            _catalog_step(
+                f"{table}.fk_add.{name}",
+                table,
+                f"{name} ON DELETE CASCADE: add it NOT VALID beside the old one",
+                target_statement(f"add_{name}"),
                 done=done or new is not None,
-                statements=_fixed(target_statement(f"add_{name}")),
+                lock="SHARE ROW EXCLUSIVE",
+                on=both,
             ),
-            Work(
-                key=f"{table}.fk_validate.{name}",
-                table=table,
-                description=f"validate {new_name} (reads every row; writes go on)",
-                lock=f"{SHARE_UPDATE} on {table}, ROW SHARE on {referenced}",
-                blocks_writes=False,
+            _validate_step(
+                f"{table}.fk_validate.{name}",
+                table,
+                [new_name],
                 seconds=_seconds(state.rows(table), JOIN_ROWS_PER_SECOND),
-                lock_seconds=0.0,
                 done=done or (new is not None and new.validated),
-                statements=_fixed(
-                    sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                        _ident(table), _ident(new_name)
-                    )
-                ),
+                lock=f"{SHARE_UPDATE} on {table}, ROW SHARE on {referenced}",
             ),
-            Work(
-                key=f"{table}.fk_swap.{name}",
-                table=table,
-                description=f"drop the old {name}, rename {new_name} to it",
-                lock=f"ACCESS EXCLUSIVE on {both}, catalog only",
-                blocks_writes=True,
-                seconds=CATALOG_SECONDS,
-                lock_seconds=CATALOG_SECONDS,
-                done=done,
-                statements=_fixed(
-                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                        _ident(table), _ident(name)
-                    ),
-                    sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                        _ident(table), _ident(new_name), _ident(name)
-                    ),
+            _catalog_step(
+                f"{table}.fk_swap.{name}",
+                table,
+                f"drop the old {name}, rename {new_name} to it",
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                    _ident(table), _ident(name)
                 ),
+                sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                    _ident(table), _ident(new_name), _ident(name)
+                ),
+                done=done,
+                on=both,
             ),
         ]
     return steps
@@ -675,22 +636,15 @@ def _unique_steps(state: LiveState, table: str) -> list[Work]:
         steps.append(
             _index_work(state, table, name, target_statement(f"create_index_{name}"), done=done)
         )
-        lock, blocks, held = _brief("ACCESS EXCLUSIVE", table)
         steps.append(
-            Work(
-                key=f"{table}.unique.{name}",
-                table=table,
-                description=f"make {name} a UNIQUE constraint using the index",
-                lock=lock,
-                blocks_writes=blocks,
-                seconds=held,
-                lock_seconds=held,
-                done=done,
-                statements=_fixed(
-                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
-                        _ident(table), _ident(name), _ident(name)
-                    )
+            _catalog_step(
+                f"{table}.unique.{name}",
+                table,
+                f"make {name} a UNIQUE constraint using the index",
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
+                    _ident(table), _ident(name), _ident(name)
                 ),
+                done=done,
             )
         )
     if table == "sessions":
@@ -747,7 +701,6 @@ def _shadow_steps(
             (found := state.column(table, c)) is not None and found.type == AWARE for c in columns
         ) and not any(exists)
     rows = state.rows(table)
-    lock, blocks, held = _brief("ACCESS EXCLUSIVE", table)
     function = sync_function(table)
     assignments = sql.SQL(", ").join(
         sql.SQL("{} = {}").format(_ident(s), _shadow_expression(c, group, zone))
@@ -793,16 +746,12 @@ def _shadow_steps(
     what = "ids" if group == "ids" else ", ".join(columns)
     target_type = "bigint" if group == "ids" else f"timestamptz read as {zone}"
     steps = [
-        Work(
-            key=f"{table}.{group}.shadow",
-            table=table,
-            description=f"{what} → {target_type}: add shadow column(s) kept in step by a trigger",
-            lock=lock,
-            blocks_writes=blocks,
-            seconds=held,
-            lock_seconds=held,
+        _catalog_step(
+            f"{table}.{group}.shadow",
+            table,
+            f"{what} → {target_type}: add shadow column(s) kept in step by a trigger",
+            *add,
             done=converted or all(exists),
-            statements=_fixed(*add),
         ),
         Work(
             key=f"{table}.{group}.backfill",
@@ -819,35 +768,21 @@ def _shadow_steps(
             key_column=primary_key(table),
             assignments=assignments,
         ),
-        Work(
-            key=f"{table}.{group}.sync_check",
-            table=table,
-            description=f"prove every row filled: {check} NOT VALID",
-            lock=lock,
-            blocks_writes=blocks,
-            seconds=held,
-            lock_seconds=held,
+        _catalog_step(
+            f"{table}.{group}.sync_check",
+            table,
+            f"prove every row filled: {check} NOT VALID",
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID").format(
+                _ident(table), _ident(check), conditions
+            ),
             done=converted or constraint is not None,
-            statements=_fixed(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID").format(
-                    _ident(table), _ident(check), conditions
-                )
-            ),
         ),
-        Work(
-            key=f"{table}.{group}.sync_validate",
-            table=table,
-            description=f"validate {check} (reads every row; writes go on)",
-            lock=f"{SHARE_UPDATE} on {table}",
-            blocks_writes=False,
+        _validate_step(
+            f"{table}.{group}.sync_validate",
+            table,
+            [check],
             seconds=_seconds(rows, SCAN_ROWS_PER_SECOND),
-            lock_seconds=0.0,
             done=converted or (constraint is not None and constraint.validated),
-            statements=_fixed(
-                sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                    _ident(table), _ident(check)
-                )
-            ),
         ),
     ]
     if group == "ids":
@@ -867,19 +802,14 @@ def _shadow_steps(
                 done=converted,
             )
         )
-    steps.append(
-        Work(
-            key=f"{table}.{group}.swap",
-            table=table,
-            description=f"swap the shadow column(s) of {table} in (one short transaction)",
-            lock=lock,
-            blocks_writes=blocks,
-            seconds=held,
-            lock_seconds=held,
-            done=converted,
-            statements=lambda conn: swap_statements(conn, state, table, columns, group),
-        )
+    swap = _catalog_step(
+        f"{table}.{group}.swap",
+        table,
+        f"swap the shadow column(s) of {table} in (one short transaction)",
+        done=converted,
     )
+    swap.statements = lambda conn: swap_statements(conn, state, table, columns, group)
+    steps.append(swap)
     return steps
 
 
@@ -1037,16 +967,13 @@ def _trigger_steps(state: LiveState, table: str) -> list[Work]:
             for s in released(revision, rf"CREATE\s+(OR\s+REPLACE\s+)?TRIGGER\s+{name}\s")
         ]
         steps.append(
-            Work(
-                key=f"{table}.trigger.{name}",
-                table=table,
-                description=f"function and trigger {name} (as revision {revision} creates them)",
-                lock=f"SHARE ROW EXCLUSIVE on {table}, catalog only",
-                blocks_writes=True,
-                seconds=CATALOG_SECONDS,
-                lock_seconds=CATALOG_SECONDS,
+            _catalog_step(
+                f"{table}.trigger.{name}",
+                table,
+                f"function and trigger {name} (as revision {revision} creates them)",
+                *statements,
                 done=name in state.functions and state.has_trigger(table, name),
-                statements=_fixed(*statements),
+                lock="SHARE ROW EXCLUSIVE",
             )
         )
     return steps
@@ -1093,11 +1020,10 @@ def partition_statements(conn: psycopg.Connection[Any], state: LiveState) -> lis
         sql.SQL("ALTER SEQUENCE IF EXISTS logs_id_seq RENAME TO {}").format(_ident(old_sequence)),
         sql.SQL("ALTER TABLE logs RENAME CONSTRAINT logs_pkey TO logs_default_pkey"),
         sql.SQL("ALTER TABLE logs RENAME TO logs_default"),
-        target_statement("create_partitioned_logs"),
-        target_statement("create_partitioned_logs_indexes"),
+        # head's logs and its indexes, as revision 0003 creates them (still empty: instant)
         *(
             sql.SQL(trusted_sql(_strip_comments(s)))
-            for s in released("0003", r"COMMENT\s+ON\s+TABLE\s+logs\s")
+            for s in released("0003", r"(CREATE\s+TABLE\s+logs\s|CREATE\s+INDEX\s|COMMENT\s+ON)")
         ),
     ]
     if owner:
@@ -1164,7 +1090,7 @@ def build(state: LiveState, options: Options, pending: dict[str, int]) -> list[W
     get a step).
     """
     steps: list[Work] = []
-    for table in TABLE_ORDER:
+    for table in KRONOS_TABLES:  # in foreign key order
         if state.table(table) is None:
             continue
         steps += _resolve_steps(state, table, options, pending)
