@@ -704,9 +704,14 @@ def apply(
     timestamps_in: str | None = None,
     fix: tuple[str, ...] = (),
     quarantine: tuple[str, ...] = (),
+    rotate: bool = True,
     notify: Notify = _quiet,
 ) -> AdoptionResult:
-    """Adopt the database: every step, then the check, the stamp, later revisions, rotation."""
+    """Adopt the database: every step, then the check, the stamp, later revisions, rotation.
+
+    ``rotate=False`` leaves the rows of the old ``logs`` in the default partition for the next
+    ``partitions rotate`` (cron's) to move.
+    """
     started = time.monotonic()
     tree = migrations.MigrationTree.from_settings(settings)
     heads = tree.script_directory().get_heads()
@@ -750,8 +755,12 @@ def apply(
         upgrade = migrations.upgrade(settings, target, "head", notify=notify)
         migrated = tuple(s.revision for s in upgrade.steps)
     stamp_done = time.monotonic()
-    notify("moving the old logs out of the default partition (partitions rotate)")
-    rotation = partitions.rotate(target, settings, now, notify=notify)
+    rotation_steps: tuple[Any, ...] = ()
+    rotation_failed: tuple[Any, ...] = ()
+    if rotate:
+        notify("moving the old logs out of the default partition (partitions rotate)")
+        rotation = partitions.rotate(target, settings, now, notify=notify)
+        rotation_steps, rotation_failed = rotation.steps, rotation.failed
     rotation_done = time.monotonic()
     report = schema.check(settings, target, notify=notify)
     finished = time.monotonic()
@@ -763,10 +772,10 @@ def apply(
         resolutions=tuple(resolutions),
         stamped=stamped,
         migrated=migrated,
-        rotation_steps=len(rotation.steps),
-        rotation_rows_moved=sum(getattr(s, "rows_moved", 0) or 0 for s in rotation.steps),
+        rotation_steps=len(rotation_steps),
+        rotation_rows_moved=sum(getattr(s, "rows_moved", 0) or 0 for s in rotation_steps),
         rotation_failures=tuple(
-            f"{getattr(s, 'description', s)}: {getattr(s, 'error', '')}" for s in rotation.failed
+            f"{getattr(s, 'description', s)}: {getattr(s, 'error', '')}" for s in rotation_failed
         ),
         check_differences=report.differences,
         seconds=finished - started,
