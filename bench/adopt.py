@@ -232,7 +232,7 @@ def report(results: list[Measure]) -> None:
         ("· the steps", lambda m: _ms(m.steps)),
         ("· compare with 0010 and stamp", lambda m: _ms(m.stamp)),
         (
-            "· rotation (rows moved out of logs_default)",
+            "then, writer stopped: partitions rotate (rows moved)",
             lambda m: f"{_ms(m.rotation)} ({m.rows_moved:,})",
         ),
         ("· final check", lambda m: _ms(m.check)),

@@ -384,6 +384,7 @@ class AdoptionResult:
     resolutions: tuple[rules.Resolution, ...]
     stamped: tuple[str, ...]
     migrated: tuple[str, ...]  # later revisions applied after the stamp
+    rotated: bool  # False: the rows were left for the next `partitions rotate`
     rotation_steps: int
     rotation_rows_moved: int
     rotation_failures: tuple[str, ...]
@@ -772,6 +773,7 @@ def apply(
         resolutions=tuple(resolutions),
         stamped=stamped,
         migrated=migrated,
+        rotated=rotate,
         rotation_steps=len(rotation_steps),
         rotation_rows_moved=sum(getattr(s, "rows_moved", 0) or 0 for s in rotation_steps),
         rotation_failures=tuple(

@@ -198,10 +198,13 @@ def _render_result(result: AdoptionResult) -> None:
         )
     if result.migrated:
         stdout.print(f"then applied {', '.join(result.migrated)}")
-    stdout.print(
-        f"rotation: {result.rotation_steps} step(s), {result.rotation_rows_moved:,} row(s) "
-        "moved out of the default partition"
-    )
+    if result.rotated:
+        stdout.print(
+            f"rotation: {result.rotation_steps} step(s), {result.rotation_rows_moved:,} row(s) "
+            "moved out of the default partition"
+        )
+    else:
+        stdout.print("rotation: left to the next `kronos-db partitions rotate`")
     for failure in result.rotation_failures:
         notify(f"rotation: {failure} (the next `kronos-db partitions rotate` goes on)")
     if result.check_differences:
@@ -237,6 +240,14 @@ def adopt(
     show_sql: Annotated[
         bool, typer.Option("--show-sql", help="With --plan: print each step's SQL.")
     ] = False,
+    rotate: Annotated[
+        bool,
+        typer.Option(
+            "--rotate/--no-rotate",
+            help="After the stamp, run `partitions rotate` to start moving the old logs out "
+            "of the default partition (--no-rotate: leave it to cron's next rotation).",
+        ),
+    ] = True,
     lock_timeout: Annotated[
         str | None,
         typer.Option(
@@ -308,6 +319,7 @@ def adopt(
         timestamps_in=timestamps_in,
         fix=fix_rules,
         quarantine=quarantine_rules,
+        rotate=rotate,
         notify=notify,
     )
     if json:
