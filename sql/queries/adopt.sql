@@ -2,6 +2,11 @@
 -- that break what head adds, and the statements that bring it there without a long lock.
 -- Everything is read in current_schema(), where the services (and the migrations) create the
 -- Kronos tables. The DDL that reaches revision 0010 is in adopt_target.sql.
+--
+-- A rule is a boolean expression over the table aliased `t`: true for a row head would refuse.
+-- A fix is the SET list of an UPDATE that makes such a row acceptable, with the expression that
+-- says which rows it can fix. The code wraps them in batched statements that keep a
+-- copy of every row they change or move in kronos_quarantine.
 
 -- name: select_adoption_tables
 -- each Kronos table that exists: kind, owner, size and the statistics the estimates use
@@ -202,11 +207,6 @@ SELECT name
 -- the revisions kronos-db recorded as applied (empty when the table is missing)
 SELECT revision FROM kronos_migrations ORDER BY revision;
 
--- ---------------------------------------------------------------- rows that break head's rules
--- A rule is a boolean expression over the table aliased `t`: true for a row head would refuse.
--- A fix is the SET list of an UPDATE that makes such a row acceptable, with the expression that
--- says which rows it can fix. The code wraps them in batched statements (below) that keep a
--- copy of every row they change or move in kronos_quarantine.
 
 -- name: violation_roles_permissions_no_null
 -- a NULL inside the permissions array
@@ -285,7 +285,6 @@ t.status IS NULL
 -- failed: it was never delivered, and delivering it now, late, must be a decision
 status = 'failed'
 
--- ---------------------------------------------------------------- statements around the rules
 
 -- name: select_violating_keys
 -- the keys of the rows that break a rule, in key order
@@ -385,7 +384,6 @@ SELECT %(batch)s::uuid, 0, 'rate_limits', %(rule)s::text, 'fixed', old.row_data,
   FROM old
   JOIN merged USING (id);
 
--- ---------------------------------------------------------------- the quarantine table
 
 -- name: create_quarantine
 -- kronos-db's own table for the rows adopt changed or moved out (created on first use)
@@ -455,7 +453,6 @@ SELECT attname::text
  WHERE attrelid = to_regclass(%(table)s::text) AND attnum > 0 AND NOT attisdropped
  ORDER BY attnum;
 
--- ---------------------------------------------------------------- filling shadow columns
 
 -- name: select_first_keys
 -- the first batch of keys of a table, in key order

@@ -57,7 +57,6 @@ ALTER TABLE backups
         OR (size_bytes IS NOT NULL AND sha256 IS NOT NULL AND row_counts IS NOT NULL)
     ) NOT VALID;
 
--- ---------------------------------------------------------------- foreign keys head cascades
 
 -- name: add_sessions_user_id_fkey
 -- 0002: deleting a user ends their sessions
@@ -74,7 +73,6 @@ ALTER TABLE rate_limits ADD CONSTRAINT rate_limits_user_id_fkey_kronos_new
 ALTER TABLE rate_limits ADD CONSTRAINT rate_limits_route_id_fkey_kronos_new
     FOREIGN KEY (route_id) REFERENCES routes (id) ON DELETE CASCADE NOT VALID;
 
--- ---------------------------------------------------------------- columns added by 0008, 0009
 
 -- name: add_columns_sessions
 -- 0008: when the session was last used (a now() default is stored once, no rewrite)
@@ -105,7 +103,6 @@ ALTER TABLE backups
     ADD COLUMN IF NOT EXISTS verify_message  text,
     ADD COLUMN IF NOT EXISTS pruned_at       timestamptz;
 
--- ---------------------------------------------------------------- unique and exclusion
 
 -- name: create_index_rate_limits_user_id_route_id_key
 -- 0005: one counter per (user, route), built without blocking writes, then made a constraint
@@ -117,7 +114,6 @@ CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS rate_limits_user_id_route_id_key
 -- concurrently nor from an existing index: this one holds ACCESS EXCLUSIVE for its build.
 ALTER TABLE sessions ADD CONSTRAINT sessions_token_excl EXCLUDE USING hash (token WITH =);
 
--- ---------------------------------------------------------------- indexes
 
 -- name: create_index_users_role_id_idx
 -- 0001
@@ -179,7 +175,6 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS logs_default_service_name_timestamp_idx
 CREATE INDEX CONCURRENTLY IF NOT EXISTS logs_default_timestamp_idx
     ON logs USING brin ("timestamp");
 
--- ---------------------------------------------------------------- the partitioned logs
 
 -- name: attach_logs_default
 -- the old table, whole, as the default partition. It holds the partition key's NOT NULL and
