@@ -129,6 +129,7 @@ class Measure:
     rows_moved: int
     longest_lock: float
     longest_lock_step: str
+    top_locks: tuple[str, ...]
     writer_max: float
     writer_p99: float
     writer_inserts: int
@@ -209,6 +210,12 @@ def measure(server: str, logs: int, settings: Settings) -> Measure:
         rows_moved=sum(s.rows_moved for s in rotation.steps),
         longest_lock=longest.lock_seconds if longest else 0.0,
         longest_lock_step=longest.description if longest else "",
+        top_locks=tuple(
+            f"{s.lock_seconds * 1000:.0f} ms: {s.description}"
+            for s in sorted(
+                (s for s in result.steps if s.blocks_writes), key=lambda s: -s.lock_seconds
+            )[:4]
+        ),
         writer_max=max(waits),
         writer_p99=waits[int(len(waits) * 0.99)] if waits else 0.0,
         writer_inserts=len(waits),
@@ -249,7 +256,9 @@ def report(results: list[Measure]) -> None:
     for name, cell in rows:
         print(f"| {name} | " + " | ".join(cell(m) for m in results) + " |")
     for m in results:
-        print(f"longest lock at {m.logs:,} logs: {m.longest_lock_step}")
+        print(f"longest locks that stop writes at {m.logs:,} logs:")
+        for line in m.top_locks:
+            print(f"  {line}")
 
 
 def main() -> None:

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from kronos_db.cli.common import (
     ConfigOption,
@@ -399,19 +397,14 @@ def quarantine_list(
     if not rows:
         stdout.print("kronos_quarantine is empty")
         return
-    table = Table("id", "batch", "table", "rule", "action", "moved at", "row", box=None)
     for row in rows:
         text = json_module.dumps(row.row_data, default=str)
-        table.add_row(
-            str(row.id),
-            row.batch[:8],
-            row.table_name,
-            row.rule,
-            row.action,
-            row.moved_at.strftime("%Y-%m-%d %H:%M"),
-            Text(text if len(text) <= 80 else text[:79] + "…"),
+        stdout.print(
+            f"{row.id:>6}  {row.action:<11} {row.table_name}  {row.rule}  batch {row.batch[:8]}  "
+            f"{row.moved_at:%Y-%m-%d %H:%M}",
+            markup=False,
         )
-    stdout.print(table)
+        stdout.print(f"        {text if len(text) <= 200 else text[:199] + '…'}", markup=False)
 
 
 @quarantine_app.command("restore")
