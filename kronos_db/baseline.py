@@ -15,17 +15,22 @@ import dataclasses
 import secrets
 from collections.abc import Callable
 
+import psycopg
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 
-from kronos_db import db, migrations, schema
+from kronos_db import db, locks, migrations, schema
 from kronos_db.config import Settings
 from kronos_db.errors import ExitCode, KronosError, UnknownRevisionError, translate_database_error
 from kronos_db.migration_sql import checksum
 from kronos_db.resources import query
 
 # tables the stamp itself creates: their absence before it is not a difference
-BOOKKEEPING = ("public.alembic_version", "public.kronos_migrations")
+BOOKKEEPING = (
+    "public.alembic_version",
+    "public.kronos_migrations",
+    "public.kronos_migrations_progress",
+)
 
 Notify = Callable[[str], None]
 
@@ -99,10 +104,13 @@ def _revision_facts(
         db.drop_database(scratch)
 
 
-def record(settings: Settings, target: db.Target, revision: str) -> tuple[str, ...]:
+def record(
+    settings: Settings, target: db.Target, revision: str, *, lease: locks.Lease
+) -> tuple[str, ...]:
     """Record ``revision`` as applied, with the checksums of it and every revision before it.
 
-    One transaction; the caller holds the migration lock. Returns the revisions recorded.
+    One transaction, fenced by ``lease`` (the migration lock the caller holds). Returns the
+    revisions recorded.
     """
     tree = migrations.MigrationTree.from_settings(settings)
     script = tree.script_directory()
@@ -115,6 +123,7 @@ def record(settings: Settings, target: db.Target, revision: str) -> tuple[str, .
     try:
         with engine.connect() as connection, connection.begin():
             connection.exec_driver_sql(query("migrations", "create_migration_checksums"))
+            connection.exec_driver_sql(query("migrations", "create_migration_progress"))
             MigrationContext.configure(connection).stamp(script, revision)
             recorded = {
                 row[0]
@@ -135,6 +144,9 @@ def record(settings: Settings, target: db.Target, revision: str) -> tuple[str, .
                         "checksum": checksum(tree.upgrade_sql(revision_script)),
                     },
                 )
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            lease.fence(driver)
     except KronosError:
         raise
     except Exception as exc:
@@ -170,8 +182,9 @@ def stamp(
     does not, on the caller's word.
     """
     revision = resolve_revision(settings, revision)
-    with migrations.migration_lock(settings, target, notify) as lock_conn:
-        before = migrations.current_revisions(lock_conn)
+    with migrations.migration_lock(settings, target, notify) as lease:
+        with db.connection(target) as conn:
+            before = migrations.current_revisions(conn)
         found = tuple(differences(settings, target, revision, notify=notify))
         if found and not force:
             raise SchemaDiffersError(
@@ -181,5 +194,5 @@ def stamp(
                 + "): adopt it with `kronos-db adopt`, or pass --force if you know better",
                 found,
             )
-        recorded = record(settings, target, revision)
+        recorded = record(settings, target, revision, lease=lease)
     return StampResult(target.describe(), revision, before, recorded, force, found)

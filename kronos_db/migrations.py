@@ -869,9 +869,7 @@ def dropped_objects(script: Script) -> list[tuple[str, str | None]]:
         return []
     dropped: list[tuple[str, str | None]] = []
     for statement in MigrationScript.load(path).statements:
-        text = "\n".join(
-            line for line in statement.splitlines() if not line.lstrip().startswith("--")
-        )
+        text = statement.body
         if match := _DROP_TABLE.match(text):
             dropped += [(_unquote(n), None) for n in match.group("names").split(",")]
         elif match := _ALTER_TABLE.match(text):

@@ -28,7 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from kronos_db import baseline, db, migrations, partitions, schema
+from kronos_db import baseline, db, locks, migrations, partitions, schema
 from kronos_db.adopt import catalog, rules, steps
 from kronos_db.adopt.catalog import LiveState
 from kronos_db.adopt.rules import Violation
@@ -409,11 +409,13 @@ class _Executor:
         self,
         conn: psycopg.Connection[Any],
         watch_conn: psycopg.Connection[Any],
+        lease: locks.Lease,
         settings: Settings,
         notify: Notify,
     ) -> None:
         self.conn = conn
         self.watch_conn = watch_conn
+        self.lease = lease
         self.settings = settings
         self.notify = notify
         self.pid = conn.info.backend_pid
@@ -455,13 +457,16 @@ class _Executor:
                 time.sleep(wait)
 
     def transaction(self, label: str, build: Callable[[], None], *, time_zone: str | None) -> None:
+        settings = self._timeouts()
+        if time_zone:
+            settings["TimeZone"] = time_zone
+
         def run() -> None:
-            with self.conn.transaction():
-                self.conn.execute(query("adopt", "set_step_timeouts"), self._timeouts())
-                if time_zone:
-                    self.conn.execute(query("adopt", "set_session_time_zone"), {"zone": time_zone})
+            with db.transaction_settings(self.conn, settings):
                 started = time.monotonic()
                 build()
+                # still this run's adoption? (a run that stalled past its lease rolls back)
+                self.lease.fence(self.conn)
             self.lock_seconds = max(self.lock_seconds, time.monotonic() - started)
 
         self.retrying(label, run)
@@ -579,6 +584,7 @@ def _resolve(
 def _converge(
     conn: psycopg.Connection[Any],
     watch_conn: psycopg.Connection[Any],
+    lease: locks.Lease,
     settings: Settings,
     options: steps.Options,
     pending: dict[str, int],
@@ -607,7 +613,7 @@ def _converge(
                 "catalog still shows it pending: is something undoing it?"
             )
         notify(f"step {number}/{len(works)}: {work.description}")
-        executor = _Executor(conn, watch_conn, settings, notify)
+        executor = _Executor(conn, watch_conn, lease, settings, notify)
         started = time.monotonic()
         detail = ""
         try:
@@ -720,7 +726,13 @@ def apply(
     resolutions: list[rules.Resolution] = []
     stamped: tuple[str, ...] = ()
     already = False
-    with migrations.migration_lock(settings, target, notify) as lock_conn, _translated(target):
+    # CREATE INDEX CONCURRENTLY and its session settings need one server session
+    db.require_session(target, settings.database.pooler, "kronos-db adopt --apply")
+    with (
+        migrations.migration_lock(settings, target, notify) as lease,
+        db.connection(target) as observer,
+        _translated(target),
+    ):
         with db.connection(target) as conn:
             options = options_for(
                 conn, settings, timestamps_in=timestamps_in, fix=fix, quarantine=quarantine
@@ -737,7 +749,7 @@ def apply(
                 _require_decisions(state, options, violations)
                 pending = {v.rule: v.count for v in violations}
                 results, resolutions = _converge(
-                    conn, lock_conn, settings, options, pending, notify
+                    conn, observer, lease, settings, options, pending, notify
                 )
         steps_done = time.monotonic()
         if not already:
@@ -749,7 +761,7 @@ def apply(
                     f"{steps.ADOPTION_REVISION}'s; nothing was recorded: "
                     + "; ".join(d.describe() for d in found)
                 )
-            stamped = baseline.record(settings, target, steps.ADOPTION_REVISION)
+            stamped = baseline.record(settings, target, steps.ADOPTION_REVISION, lease=lease)
             notify(f"recorded revision {steps.ADOPTION_REVISION} with its checksums")
     migrated: tuple[str, ...] = ()
     if steps.ADOPTION_REVISION not in heads:

@@ -239,7 +239,7 @@ def _shadow(column: str) -> str:
 def _released_statements(revision: str) -> tuple[str, ...]:
     directory = resource_root() / "sql" / "migrations"
     path = next(directory.glob(f"{revision}_*.upgrade.sql"))
-    return tuple(MigrationScript.load(path).statements)
+    return tuple(s.text for s in MigrationScript.load(path).statements)
 
 
 def released(revision: str, pattern: str) -> list[str]:
@@ -253,7 +253,10 @@ def released(revision: str, pattern: str) -> list[str]:
 
 
 def _strip_comments(statement: str) -> str:
-    lines = [line for line in statement.splitlines() if not line.lstrip().startswith("--")]
+    """The statement without the comment lines that lead it (a function body is kept as is)."""
+    lines = statement.splitlines()
+    while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
+        lines.pop(0)
     return "\n".join(lines).strip()
 
 
