@@ -159,7 +159,8 @@ def test_a_downgrade_of_empty_objects_needs_no_flag(database: Database) -> None:
     with database.connect() as conn:
         conn.execute("INSERT INTO sessions (token) VALUES ('t')")  # 0002 is not reverted
     result = migrations.downgrade(Settings(), database.target, "-1")
-    assert result.after == ("0009",)
+    parent = migrations.MigrationTree(REPO).script_directory().get_revision(HEAD).down_revision
+    assert result.after == (parent,)
     with pytest.raises(DataLossError, match=r"column sessions.last_active_at \(1 value"):
         migrations.downgrade(Settings(), database.target, "0007")
 
