@@ -1217,6 +1217,8 @@ class _Runner:
         if self.dry_run or not self.relations or self.conn.broken:
             return []
         try:
+            # inside a long transaction pg_stat_activity would show its first snapshot
+            self.conn.execute("SELECT pg_stat_clear_snapshot()")
             with self.conn.cursor(row_factory=class_row(locks.BlockingSession)) as cur:
                 return cur.execute(
                     query("partitions", "select_lock_holders"), {"oids": self.relations}

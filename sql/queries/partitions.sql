@@ -186,20 +186,24 @@ SELECT count(*)::bigint AS rows
   FROM (SELECT 1 FROM {table} LIMIT %(cap)s::bigint) AS capped;
 
 -- name: select_lock_holders
--- other sessions holding a granted lock on any of the relations: who a lock timeout waited on
-SELECT DISTINCT activity.pid,
+-- other sessions in a transaction holding a lock on any of the relations, oldest transaction
+-- first: who a lock given up was most likely waiting for (the long reader, not a passing insert)
+SELECT activity.pid,
        coalesce(activity.usename, '') AS usename,
        coalesce(activity.application_name, '') AS application_name,
        coalesce(activity.state, '') AS state,
-       coalesce(extract(epoch FROM now() - activity.xact_start), 0)::float8 AS transaction_seconds,
+       extract(epoch FROM clock_timestamp() - activity.xact_start)::float8 AS transaction_seconds,
        left(coalesce(activity.query, ''), 200) AS query
-  FROM pg_locks AS lock
-  JOIN pg_stat_activity AS activity ON activity.pid = lock.pid
- WHERE lock.granted
-   AND lock.relation = ANY(%(oids)s::bigint[]::oid[])
-   AND lock.pid <> pg_backend_pid()
- ORDER BY transaction_seconds DESC
- LIMIT 3;
+  FROM pg_stat_activity AS activity
+ WHERE activity.pid <> pg_backend_pid()
+   AND activity.xact_start IS NOT NULL
+   AND EXISTS (SELECT 1
+                 FROM pg_locks AS lock
+                WHERE lock.pid = activity.pid
+                  AND lock.granted
+                  AND lock.relation = ANY(%(oids)s::bigint[]::oid[]))
+ ORDER BY activity.xact_start
+ LIMIT 2;
 
 -- name: select_archive_records
 -- the partition archives already recorded for one file path (an interrupted run's, if any)
