@@ -124,7 +124,7 @@ def test_past_rescue_and_retirement_under_load_and_kills(
                 sql.Identifier(partition_name("logs", lost_day, "daily"))
             )
         )
-        fill(conn, lost_day, 20_000, timedelta(days=1))
+        fill(conn, lost_day, 40_000, timedelta(days=1))
         base = count(conn, "logs") - 3_000 * len(old_days)
     settings = policy(
         retention_action=action,
@@ -140,12 +140,12 @@ def test_past_rescue_and_retirement_under_load_and_kills(
         cut=TODAY,
         retiring=retiring,
     ) as load:
-        kill_then_finish(database.url, settings, now, origin, kills=3, longest=0.9)
+        kill_then_finish(database.url, settings, now, origin, kills=3, longest=0.8)
         time.sleep(0.3)
     load.check()
     with database.connect() as conn:
         assert count(conn, "logs_default") == 0
-        assert count(conn, partition_name("logs", lost_day, "daily")) == 20_000
+        assert count(conn, partition_name("logs", lost_day, "daily")) == 40_000
         assert strays(conn) == []
         names = [partition_name("logs", day, "daily") for day in old_days]
         attached = set(partitions_of(conn))
