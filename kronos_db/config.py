@@ -868,9 +868,9 @@ def effective_settings(settings: Settings) -> list[EffectiveSetting]:
             value = getattr(section, field.name)
             shown = describe(value)
             if field.metadata.get("secret") and shown:
-                from kronos_db.db import mask_conninfo
+                from kronos_db.redaction import mask
 
-                shown = mask_conninfo(shown)
+                shown = mask(shown)
             rows.append(
                 EffectiveSetting(
                     key,

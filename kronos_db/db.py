@@ -21,26 +21,18 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from kronos_db import redaction
 from kronos_db.config import Settings
 from kronos_db.errors import SessionRequiredError, UsageError, translate_database_error
 from kronos_db.resources import query
 
 URL_ENVIRONMENT = ("KRONOS_DATABASE_URL", "DATABASE_URL")
-_URL_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)", re.I
-)
-_KEYWORD_PASSWORD = re.compile(
-    r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I
-)
-_URL_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]+)", re.I)
-MASK = "****"
+MASK = redaction.MASK
 
 
 def mask_conninfo(text: str) -> str:
     """Hide anything that looks like a password in a URL or a libpq keyword string."""
-    for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD, _URL_QUERY_PASSWORD):
-        text = pattern.sub(lambda m: m.group("head") + MASK, text)
-    return text
+    return redaction.redact(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +74,8 @@ class Target:
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, MASK)
-    return mask_conninfo(text)
+    """``text`` with ``secrets`` and anything shaped like a password masked."""
+    return redaction.redact(text, secrets)
 
 
 def _normalise_url(raw: str) -> str:
@@ -103,11 +93,19 @@ def resolve_target(database_url: str | None, settings: Settings) -> Target:
     candidates.append((settings.database.url, url_source))
     raw, source = next(((value, origin) for value, origin in candidates if value), ("", "libpq"))
     raw = _normalise_url(raw)
-    secrets = [raw] if raw else []
+    try:
+        # refuse what libpq would misread (an unescaped @ puts the password's tail in the host)
+        # or quote back in its error (an invalid percent-escape), without showing the string
+        redaction.check(raw)
+    except redaction.ConnectionStringError as exc:
+        raise UsageError(f"invalid database URL from {source}: {exc}") from None
+    secrets = list(redaction.secrets_of(raw))
+    if os.environ.get("PGPASSWORD"):
+        secrets.append(os.environ["PGPASSWORD"])
     try:
         params: dict[str, Any] = conninfo_to_dict(raw)
     except psycopg.ProgrammingError as exc:
-        # libpq quotes the whole string back, password included.
+        # libpq quotes the offending part back: scrub every form of the password
         message = redact(str(exc), secrets).strip().splitlines()[0]
         raise UsageError(f"invalid database URL from {source}: {message}") from None
     if params.get("password"):

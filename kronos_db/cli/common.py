@@ -169,9 +169,9 @@ def target_for(database_url: str | None, settings: Settings) -> db.Target:
 
 
 def redact(text: str) -> str:
-    from kronos_db import db
+    from kronos_db import redaction
 
-    return db.redact(text, tuple(_SECRETS))
+    return redaction.redact(text, _SECRETS)
 
 
 def is_terminal() -> bool:
