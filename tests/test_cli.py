@@ -241,3 +241,19 @@ def test_exit_codes_are_documented() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for code in ExitCode:
         assert re.search(rf"^\| {code.value} \|", readme, re.MULTILINE), f"exit code {code.value}"
+
+
+def test_help_texts_survive_rich_markup() -> None:
+    """Help is rendered as Rich markup: "[backups] directory" would print as " directory"."""
+    from rich.text import Text
+
+    root = typer.main.get_command(app)
+    lost = []
+    for name, command in [("", root), *_commands()]:
+        texts = [command.help or ""] + [
+            getattr(param, "help", "") or "" for param in command.params
+        ]
+        for text in texts:
+            if Text.from_markup(text).plain != text:
+                lost.append(f"kronos-db {name}: {text!r}")
+    assert not lost, "\n".join(lost)

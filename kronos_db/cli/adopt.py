@@ -250,7 +250,7 @@ def adopt(
         str | None,
         typer.Option(
             "--lock-timeout",
-            help="lock_timeout of each step, e.g. 2s (default: [adopt] lock_timeout).",
+            help="lock_timeout of each step, e.g. 2s (default: adopt.lock_timeout).",
             show_default=False,
             rich_help_panel="Safety",
         ),
@@ -260,7 +260,7 @@ def adopt(
         typer.Option(
             "--retries",
             min=0,
-            help="Retries of a step that hit lock_timeout (default: [adopt] retries).",
+            help="Retries of a step that hit lock_timeout (default: adopt.retries).",
             show_default=False,
             rich_help_panel="Safety",
         ),

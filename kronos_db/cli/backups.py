@@ -45,7 +45,7 @@ def create(
         Path | None,
         typer.Option(
             "--directory",
-            help="Write the dump here (default: [backups] directory).",
+            help="Write the dump here (default: backups.directory).",
             show_default=False,
         ),
     ] = None,
@@ -192,8 +192,7 @@ def prune(
         typer.Option(
             "--keep",
             min=1,
-            help="Keep the newest N dumps (default: [backups] keep "
-            "when --older-than is not given).",
+            help="Keep the newest N dumps (default: backups.keep when --older-than is not given).",
             show_default=False,
         ),
     ] = None,
@@ -343,7 +342,7 @@ def status(
         typer.Option(
             "--warning",
             help="WARNING when the newest verified dump is older "
-            "(default: [backups] warning_age, 26h).",
+            "(default: backups.warning_age, 26h).",
             show_default=False,
         ),
     ] = None,
@@ -352,7 +351,7 @@ def status(
         typer.Option(
             "--critical",
             help="CRITICAL when the newest verified dump is older "
-            "(default: [backups] critical_age, 50h).",
+            "(default: backups.critical_age, 50h).",
             show_default=False,
         ),
     ] = None,

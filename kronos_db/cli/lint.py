@@ -48,7 +48,7 @@ def lint(
 ) -> None:
     """Lint migrations: squawk's rules and Kronos's own, judged on the live tables.
 
-    Connected (--database-url, $KRONOS_DATABASE_URL, $DATABASE_URL or [database] url), a
+    Connected (--database-url, $KRONOS_DATABASE_URL, $DATABASE_URL or database.url), a
     finding on a small quiet table is a warning and on a large or busy one an error; without a
     database, a blocking finding on an existing table is an error. Exits 8 when a revision not
     yet released has an error-level finding without a reasoned `-- kronos: waive` comment.

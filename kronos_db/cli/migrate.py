@@ -58,7 +58,7 @@ RetriesOption = Annotated[
         "--retries",
         min=0,
         help="Retry a revision that hit lock_timeout this many times, with jittered back-off, "
-        "within [migrations] retry_budget (default: from the configuration, 30).",
+        "within migrations.retry_budget (default: from the configuration, 30).",
         show_default=False,
         rich_help_panel="Safety",
     ),
@@ -128,7 +128,7 @@ def migrate(
         typer.Option(
             "--max-stall",
             help="With --rehearse: the longest a service statement may wait, e.g. 1s "
-            "(default: [rehearse] max_stall, 1s).",
+            "(default: rehearse.max_stall, 1s).",
             show_default=False,
             rich_help_panel="Safety",
         ),
