@@ -37,6 +37,8 @@ def test_the_wheel_ships_sql_and_migrations(wheel: Path) -> None:
         "kronos_db/migrations/versions/0001_user_service.py",
     }
     assert expected <= names
+    assert "kronos_db/py.typed" in names  # type checkers read the package's annotations
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), sorted(names)
     for path in (REPO / "sql").rglob("*.sql"):
         assert f"kronos_db/sql/{path.relative_to(REPO / 'sql')}" in names
 
