@@ -45,7 +45,7 @@ from psycopg.rows import class_row
 
 from kronos_db import backups, db, migrations
 from kronos_db.config import LintSettings, Settings
-from kronos_db.errors import KronosError
+from kronos_db.errors import InsufficientPrivilegeError, KronosError
 from kronos_db.resources import query
 
 logger = logging.getLogger(__name__)
@@ -538,7 +538,13 @@ def rehearse(
     name = f"kronos_rehearse_{secrets.token_hex(6)}"
     scratch = _with(base.with_dbname(name), application_name=MIGRATION_APPLICATION)
     notify(f"copying {target.describe()} into the scratch database {name}")
-    db.create_database(scratch)
+    try:
+        db.create_database(scratch)
+    except InsufficientPrivilegeError as exc:
+        raise InsufficientPrivilegeError(
+            f"{exc.message}: the rehearsal copies the database into a scratch one; connect "
+            "as a role with CREATEDB, or set [rehearse] scratch_url to a server where it may"
+        ) from exc
     try:
         copied = copy_database(
             settings, target, scratch, sample_rows=options.sample_rows, notify=notify
