@@ -10,14 +10,15 @@ difference, phrased for the DBA who has to fix it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import secrets
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import psycopg
 
-from kronos_db import db, migrations
+from kronos_db import db, migrations, roles
 from kronos_db.config import Settings
 from kronos_db.resources import query
 
@@ -26,11 +27,11 @@ Facts = dict[tuple[str, str], dict[str, str]]
 
 @dataclasses.dataclass(frozen=True)
 class Difference:
-    kind: str  # table, column, constraint, index, trigger, function, extension, revision
+    kind: str  # table, column, constraint, index, trigger, function, policy, schema, partition …
     name: str
     change: str  # missing, unexpected, changed
     attribute: str | None = None
-    expected: str | None = None
+    expected: str | None = None  # None: head has no such attribute (no privilege, …)
     actual: str | None = None
 
     def describe(self) -> str:
@@ -38,10 +39,35 @@ class Difference:
             return f"{self.kind} {self.name}: missing (dropped by hand?)"
         if self.change == "unexpected":
             return f"{self.kind} {self.name}: not defined by head (added by hand?)"
+        if _multiline(self.expected) or _multiline(self.actual):
+            return f"{self.kind} {self.name}: {self.attribute} differs from head's:\n" + "\n".join(
+                f"    {line}" for line in self.diff()
+            )
         return (
-            f"{self.kind} {self.name}: {self.attribute} is {self.actual!r}, "
-            f"head has {self.expected!r}"
+            f"{self.kind} {self.name}: {self.attribute} is {_shown(self.actual)}, "
+            f"head has {_shown(self.expected)}"
         )
+
+    def diff(self) -> list[str]:
+        """Head's value against the live one, as a unified diff (a function's body, a view)."""
+        return list(
+            difflib.unified_diff(
+                (self.expected or "").splitlines(),
+                (self.actual or "").splitlines(),
+                "head",
+                "live",
+                n=1,
+                lineterm="",
+            )
+        )
+
+
+def _multiline(value: str | None) -> bool:
+    return value is not None and "\n" in value.strip()
+
+
+def _shown(value: str | None) -> str:
+    return "none" if value is None else repr(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +76,9 @@ class CheckReport:
     head: str
     current: tuple[str, ...]
     differences: tuple[Difference, ...]
+    # what differs from head but is not drift: kronos-db's own commands made it so (a
+    # partition detached and kept by rotation, pg_partman's adoption), or another check owns it
+    notes: tuple[str, ...] = ()
 
 
 def schema_facts(conn: psycopg.Connection[Any]) -> Facts:
@@ -60,8 +89,15 @@ def schema_facts(conn: psycopg.Connection[Any]) -> Facts:
     return dict(facts)
 
 
-def compare(expected: Facts, actual: Facts) -> list[Difference]:
-    """Every difference between head's facts and the live ones."""
+def compare(
+    expected: Facts, actual: Facts, *, grantees_elsewhere: Collection[str] = ()
+) -> list[Difference]:
+    """Every difference between head's facts and the live ones.
+
+    The privileges of ``grantees_elsewhere`` (the roles of the role mapping) are not compared:
+    ``kronos-db roles check`` owns that question (one owner per question).
+    """
+    skipped = {f"privileges of {role}" for role in grantees_elsewhere}
     differences: list[Difference] = []
     for key in sorted(expected.keys() | actual.keys()):
         kind, name = key
@@ -73,7 +109,7 @@ def compare(expected: Facts, actual: Facts) -> list[Difference]:
             if kind != "extension":
                 differences.append(Difference(kind, name, "unexpected"))
             continue
-        for attribute in sorted(expected[key].keys() | actual[key].keys()):
+        for attribute in sorted((expected[key].keys() | actual[key].keys()) - skipped):
             want, have = expected[key].get(attribute), actual[key].get(attribute)
             if want != have:
                 differences.append(Difference(kind, name, "changed", attribute, want, have))
@@ -102,17 +138,36 @@ def check(
 ) -> CheckReport:
     """Compare ``target``'s schema with head's; an empty ``differences`` means no drift."""
     tree = migrations.MigrationTree.from_settings(settings)
-    head = ",".join(tree.script_directory().get_heads())
+    script_dir = tree.script_directory()
+    heads = sorted(script_dir.get_heads())
+    head = ",".join(heads)
+    notes: list[str] = []
+    if len(heads) > 1:
+        notes.append(f"{migrations.describe_heads(script_dir)}; head here is every branch")
     with db.connection(target) as conn:
         current = migrations.current_revisions(conn)
         actual = schema_facts(conn)
     expected = _head_facts(settings, target, reference, notify)
-    differences = compare(expected, actual)
+    mapped = roles.load_mapping(settings).role_names
+    differences = compare(expected, actual, grantees_elsewhere=mapped)
+    granted = sorted(
+        {
+            role
+            for attributes in actual.values()
+            for role in mapped
+            if f"privileges of {role}" in attributes
+        }
+    )
+    if granted:
+        notes.append(
+            f"the privileges of {', '.join(granted)} (roles of the role mapping) are "
+            "`kronos-db roles check`'s to compare, not this one's"
+        )
     missing_tables = {d.name for d in differences if d.kind == "table" and d.change == "missing"}
     differences = [
         d for d in differences if not _belongs_to_missing_table(d, missing_tables, expected)
     ]
-    if ",".join(current) != head:
+    if ",".join(sorted(current)) != head:
         differences.insert(
             0,
             Difference(
@@ -125,7 +180,11 @@ def check(
             ),
         )
     return CheckReport(
-        database=target.describe(), head=head, current=current, differences=tuple(differences)
+        database=target.describe(),
+        head=head,
+        current=current,
+        differences=tuple(differences),
+        notes=tuple(notes),
     )
 
 
@@ -136,14 +195,14 @@ def _head_facts(
     notify: Callable[[str], None],
 ) -> Facts:
     if reference is not None:
-        migrations.upgrade(settings, reference, "head")
+        migrations.upgrade(settings, reference, "heads")
         with db.connection(reference) as conn:
             return schema_facts(conn)
     scratch = target.with_dbname(f"kronos_check_{secrets.token_hex(6)}")
     notify(f"building head's schema in the scratch database {scratch.dbname}")
     db.create_database(scratch)
     try:
-        migrations.upgrade(settings, scratch, "head")
+        migrations.upgrade(settings, scratch, "heads")
         with db.connection(scratch) as conn:
             return schema_facts(conn)
     finally:

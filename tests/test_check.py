@@ -86,7 +86,7 @@ def test_partitions_made_by_rotation_are_not_drift(database: Database) -> None:
         (
             "CREATE OR REPLACE FUNCTION message_queue_notify() RETURNS trigger LANGUAGE plpgsql"
             " AS $$ BEGIN RETURN NULL; END $$",
-            "function public.message_queue_notify(): definition is",
+            "function public.message_queue_notify(): definition differs from head's:",
         ),
     ],
 )

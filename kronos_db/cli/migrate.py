@@ -413,7 +413,16 @@ def check(
     reference = target_for(reference_url, settings) if reference_url else None
     report = schema.check(settings, target, reference=reference, notify=notify)
     if json:
-        emit_json(report)
+        emit_json(
+            {
+                **dataclasses.asdict(report),
+                # a changed function or view, as a PR bot would show it
+                "differences": [
+                    {**dataclasses.asdict(d), "diff": d.diff() if d.change == "changed" else []}
+                    for d in report.differences
+                ],
+            }
+        )
     elif report.differences:
         stdout.print(
             f"{report.database}: {len(report.differences)} difference(s) from head ({report.head}):"
@@ -422,6 +431,9 @@ def check(
             stdout.print(f"  · {difference.describe()}", markup=False)
     else:
         stdout.print(f"{report.database}: the schema matches head ({report.head})")
+    if not json:
+        for note in report.notes:
+            stdout.print(f"  note: {note}", markup=False)
     if report.differences:
         raise typer.Exit(ExitCode.DRIFT)
 
