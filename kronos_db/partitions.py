@@ -439,6 +439,55 @@ def _retired_tables(conn: psycopg.Connection[Any], parent: ParentTable) -> list[
         ).fetchall()
 
 
+@dataclasses.dataclass(frozen=True)
+class KeptTable:
+    """A table partition management leaves on purpose, and why (``kronos-db check`` says so
+    instead of calling it drift)."""
+
+    schema: str
+    name: str
+    why: str
+
+
+def kept_tables(conn: psycopg.Connection[Any], settings: PartitionSettings) -> list[KeptTable]:
+    """Partitions detached and kept (``retention_action = detach``), detached ones whose
+    retirement the next run finishes, and pg_partman's template table of an adopted table."""
+    from kronos_db import partman
+
+    try:
+        parent = parent_table(conn, settings.table)
+    except UsageError:
+        return []  # not migrated that far, or not a table kronos-db manages
+    kept: list[KeptTable] = []
+    for prefix, why in (
+        (
+            f"{DETACHED_MARK}{parent.qualified} ",
+            f"a partition of {parent.qualified} detached and kept by `kronos-db partitions "
+            "rotate` (retention_action = detach)",
+        ),
+        (
+            f"{RETIRED_MARK}{parent.qualified}:",
+            f"a partition of {parent.qualified} detached by `kronos-db partitions rotate`, "
+            "its retirement pending (the next run finishes it)",
+        ),
+    ):
+        with conn.cursor(row_factory=class_row(_RetiredTable)) as cur:
+            rows = cur.execute(query("partitions", "select_retired_tables"), {"prefix": prefix})
+            kept += [KeptTable(table.schema, table.name, why) for table in rows]
+    template = partman.template_table(conn, settings.table)
+    if template is not None:
+        schema, _, name = template.partition(".")
+        kept.append(
+            KeptTable(
+                schema,
+                name,
+                f"pg_partman's template table for {parent.qualified} "
+                "(`kronos-db partitions adopt`)",
+            )
+        )
+    return kept
+
+
 def _legacy_guard(parent: ParentTable) -> str:
     return f"{parent.default_partition}{_LEGACY_GUARD_SUFFIX}"[:63]
 

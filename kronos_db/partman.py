@@ -109,6 +109,18 @@ def table_config(conn: psycopg.Connection[Any], table: str) -> PartmanConfig | N
     )
 
 
+def template_table(conn: psycopg.Connection[Any], table: str) -> str | None:
+    """The template table (``schema.name``) pg_partman keeps for ``table``, or None."""
+    found = extension(conn)
+    if found is None:
+        return None
+    statement = sql.SQL(query("partitions", "select_partman_template")).format(
+        partman=sql.Identifier(found.schema)
+    )
+    row = conn.execute(statement, {"table": _partman_name(conn, table)}).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
 def _partman_name(conn: psycopg.Connection[Any], table: str) -> str:
     """pg_partman keys part_config by ``schema.table`` (unquoted, lower case)."""
     row = conn.execute(

@@ -275,3 +275,9 @@ SELECT {partman}.create_partition_time(%(table)s::text, ARRAY[%(lower)s::timesta
 -- pg_partman's own maintenance for one table: premake and retention
 SELECT {partman}.run_maintenance(p_parent_table := %(table)s::text, p_analyze := false,
                                  p_jobmon := false);
+
+-- name: select_partman_template
+-- the template table pg_partman keeps for the table (schema.name), when it is registered
+SELECT template_table
+  FROM {partman}.part_config
+ WHERE parent_table = %(table)s::text;
