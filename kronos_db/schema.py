@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Collection
@@ -18,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from kronos_db import db, migrations, roles
+from kronos_db import db, migrations, partitions, roles
 from kronos_db.config import Settings
 from kronos_db.resources import query
 
@@ -116,6 +117,30 @@ def compare(
     return differences
 
 
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def _qualified(schema: str, name: str) -> str:
+    """``schema.name`` as the facts spell it (quote_ident's quoting)."""
+    return ".".join(
+        part if _PLAIN_IDENTIFIER.fullmatch(part) else '"' + part.replace('"', '""') + '"'
+        for part in (schema, name)
+    )
+
+
+def _belongs_to_table(difference: Difference, tables: set[str], facts: Facts) -> bool:
+    """A table kronos-db left on purpose, with its columns, constraints, indexes, triggers."""
+    if difference.change != "unexpected":
+        return False
+    if difference.kind == "table" and difference.name in tables:
+        return True
+    if difference.kind in {"column", "constraint", "trigger", "policy"}:
+        return any(difference.name.startswith(table + ".") for table in tables)
+    attributes = facts.get((difference.kind, difference.name), {})
+    owner = attributes.get("table") if difference.kind == "index" else attributes.get("owned by")
+    return owner in tables
+
+
 def _belongs_to_missing_table(
     difference: Difference, missing_tables: set[str], expected: Facts
 ) -> bool:
@@ -147,6 +172,7 @@ def check(
     with db.connection(target) as conn:
         current = migrations.current_revisions(conn)
         actual = schema_facts(conn)
+        kept = partitions.kept_tables(conn, settings.partitions)
     expected = _head_facts(settings, target, reference, notify)
     mapped = roles.load_mapping(settings).role_names
     differences = compare(expected, actual, grantees_elsewhere=mapped)
@@ -163,6 +189,18 @@ def check(
             f"the privileges of {', '.join(granted)} (roles of the role mapping) are "
             "`kronos-db roles check`'s to compare, not this one's"
         )
+    leftovers = {_qualified(table.schema, table.name): table.why for table in kept}
+    differences = [d for d in differences if not _belongs_to_table(d, set(leftovers), actual)]
+    notes += [
+        f"table {name}: {why}, not drift"
+        for name, why in sorted(leftovers.items())
+        if ("table", name) in actual
+    ]
+    # a table added by hand is one difference too, not one more per column and index
+    added = {d.name for d in differences if d.kind == "table" and d.change == "unexpected"}
+    differences = [
+        d for d in differences if d.kind == "table" or not _belongs_to_table(d, added, actual)
+    ]
     missing_tables = {d.name for d in differences if d.kind == "table" and d.change == "missing"}
     differences = [
         d for d in differences if not _belongs_to_missing_table(d, missing_tables, expected)

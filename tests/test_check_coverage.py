@@ -5,8 +5,10 @@ functions shown as a diff; and what kronos-db's own commands change is said, not
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -14,8 +16,8 @@ import pytest
 from conftest import Database, run_cli, unique_name, url_for
 from psycopg import sql
 
-from kronos_db import schema
-from kronos_db.config import Settings
+from kronos_db import partitions, partman, schema
+from kronos_db.config import PartitionSettings, Settings
 
 
 @pytest.fixture
@@ -137,3 +139,39 @@ def test_grants_of_the_role_mapping_are_roles_checks_question(database: Database
     result = run_cli("check", "--database-url", database.url)
     assert result.code == 0, result.output
     assert "roles check" in result.stdout
+
+
+def test_kronos_dbs_own_partition_changes_are_said_not_drift(database: Database) -> None:
+    """After `partitions rotate --retention-action detach` (a kept table, and one whose
+    retirement is pending) and `partitions adopt` (pg_partman's template table), check is
+    clean and says why; a table detached by hand is still drift."""
+    today = partitions.floor_time(datetime.now(UTC), "daily")
+    settings = dataclasses.replace(
+        Settings(), partitions=PartitionSettings(retention_action="detach")
+    )
+    with database.connect() as conn:
+        conn.execute(
+            'INSERT INTO logs (service_name, level, message, "timestamp")'
+            " VALUES ('svc', 'INFO', 'old', %s)",
+            (today + timedelta(minutes=1),),
+        )
+        rotated = partitions.rotate(conn, settings, today + timedelta(days=45))
+        assert not rotated.failed, rotated.failed
+        conn.execute("CREATE SCHEMA partman")
+        conn.execute("CREATE EXTENSION pg_partman SCHEMA partman")
+        assert partman.adopt(conn, settings).created
+    kept = partitions.partition_name("logs", today, "daily")
+    report = schema.check(Settings(), database.target)
+    assert report.differences == (), [d.describe() for d in report.differences]
+    notes = "\n".join(report.notes)
+    assert f"table public.{kept}: a partition of public.logs detached and kept" in notes
+    assert "table partman.template_public_logs: pg_partman's template table" in notes
+    result = run_cli("check", "--database-url", database.url)
+    assert result.code == 0, result.output
+    assert "note: table partman.template_public_logs" in result.stdout
+    # the same kind of table, detached by a person: drift
+    with database.connect() as conn:
+        day = partitions.partition_name("logs", today + timedelta(days=50), "daily")
+        conn.execute(sql.SQL("ALTER TABLE logs DETACH PARTITION {}").format(sql.Identifier(day)))
+    by_hand = [d.describe() for d in schema.check(Settings(), database.target).differences]
+    assert by_hand == [f"table public.{day}: not defined by head (added by hand?)"]
