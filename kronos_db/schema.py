@@ -90,15 +90,25 @@ def schema_facts(conn: psycopg.Connection[Any]) -> Facts:
     return dict(facts)
 
 
-def compare(
-    expected: Facts, actual: Facts, *, grantees_elsewhere: Collection[str] = ()
-) -> list[Difference]:
+# the grantees whose privileges are the schema's own: everyone, the owner, the role that migrates
+SCHEMA_GRANTEES = ("PUBLIC", "the owner", "the migrating role")
+_PRIVILEGES = "privileges of "
+
+
+def _compared(attribute: str, head: dict[str, str]) -> bool:
+    """A named role's privileges are compared only where head itself grants some: otherwise
+    they are access control (the role mapping, :mod:`kronos_db.roles`), noted, not drift."""
+    if not attribute.startswith(_PRIVILEGES):
+        return True
+    return attribute.removeprefix(_PRIVILEGES) in SCHEMA_GRANTEES or attribute in head
+
+
+def compare(expected: Facts, actual: Facts) -> list[Difference]:
     """Every difference between head's facts and the live ones.
 
-    The privileges of ``grantees_elsewhere`` (the roles of the role mapping) are not compared:
-    ``kronos-db roles check`` owns that question (one owner per question).
+    Privileges are compared for PUBLIC, the owner and the migrating role, and for a role head
+    grants to itself; what other roles were granted is :func:`other_grants`.
     """
-    skipped = {f"privileges of {role}" for role in grantees_elsewhere}
     differences: list[Difference] = []
     for key in sorted(expected.keys() | actual.keys()):
         kind, name = key
@@ -110,7 +120,9 @@ def compare(
             if kind != "extension":
                 differences.append(Difference(kind, name, "unexpected"))
             continue
-        for attribute in sorted((expected[key].keys() | actual[key].keys()) - skipped):
+        for attribute in sorted(expected[key].keys() | actual[key].keys()):
+            if not _compared(attribute, expected[key]):
+                continue
             want, have = expected[key].get(attribute), actual[key].get(attribute)
             if want != have:
                 differences.append(Difference(kind, name, "changed", attribute, want, have))
@@ -139,6 +151,39 @@ def _belongs_to_table(difference: Difference, tables: set[str], facts: Facts) ->
     attributes = facts.get((difference.kind, difference.name), {})
     owner = attributes.get("table") if difference.kind == "index" else attributes.get("owned by")
     return owner in tables
+
+
+def other_grants(expected: Facts, actual: Facts) -> dict[str, list[str]]:
+    """Roles granted privileges head does not grant them: role -> the objects, by name."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for key, attributes in actual.items():
+        head = expected.get(key, {})
+        for attribute in attributes:
+            if not _compared(attribute, head):
+                found[attribute.removeprefix(_PRIVILEGES)].append(f"{key[0]} {key[1]}")
+    return dict(found)
+
+
+def _grant_notes(grants: dict[str, list[str]], mapped: Collection[str]) -> list[str]:
+    """Grants are access control, whose owner is the role mapping: say what there is."""
+    notes = []
+    ours = sorted(role for role in grants if role in mapped)
+    if ours:
+        notes.append(
+            f"the privileges of {', '.join(ours)} (roles of the role mapping) are `kronos-db "
+            "roles check`'s to compare, not this one's"
+        )
+    for role in sorted(role for role in grants if role not in mapped):
+        objects = sorted(grants[role])
+        shown = ", ".join(objects[:3]) + (
+            f" and {len(objects) - 3} more" if len(objects) > 3 else ""
+        )
+        notes.append(
+            f"{role}, a role outside the role mapping, holds privileges on {len(objects)} "
+            f"object(s) ({shown}): add it to the mapping for `kronos-db roles check` to watch "
+            "them, or revoke them"
+        )
+    return notes
 
 
 def _belongs_to_missing_table(
@@ -174,21 +219,8 @@ def check(
         actual = schema_facts(conn)
         kept = partitions.kept_tables(conn, settings.partitions)
     expected = _head_facts(settings, target, reference, notify)
-    mapped = roles.load_mapping(settings).role_names
-    differences = compare(expected, actual, grantees_elsewhere=mapped)
-    granted = sorted(
-        {
-            role
-            for attributes in actual.values()
-            for role in mapped
-            if f"privileges of {role}" in attributes
-        }
-    )
-    if granted:
-        notes.append(
-            f"the privileges of {', '.join(granted)} (roles of the role mapping) are "
-            "`kronos-db roles check`'s to compare, not this one's"
-        )
+    differences = compare(expected, actual)
+    notes += _grant_notes(other_grants(expected, actual), roles.load_mapping(settings).role_names)
     leftovers = {_qualified(table.schema, table.name): table.why for table in kept}
     differences = [d for d in differences if not _belongs_to_table(d, set(leftovers), actual)]
     notes += [
