@@ -234,12 +234,12 @@ def require_session(target: Target, pooler: str, purpose: str) -> None:
     how = "detected" if pooler == "auto" else "[database] pooler = transaction"
     raise SessionRequiredError(
         f"{purpose}: that needs one server session, but {target.describe()} is a transaction "
-        f"pooler ({how}); point {_url_setting(target)} at the server directly or at a pool "
+        f"pooler ({how}); point {url_setting(target)} at the server directly or at a pool "
         "with pool_mode = session"
     )
 
 
-def _url_setting(target: Target) -> str:
+def url_setting(target: Target) -> str:
     """Where the user changes the URL of ``target``, in their words."""
     if target.source.startswith(("option ", "$")):
         return target.source
