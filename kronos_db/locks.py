@@ -42,7 +42,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
-from kronos_db import db
+from kronos_db import db, replication
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import (
     InsufficientPrivilegeError,
@@ -379,6 +379,13 @@ def _acquire(
     except psycopg.Error as exc:
         raise _database_error(source, exc) from exc
     try:
+        # a lease is the first write of every job: on a standby, say so in one line instead of
+        # PostgreSQL's "cannot execute INSERT in a read-only transaction"
+        replication.require_primary(
+            lease_conn,
+            f"the {name} lock",
+            source=db.url_setting(source) if isinstance(source, db.Target) else "--database-url",
+        )
         owner = str(uuid.uuid4())
         deadline = time.monotonic() + wait.total_seconds()
         next_report = time.monotonic()
