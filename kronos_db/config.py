@@ -573,6 +573,19 @@ class HealthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicationSettings:
+    """A primary with standbys (docs/replication.md)."""
+
+    on_standby: Literal["skip", "fail"] = setting(
+        "skip",
+        "What the cron jobs (maintain, expire, queue, ratelimits, partitions rotate) do on a "
+        "standby: skip (exit 0, 'standby: skipped' with -v and --json; the same crontab on "
+        "every node, only the primary acts) or fail (exit 3, for a crontab that must only ever "
+        "reach the primary).",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     migrations: MigrationSettings = dataclasses.field(default_factory=MigrationSettings)
@@ -584,6 +597,7 @@ class Settings:
     backups: BackupSettings = dataclasses.field(default_factory=BackupSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
     health: HealthSettings = dataclasses.field(default_factory=HealthSettings)
+    replication: ReplicationSettings = dataclasses.field(default_factory=ReplicationSettings)
     # "section.key" -> where the value came from: "default", a file path, an option, a variable.
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     path: Path | None = None

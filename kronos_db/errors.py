@@ -74,6 +74,10 @@ class DatabaseMissingError(ConnectionFailedError):
     """The database does not exist."""
 
 
+class StandbyError(ConnectionFailedError):
+    """The server is a standby (or read-only): this needs the primary."""
+
+
 class LockTimeoutError(KronosError):
     """A lock could not be acquired within lock_timeout."""
 
@@ -175,6 +179,14 @@ def translate_database_error(exc: BaseException, *, target: str = "") -> KronosE
         return original
     if isinstance(original, pg_errors.LockNotAvailable):
         return LockTimeoutError(f"lock timeout: {_first_line(str(original))}{where}")
+    if isinstance(original, pg_errors.ReadOnlySqlTransaction):
+        # the writers ask kronos_db.replication first; this is the net for any write that
+        # reaches a standby (or a read-only session) anyway
+        return StandbyError(
+            f"cannot write: the server{where} is a standby or read-only "
+            f"({_first_line(str(original))}); point the URL at the primary, or name every "
+            "node with target_session_attrs=read-write"
+        )
     if isinstance(original, pg_errors.InsufficientPrivilege):
         return InsufficientPrivilegeError(f"permission denied: {_first_line(str(original))}")
     if isinstance(original, pg_errors.InvalidCatalogName):

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from kronos_db import db, housekeeping, logs, partitions, queue
+from kronos_db import db, housekeeping, logs, partitions, queue, replication
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError, PartitionError, UsageError, translate_database_error
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
@@ -189,6 +189,7 @@ class JobOutcome:
     seconds: float
     result: JobResult | None = None
     error: str | None = None
+    reason: str | None = None  # why it was skipped without running (a standby)
 
     @property
     def rows(self) -> int:
@@ -199,6 +200,8 @@ class JobOutcome:
         return self.result.batches if self.result else 0
 
     def summary(self) -> str:
+        if self.reason is not None:
+            return f"{self.job}: {self.reason}"
         if self.error is not None:
             return f"{self.job}: FAILED after {self.seconds:.2f}s: {self.error}"
         assert self.result is not None
@@ -212,6 +215,8 @@ class MaintenanceReport:
     seconds: float
     dry_run: bool
     jobs: tuple[JobOutcome, ...]
+    # "standby: skipped (…)": the server is a standby, so no job ran (only the primary acts)
+    skipped: str | None = None
 
     @property
     def failed(self) -> tuple[str, ...]:
@@ -254,6 +259,23 @@ def run_maintenance(
     outcomes: list[JobOutcome] = []
     conn: psycopg.Connection[Any] | None = None
     try:
+        # the same crontab runs on every node: on a standby, every job is skipped up front
+        # (a dry run only reads, so it may run there)
+        conn, standby = _standby(target, settings, dry_run)
+        if standby is not None:
+            for job in jobs:
+                outcome = JobOutcome(job.name, "skipped", 0.0, reason=standby)
+                outcomes.append(outcome)
+                if on_done is not None:
+                    on_done(outcome)
+            return MaintenanceReport(
+                now,
+                time.time(),
+                time.monotonic() - started,
+                dry_run,
+                tuple(outcomes),
+                skipped=standby,
+            )
         for job in jobs:
             if on_start is not None:
                 on_start(job)
@@ -289,6 +311,32 @@ def run_maintenance(
     finally:
         _discard(conn)
     return MaintenanceReport(now, time.time(), time.monotonic() - started, dry_run, tuple(outcomes))
+
+
+def _standby(
+    target: db.Target, settings: Settings, dry_run: bool
+) -> tuple[psycopg.Connection[Any] | None, str | None]:
+    """The first job's connection, and why the jobs are skipped when the server is a standby.
+
+    ``[replication] on_standby = "fail"`` raises ``StandbyError`` instead. A server that cannot
+    be reached is left for the jobs to report, one by one, as before.
+    """
+    if dry_run:
+        return None, None
+    try:
+        conn = db.connect(target)
+    except KronosError:
+        return None, None
+    try:
+        return conn, replication.standby_skip(
+            conn,
+            "maintain",
+            on_standby=settings.replication.on_standby,
+            source=db.url_setting(target),
+        )
+    except BaseException:
+        _discard(conn)
+        raise
 
 
 def _reset_session(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any] | None:
@@ -373,6 +421,12 @@ def render_metrics(report: MaintenanceReport, previous: str = "") -> str:
             [(None, float(len(report.failed)))],
         ),
         (
+            "last_run_standby",
+            "gauge",
+            "1 when the last run found a standby and left every job to the primary.",
+            [(None, 1.0 if report.skipped else 0.0)],
+        ),
+        (
             "job_success",
             "gauge",
             "1 when the job succeeded in the last run (or was skipped because another run "
@@ -382,7 +436,7 @@ def render_metrics(report: MaintenanceReport, previous: str = "") -> str:
         (
             "job_skipped",
             "gauge",
-            "1 when another run held the job's lock, so this run left it alone.",
+            "1 when the job did not run: another run held its lock, or the server is a standby.",
             [(o.job, 1.0 if o.status == "skipped" else 0.0) for o in report.jobs],
         ),
         (

@@ -45,7 +45,7 @@ from alembic.util import CommandError
 from psycopg import sql
 from sqlalchemy.pool import NullPool
 
-from kronos_db import db, locks
+from kronos_db import db, locks, replication
 from kronos_db.config import Settings, load_settings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import (
@@ -612,6 +612,11 @@ def _migrate(
 ) -> MigrationResult:
     tree = MigrationTree.from_settings(settings)
     validate_revision(tree, revision)
+    # before anything is written (the database, the lease): a standby gets one clear line
+    replication.require_primary_at(
+        db.maintenance_target(target) if create_database else target,
+        "migrate" if upgrade else "downgrade",
+    )
     created = db.create_database(target) if create_database else False
     if upgrade and settings.lint.on_migrate:
         lint_gate(settings, tree, target, revision, notify)

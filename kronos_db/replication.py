@@ -21,17 +21,21 @@ and ``lock_timeout`` set LOCAL); what a role may not see is said, with the GRANT
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from kronos_db.errors import ReportUnavailableError
+from kronos_db import db
+from kronos_db.errors import ReportUnavailableError, StandbyError
 from kronos_db.reports.runner import Limits, fetch, fetch_one
 from kronos_db.resources import query
 
 if TYPE_CHECKING:
     from kronos_db.reports.health import Context, Outcome
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LIMITS = Limits()
 MONITOR_HINT = (
@@ -72,6 +76,7 @@ class ServerRole:
     """Whether the server is a primary or a standby, and where a standby streams from."""
 
     in_recovery: bool
+    read_only: bool  # default_transaction_read_only: no session here may write
     cluster_name: str
     server_port: int
     sender_host: str | None
@@ -255,6 +260,84 @@ def replication_report(
         archiver=archiver(conn, limits),
         replay=standby_replay(conn, now, limits) if role.is_standby else None,
     )
+
+
+# ----------------------------------------------------------------------------- the guard
+# Every command that writes asks, before it writes anything, whether it is on a primary. On a
+# standby the cron jobs skip quietly (the same crontab runs on every node; only the primary
+# acts) or fail when configured to; every other writer fails with one line that names the
+# standby and how to reach the primary.
+
+READ_WRITE_EXAMPLE = "postgresql://node1,node2/kronos?target_session_attrs=read-write"
+
+
+def where(conn: psycopg.Connection[Any]) -> str:
+    """The server a connection reached, as ``host:port`` (with a multi-host URL, the one
+    libpq picked)."""
+    host = conn.info.host
+    if host.startswith("/"):
+        return f"the server on socket {host} port {conn.info.port}"
+    return f"{host}:{conn.info.port}"
+
+
+def _standing(role: ServerRole, conn: psycopg.Connection[Any]) -> str:
+    if role.in_recovery:
+        upstream = f", streaming from {role.upstream}" if role.upstream else ""
+        return f"{where(conn)} is a standby (in recovery{upstream})"
+    return f"{where(conn)} is read-only (default_transaction_read_only = on)"
+
+
+def refusal(
+    conn: psycopg.Connection[Any], role: ServerRole, purpose: str, source: str
+) -> StandbyError:
+    """The one-line error of a writer pointed at a standby."""
+    return StandbyError(
+        f"{purpose} needs the primary, but {_standing(role, conn)}: point {source} at the "
+        f"primary, or name every node with target_session_attrs=read-write "
+        f"({READ_WRITE_EXAMPLE})"
+    )
+
+
+def require_primary(
+    conn: psycopg.Connection[Any], purpose: str, *, source: str = "--database-url"
+) -> ServerRole:
+    """Raise :class:`StandbyError` unless ``conn`` may write (a primary, not read-only).
+
+    ``purpose`` names what needs it (``migrate``); ``source`` where the user sets the URL.
+    """
+    role = server_role(conn)
+    if role.in_recovery or role.read_only:
+        raise refusal(conn, role, purpose, source)
+    return role
+
+
+def require_primary_at(target: db.Target, purpose: str) -> ServerRole:
+    """:func:`require_primary` on a connection of its own to ``target`` (a writer's first
+    step, before it connects to do its work)."""
+    with db.connection(target) as conn:
+        return require_primary(conn, purpose, source=db.url_setting(target))
+
+
+def standby_skip(
+    conn: psycopg.Connection[Any],
+    job: str,
+    *,
+    on_standby: str = "skip",
+    source: str = "--database-url",
+) -> str | None:
+    """For cron jobs: None on a primary; on a standby, why the job is skipped.
+
+    ``on_standby = "fail"`` raises :class:`StandbyError` instead, for a crontab that must only
+    ever point at the primary.
+    """
+    role = server_role(conn)
+    if not (role.in_recovery or role.read_only):
+        return None
+    if on_standby == "fail":
+        raise refusal(conn, role, job, source)
+    reason = f"standby: skipped: {_standing(role, conn)}; {job} runs on the primary"
+    logger.info("%s: %s", job, reason)
+    return reason
 
 
 # ----------------------------------------------------------------------------- health checks

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,8 +21,8 @@ from conftest import run_cli
 from psycopg import sql
 from standby import StreamingPair, streaming_pair
 
-from kronos_db import replication
-from kronos_db.config import HealthSettings
+from kronos_db import db, maintenance, migrations, replication
+from kronos_db.config import HealthSettings, Settings
 from kronos_db.reports import health
 
 MB = 1024 * 1024
@@ -217,3 +218,87 @@ def test_report_replication_on_both_sides(pair: StreamingPair) -> None:
     assert standby.code == 0, standby.output
     assert "this server is a standby (in recovery), streaming from 127.0.0.1:" in standby.stdout
     assert "not paused" in standby.stdout
+
+
+# ----------------------------------------------------------------------------- standby-aware
+
+
+@pytest.fixture(scope="module")
+def kronos_pair(pair: StreamingPair) -> StreamingPair:
+    """The pair with the Kronos schema at head on the primary, replicated to the standby."""
+    pair.primary.execute("CREATE DATABASE kronos")
+    migrations.upgrade(
+        Settings(), db.resolve_target(pair.primary.url("kronos"), Settings()), "head"
+    )
+    pair.wait_for_database("kronos")
+    return pair
+
+
+def test_cron_on_the_standby_skips_quietly_or_fails_when_told(
+    kronos_pair: StreamingPair, tmp_path: Path
+) -> None:
+    standby_url = kronos_pair.standby.url("kronos")
+    quiet = run_cli("maintain", "--database-url", standby_url)
+    assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", "")  # cron mails nothing
+    verbose = run_cli("-v", "maintain", "--database-url", standby_url)
+    assert verbose.code == 0, verbose.output
+    assert f"standby: skipped: 127.0.0.1:{kronos_pair.standby.port} is a standby" in verbose.stderr
+    as_json = run_cli("maintain", "--json", "--database-url", standby_url)
+    assert as_json.code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    assert report["skipped"].startswith("standby: skipped")
+    assert {job["status"] for job in report["jobs"]} == {"skipped"}
+    # the metrics say so too: an alert on "no node ran the jobs" needs it
+    outcome = maintenance.run_maintenance(
+        db.resolve_target(standby_url, Settings()), Settings(), datetime.now(UTC)
+    )
+    assert outcome.ok and outcome.skipped is not None
+    metrics = maintenance.render_metrics(outcome)
+    assert "kronos_maintenance_last_run_standby 1\n" in metrics
+    assert 'kronos_maintenance_job_skipped{job="expire-sessions"} 1\n' in metrics
+    config = tmp_path / "kronos.toml"
+    config.write_text('[replication]\non_standby = "fail"\n', encoding="utf-8")
+    failing = run_cli("maintain", "--config", str(config), "--database-url", standby_url)
+    assert failing.code == 3, failing.output
+    assert failing.stderr.count("\n") == 1
+    assert "maintain needs the primary" in failing.stderr
+
+
+def test_writers_on_the_standby_fail_with_one_line(kronos_pair: StreamingPair) -> None:
+    standby_url = kronos_pair.standby.url("kronos")
+    migrate = run_cli("migrate", "--database-url", standby_url)
+    assert migrate.code == 3, migrate.output
+    assert migrate.stdout == ""
+    (line,) = migrate.stderr.splitlines()
+    assert line.startswith(
+        f"kronos-db: error: migrate needs the primary, but 127.0.0.1:{kronos_pair.standby.port} "
+        f"is a standby (in recovery, streaming from 127.0.0.1:{kronos_pair.primary.port})"
+    ), line
+    assert "point option --database-url at the primary" in line
+    assert "target_session_attrs=read-write" in line
+    # a writer that takes a lease gets the same line from the lease; nothing was written
+    snapshot = run_cli("report", "snapshot", "--database-url", standby_url)
+    assert snapshot.code == 3, snapshot.output
+    assert "the report-snapshot lock needs the primary" in snapshot.stderr
+    # read-only commands run on the standby
+    for args in (("status",), ("queue", "stats"), ("backup", "list"), ("partitions", "status")):
+        result = run_cli(*args, "--database-url", standby_url)
+        assert result.code == 0, (args, result.output)
+
+
+def test_multi_host_urls_reach_the_right_node(kronos_pair: StreamingPair) -> None:
+    # the standby is listed first: read-write and primary pass it by for the primary
+    for attrs in ("read-write", "primary"):
+        url = kronos_pair.multi_host_url("kronos", attrs)
+        migrate = run_cli("migrate", "--database-url", url)
+        assert migrate.code == 0, (attrs, migrate.output)
+        maintain = run_cli("maintain", "--json", "--database-url", url)
+        assert maintain.code == 0, (attrs, maintain.output)
+        assert json.loads(maintain.stdout)["skipped"] is None
+    # prefer-standby: the read-only commands run on the standby, the writers are refused there
+    url = kronos_pair.multi_host_url("kronos", "prefer-standby")
+    report = run_cli("report", "replication", "--json", "--database-url", url)
+    assert report.code == 0, report.output
+    assert json.loads(report.stdout)["role"]["in_recovery"] is True
+    refused = run_cli("migrate", "--database-url", url)
+    assert refused.code == 3 and "is a standby" in refused.stderr, refused.output

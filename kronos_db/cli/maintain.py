@@ -71,7 +71,8 @@ def maintain(
 
     A failing job does not stop the next one; exit code 1 when any job failed.
 
-    A job that another run is still doing is skipped, not failed.
+    A job that another run is still doing is skipped, not failed. On a standby every job is
+    skipped and the run exits 0 (the same crontab on every node: only the primary acts).
 
     Example: kronos-db maintain --metrics /var/lib/node_exporter/textfile/kronos.prom
     """
@@ -116,6 +117,7 @@ def maintain(
                 "now": report.now,
                 "seconds": report.seconds,
                 "dry_run": report.dry_run,
+                "skipped": report.skipped,
                 "ok": report.ok,
                 "failed": report.failed,
                 "jobs": report.jobs,

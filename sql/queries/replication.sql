@@ -6,9 +6,11 @@
 -- else the last replayed. Lags are byte distances from it (pg_wal_lsn_diff).
 
 -- name: select_server_role
--- whether this server is in recovery (a standby) and, on a standby, the upstream it streams
--- from (NULL when it does not stream, or the role may not see pg_stat_wal_receiver's details)
+-- whether this server is in recovery (a standby), whether this session may write at all, and
+-- on a standby the upstream it streams from (NULL when it does not stream, or the role may not
+-- see pg_stat_wal_receiver's details)
 SELECT pg_is_in_recovery() AS in_recovery,
+       current_setting('default_transaction_read_only')::boolean AS read_only,
        current_setting('cluster_name') AS cluster_name,
        current_setting('port')::integer AS server_port,
        receiver.sender_host,
