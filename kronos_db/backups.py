@@ -35,7 +35,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from kronos_db import db, locks
+from kronos_db import db, locks, replication
 from kronos_db.config import Settings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import (
@@ -134,6 +134,8 @@ class PruneResult:
     kept_newest_verified: int | None
     dry_run: bool
     stale_partials: tuple[str, ...] = ()
+    # files in [backups] directory that no row of backups records: reported, never deleted
+    unrecorded: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- recording
@@ -344,6 +346,55 @@ def compare_row_counts(recorded: Mapping[str, int], restored: Mapping[str, int])
     return problems
 
 
+# --------------------------------------------------------------------------- on a standby
+
+
+def primary_target(settings: Settings) -> db.Target | None:
+    """``[backups] primary_url`` as a target, or None when it is not set."""
+    if not settings.backups.primary_url:
+        return None
+    found = db.resolve_target(settings.backups.primary_url, settings)
+    origin = settings.sources.get("backups.primary_url", "the configuration")
+    return dataclasses.replace(found, source=f"[backups] primary_url in {origin}")
+
+
+def records_target(target: db.Target, settings: Settings, purpose: str) -> db.Target:
+    """Where ``purpose``'s rows, lock and scratch database go: ``target`` itself on a primary;
+    on a standby, ``[backups] primary_url``, checked to reach a primary.
+
+    Asked before anything is written: a standby without ``primary_url`` is refused in one line
+    (``StandbyError``), never after a whole dump was written that nothing could record.
+    """
+    with db.connection(target) as conn:
+        role = replication.server_role(conn)
+        if not (role.in_recovery or role.read_only):
+            return target
+        primary = primary_target(settings)
+        if primary is None:
+            raise replication.refusal(
+                conn,
+                role,
+                purpose,
+                db.url_setting(target),
+                alternative="or set [backups] primary_url to take the dump on this standby and "
+                "record it on the primary",
+            )
+    replication.require_primary_at(primary, f"{purpose} ([backups] primary_url)")
+    return primary
+
+
+@contextmanager
+def _records_connection(
+    records: db.Target, target: db.Target, conn: psycopg.Connection[Any]
+) -> Iterator[psycopg.Connection[Any]]:
+    """``conn`` when the rows live on ``target``, else a connection to ``records``."""
+    if records is target:
+        yield conn
+        return
+    with db.connection(records) as other:
+        yield other
+
+
 # --------------------------------------------------------------------------- create
 
 
@@ -422,6 +473,9 @@ def create_backup(
 ) -> Backup | None:
     """Dump the target database to the backup directory and record it.
 
+    On a standby the dump is taken there (offloading the primary) and recorded, under the lock,
+    on ``[backups] primary_url``; without it a standby is refused before anything is written.
+    A file whose row cannot be inserted is removed: a dump on disk is always a recorded one.
     Returns ``None`` when another ``backup create`` holds the lock (it did nothing).
     """
     if settings.backups.compression > 9:
@@ -431,11 +485,16 @@ def create_backup(
         settings.database.pooler,
         "backup create hands pg_dump a snapshot exported by a transaction it keeps open",
     )
+    records = records_target(target, settings, "backup create")
     folder = _backup_directory(settings, directory)
     program = settings.backups.pg_dump
     tool_version = _tool_version(program)
     started = time.monotonic()
-    with db.connection(target) as conn, locks.try_advisory_lock(conn, CREATE_LOCK) as acquired:
+    with (
+        db.connection(target) as conn,
+        _records_connection(records, target, conn) as records_conn,
+        locks.try_advisory_lock(records_conn, CREATE_LOCK) as acquired,
+    ):
         if not acquired:
             return None
         server_version = str(conn.execute(query("backups", "select_server_version")).fetchone()[0])  # type: ignore[index]
@@ -481,7 +540,7 @@ def create_backup(
         seconds = time.monotonic() - started
         try:
             return record_backup(
-                conn,
+                records_conn,
                 kind="pg_dump",
                 file_path=final,
                 size_bytes=digest.size_bytes,
@@ -496,9 +555,15 @@ def create_backup(
                 created_at=now,
             )
         except psycopg.Error as exc:
-            error = translate_database_error(exc, target=target.describe())
+            # an unrecorded file would never be verified, listed or pruned: it goes
+            final.unlink(missing_ok=True)
+            _fsync_directory(folder)
+            error = translate_database_error(exc, target=records.describe())
             raise BackupError(
-                f"{final} was written but could not be recorded in backups: {error.message}"
+                records.redact(
+                    f"{final} was written but could not be recorded in backups, so it was "
+                    f"removed: {error.message}"
+                )
             ) from exc
 
 
@@ -603,9 +668,12 @@ def verify_backup(
     """Check the file, restore it into a scratch database, compare row counts; record the result.
 
     A ``partition_archive`` has its size and checksum checked only. The connecting role needs
-    CREATEDB (the scratch database is created and dropped on the same server).
+    CREATEDB (the scratch database is created and dropped on the same server). On a standby
+    (where the files of its dumps are), the row, the scratch database and the result go to
+    ``[backups] primary_url``.
     """
     started = time.monotonic()
+    target = records_target(target, settings, "backup verify")
     with db.connection(target) as conn:
         backup = get_backup(conn, backup_id)
     _verifiable(backup)
@@ -671,6 +739,8 @@ def restore_backup(
     started = time.monotonic()
     if not database:
         raise UsageError("the target database needs a name")
+    # the new database is created on the target's server: a standby cannot
+    replication.require_primary_at(target, "backup restore")
     if database == target.dbname or database in _PROTECTED_DATABASES:
         raise UsageError(
             f"refusing to restore over {database!r}: restore into a new database, "
@@ -736,6 +806,26 @@ def _stale_partials(settings: Settings, now: datetime) -> list[Path]:
     return sorted(path for path in folder.glob(".*.partial") if path.stat().st_mtime < cutoff)
 
 
+def _unrecorded_files(conn: psycopg.Connection[Any], settings: Settings) -> tuple[str, ...]:
+    """Files in ``[backups] directory`` that no row of ``backups`` records as available
+    (hidden temporary files aside): a dump whose recording failed before kronos-db removed
+    such files, a file a pruned row should no longer have, a copy made by hand."""
+    if not settings.backups.directory:
+        return ()
+    folder = Path(settings.backups.directory).expanduser().resolve()
+    if not folder.is_dir():
+        return ()
+    recorded = {
+        Path(path).resolve()
+        for (path,) in conn.execute(query("backups", "select_backup_paths")).fetchall()
+    }
+    return tuple(
+        str(path)
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(".") and path.resolve() not in recorded
+    )
+
+
 def prune_backups(
     target: db.Target,
     settings: Settings,
@@ -752,14 +842,17 @@ def prune_backups(
     verification is never pruned, whatever the rules. Only ``pg_dump`` rows are considered:
     partition archives are the only copy of their rows. Temporary files a killed ``backup
     create`` left in ``[backups] directory`` (untouched for a day) are removed too. Returns
-    ``None`` when another prune holds the lock.
+    ``None`` when another prune holds the lock. Files in the directory that no row records
+    are reported (``unrecorded``), never deleted. On a standby (where the files of its dumps
+    are) the rows and the lock are on ``[backups] primary_url``.
     """
     if keep is not None and keep < 1:
         raise UsageError("--keep must be at least 1")
     if keep is None and older_than is None:
         keep = settings.backups.keep
     before = now - older_than if older_than is not None else None
-    with db.connection(target) as conn, locks.try_advisory_lock(conn, PRUNE_LOCK) as acquired:
+    records = records_target(target, settings, "backup prune")
+    with db.connection(records) as conn, locks.try_advisory_lock(conn, PRUNE_LOCK) as acquired:
         if not acquired:
             return None
         with conn.cursor(row_factory=class_row(Backup)) as cur:
@@ -770,9 +863,17 @@ def prune_backups(
             (b.id for b in list_backups(conn, kind="pg_dump") if b.verify_result == "passed"),
             None,
         )
+        unrecorded = _unrecorded_files(conn, settings)
         if dry_run:
             stale = _stale_partials(settings, now)
-            return PruneResult(tuple(candidates), (), newest_verified, True, tuple(map(str, stale)))
+            return PruneResult(
+                tuple(candidates),
+                (),
+                newest_verified,
+                True,
+                tuple(map(str, stale)),
+                unrecorded,
+            )
         pruned: list[Backup] = []
         missing: list[str] = []
         for backup in candidates:
@@ -799,7 +900,9 @@ def prune_backups(
         for leftover in _stale_partials(settings, now):
             leftover.unlink(missing_ok=True)
             removed.append(str(leftover))
-        return PruneResult(tuple(pruned), tuple(missing), newest_verified, False, tuple(removed))
+        return PruneResult(
+            tuple(pruned), tuple(missing), newest_verified, False, tuple(removed), unrecorded
+        )
 
 
 # --------------------------------------------------------------------------- health

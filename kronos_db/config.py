@@ -290,6 +290,14 @@ class BackupSettings:
         "Directory `kronos-db backup create` writes dumps to (created if missing). Empty: "
         "--directory is required.",
     )
+    primary_url: str = setting(
+        "",
+        "On a standby, where backup create, verify and prune record their rows and take their "
+        "lock (the dump itself is taken on the standby, to offload the primary). Empty: they "
+        "refuse a standby before writing anything. A multi-host URL with "
+        "target_session_attrs=read-write follows a switchover.",
+        secret=True,
+    )
     pg_dump: str = setting("pg_dump", "The pg_dump program (a name on PATH or a path).")
     pg_restore: str = setting("pg_restore", "The pg_restore program (a name on PATH or a path).")
     compression: int = setting(

@@ -288,13 +288,18 @@ def _standing(role: ServerRole, conn: psycopg.Connection[Any]) -> str:
 
 
 def refusal(
-    conn: psycopg.Connection[Any], role: ServerRole, purpose: str, source: str
+    conn: psycopg.Connection[Any],
+    role: ServerRole,
+    purpose: str,
+    source: str,
+    *,
+    alternative: str = "",
 ) -> StandbyError:
-    """The one-line error of a writer pointed at a standby."""
+    """The one-line error of a writer pointed at a standby (``alternative``: one more way)."""
     return StandbyError(
         f"{purpose} needs the primary, but {_standing(role, conn)}: point {source} at the "
         f"primary, or name every node with target_session_attrs=read-write "
-        f"({READ_WRITE_EXAMPLE})"
+        f"({READ_WRITE_EXAMPLE}){', ' + alternative if alternative else ''}"
     )
 
 

@@ -21,8 +21,9 @@ from conftest import run_cli
 from psycopg import sql
 from standby import StreamingPair, streaming_pair
 
-from kronos_db import db, maintenance, migrations, replication
+from kronos_db import backups, db, maintenance, migrations, replication
 from kronos_db.config import HealthSettings, Settings
+from kronos_db.errors import KronosError
 from kronos_db.reports import health
 
 MB = 1024 * 1024
@@ -302,3 +303,71 @@ def test_multi_host_urls_reach_the_right_node(kronos_pair: StreamingPair) -> Non
     assert json.loads(report.stdout)["role"]["in_recovery"] is True
     refused = run_cli("migrate", "--database-url", url)
     assert refused.code == 3 and "is a standby" in refused.stderr, refused.output
+
+
+def test_backups_from_the_standby_are_recorded_on_the_primary_or_refused(
+    kronos_pair: StreamingPair, tmp_path: Path
+) -> None:
+    standby_url = kronos_pair.standby.url("kronos")
+    folder = tmp_path / "dumps"
+    # without a primary to record on: refused before anything is written (the bug
+    # wrote the whole dump, then failed to record it, and the file stayed)
+    refused = run_cli("backup", "create", "--directory", str(folder), "--database-url", standby_url)
+    assert refused.code == 3, refused.output
+    (line,) = refused.stderr.splitlines()
+    assert "backup create needs the primary" in line and "[backups] primary_url" in line
+    assert not folder.exists() or not any(folder.iterdir())
+    # with [backups] primary_url: the dump is taken on the standby, recorded on the primary
+    config = tmp_path / "kronos.toml"
+    config.write_text(
+        f'[backups]\ndirectory = "{folder}"\nprimary_url = "{kronos_pair.primary.url("kronos")}"\n',
+        encoding="utf-8",
+    )
+    created = run_cli(
+        "backup", "create", "--verify", "--json", "--config", str(config),
+        "--database-url", standby_url,
+    )  # fmt: skip
+    assert created.code == 0, created.output
+    backup = json.loads(created.stdout)
+    assert backup["verification"]["passed"], backup
+    assert [path.name for path in folder.iterdir()] == [Path(backup["file_path"]).name]
+    (recorded,) = kronos_pair.primary.execute(
+        "SELECT file_path FROM backups WHERE id = %s", (backup["id"],), dbname="kronos"
+    )
+    assert recorded == backup["file_path"]
+    # prune, on the standby's host where the files are, reports a file nothing records
+    stray = folder / "copied-by-hand.dump"
+    stray.write_bytes(b"not a backup")
+    pruned = run_cli(
+        "backup", "prune", "--keep", "1", "--json", "--config", str(config),
+        "--database-url", standby_url,
+    )  # fmt: skip
+    assert pruned.code == 0, pruned.output
+    assert json.loads(pruned.stdout)["unrecorded"] == [str(stray)]
+    assert stray.exists()
+
+
+def test_a_dump_that_cannot_be_recorded_is_removed(
+    kronos_pair: StreamingPair, tmp_path: Path
+) -> None:
+    # a role that may dump everything and take the lease, but not insert into backups
+    kronos_pair.primary.execute(
+        "CREATE ROLE kronos_dumper LOGIN IN ROLE pg_read_all_data", dbname="kronos"
+    )
+    kronos_pair.primary.execute(
+        "GRANT INSERT, UPDATE ON kronos_leases TO kronos_dumper", dbname="kronos"
+    )
+    try:
+        url = f"postgresql://kronos_dumper@127.0.0.1:{kronos_pair.primary.port}/kronos"
+        with pytest.raises(KronosError) as failure:
+            backups.create_backup(
+                db.resolve_target(url, Settings()),
+                Settings(),
+                now=datetime.now(UTC),
+                directory=tmp_path,
+            )
+        assert "could not be recorded in backups, so it was removed" in failure.value.message
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        kronos_pair.primary.execute("DROP OWNED BY kronos_dumper", dbname="kronos")
+        kronos_pair.primary.execute("DROP ROLE kronos_dumper")

@@ -211,7 +211,8 @@ def prune(
     """Delete old dump files and mark their rows pruned.
 
     With both options a dump must match both. The newest dump that passed `backup verify` is
-    never pruned, and partition archives are never touched.
+    never pruned, and partition archives are never touched. Files of the backup directory
+    that no backup row records are reported, not deleted.
 
     Example: kronos-db backup prune --keep 7 --older-than 30d
     """
@@ -232,6 +233,8 @@ def prune(
     for path in result.stale_partials:
         verb_partial = "would remove" if result.dry_run else "removed"
         notify(f"{verb_partial} {path}, left by an interrupted backup create")
+    for path in result.unrecorded:
+        notify(f"warning: {path} is not recorded in backups: left alone (delete it or record it)")
     verb = "would prune" if result.dry_run else "pruned"
     if not result.pruned:
         if stdout.is_terminal:

@@ -45,6 +45,12 @@ SELECT id, created_at, file_path, kind, status, database_name, size_bytes, sha25
  ORDER BY created_at DESC, id DESC
  LIMIT %(limit)s::int
 
+-- name: select_backup_paths
+-- the file of every backup that is not pruned (to find files in the directory nothing records)
+SELECT file_path
+  FROM backups
+ WHERE status <> 'pruned';
+
 -- name: select_backup
 -- one backup by id
 SELECT id, created_at, file_path, kind, status, database_name, size_bytes, sha256::text,
