@@ -318,6 +318,8 @@ def physical_pass(
         walk("sweep")
     still_skipped = 0
     for low, high in sorted(set(retry)):
+        if policy.before_batch is not None:  # a retried range is a batch too: paced
+            policy.before_batch()
         started = time.monotonic()
         row, skipped = _plain_or_skip_locked(
             conn, plain, skip_locked, _page_range(params, low, high), policy
