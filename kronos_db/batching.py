@@ -73,7 +73,9 @@ class BatchPolicy:
     # idempotent work (deleting expired rows) may commit without waiting for the WAL flush: a
     # crash can only bring back rows that the next run deletes again
     synchronous_commit: bool = True
-    before_batch: Callable[[], None] | None = dataclasses.field(default=None, compare=False)
+    # runs before each batch and may wait (pacing); a number below 1 it returns shrinks the
+    # batches to that share of the last one, for good (the last one wrote too much WAL)
+    before_batch: Callable[[], float | None] | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.duration <= timedelta(0):
@@ -139,8 +141,15 @@ class Sizer:
         self.policy = policy
         self.maximum = max(1, maximum)
         self.size = max(1, min(initial, self.maximum))
+        self.last = self.size  # the units the last batch covered
+
+    def shrink(self, share: float) -> None:
+        """From now on, batches at most ``share`` of the last one (never fewer than 1 unit)."""
+        self.maximum = max(1, min(self.maximum, math.floor(self.last * share)))
+        self.size = min(self.size, self.maximum)
 
     def observe(self, batch: Batch, seconds: float) -> None:
+        self.last = max(batch.units, 1)
         if self.policy.rows:
             # fixed rows per batch: a page range is sized from the rows the last one held
             factor = 16.0 if batch.rows <= 0 else self.policy.rows / batch.rows
@@ -163,12 +172,15 @@ def run(
 ) -> Totals:
     """Run ``step(size)`` batch after batch until one says it was the last.
 
-    The one batch loop of kronos-db: ``policy.before_batch`` runs before each batch (pacing),
-    ``policy.pause`` after each one, and each batch's duration sizes the next.
+    The one batch loop of kronos-db: ``policy.before_batch`` runs before each batch (pacing;
+    it may ask for smaller batches), ``policy.pause`` after each one, and each batch's duration
+    sizes the next.
     """
     while True:
         if policy.before_batch is not None:
-            policy.before_batch()
+            share = policy.before_batch()
+            if share is not None and share < 1:
+                sizer.shrink(share)
         started = time.monotonic()
         batch = step(sizer.size)
         seconds = time.monotonic() - started

@@ -212,3 +212,19 @@ def test_the_sizer_aims_at_the_target_duration() -> None:
     fixed = Sizer(BatchPolicy(rows=1000), initial=10)  # pages sized for about 1000 rows
     fixed.observe(Batch(units=10, rows=250), seconds=1.0)
     assert fixed.size == 20
+
+
+def test_a_hook_that_asks_for_smaller_batches_gets_them_for_good() -> None:
+    # the pacer's way to keep a batch's WAL small: a share below 1 caps every later batch
+    sizes: list[int] = []
+    shares = iter([None, None, 0.25])
+
+    def step(size: int) -> Batch:
+        sizes.append(size)
+        return Batch(units=size, rows=size, last=len(sizes) == 6)
+
+    policy = BatchPolicy(duration=timedelta(seconds=10), before_batch=lambda: next(shares, None))
+    batching.run(step, policy, sizer=Sizer(policy, initial=100), totals=Totals())
+    # each batch is far under its 10 s target: the sizer grows 4x at a time until the share
+    assert sizes[:2] == [100, 400]
+    assert sizes[2:] == [100, 100, 100, 100]  # a quarter of the last (400), never more
