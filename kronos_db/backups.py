@@ -366,14 +366,13 @@ def records_target(target: db.Target, settings: Settings, purpose: str) -> db.Ta
     (``StandbyError``), never after a whole dump was written that nothing could record.
     """
     with db.connection(target) as conn:
-        role = replication.server_role(conn)
-        if not (role.in_recovery or role.read_only):
+        if replication.writable(conn):
             return target
         primary = primary_target(settings)
         if primary is None:
             raise replication.refusal(
                 conn,
-                role,
+                replication.server_role(conn),
                 purpose,
                 db.url_setting(target),
                 alternative="or set [backups] primary_url to take the dump on this standby and "

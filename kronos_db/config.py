@@ -591,6 +591,29 @@ class ReplicationSettings:
         "every node, only the primary acts) or fail (exit 3, for a crontab that must only ever "
         "reach the primary).",
     )
+    pacing: bool = setting(
+        True,
+        "Bulk jobs (expiry, queue purge, requeue, rate-limit reset, partition moves) wait "
+        "before a batch while a standby or a slot's consumer is too far behind (below).",
+    )
+    max_replay_lag: int = setting(
+        768 * 1024,
+        "Pacing: wait while a streaming standby's replay is more than this many bytes of WAL "
+        "behind. A batch writes at most a quarter of it, so the lag stays under 1.25 times "
+        "this: 768 kB keeps it under Patroni's default maximum_lag_on_failover, 1 MiB.",
+        minimum=1,
+    )
+    max_slot_lag: int = setting(
+        16 * 1024 * 1024,
+        "Pacing: wait while an active replication slot's consumer (a logical decoding client, "
+        "a standby) is more than this many bytes of WAL behind.",
+        minimum=1,
+    )
+    max_wait: timedelta = setting(
+        timedelta(minutes=5),
+        "Pacing: the longest one wait may last; then the job stops (exit 1), its finished "
+        "batches kept, and says which standby or slot is behind.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,6 +78,14 @@ class StandbyError(ConnectionFailedError):
     """The server is a standby (or read-only): this needs the primary."""
 
 
+class ReplicationLagError(KronosError):
+    """A standby or a replication slot stayed too far behind: the job stopped waiting for it."""
+
+    def __init__(self, message: str | None = None, *, waited_seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.waited_seconds = waited_seconds
+
+
 class LockTimeoutError(KronosError):
     """A lock could not be acquired within lock_timeout."""
 

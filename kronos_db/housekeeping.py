@@ -28,16 +28,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, LiteralString
+from typing import Any, Literal, LiteralString
 
 import psycopg
 from psycopg.rows import dict_row
 
-from kronos_db import batching, db, logs
+from kronos_db import batching, db, logs, replication
 from kronos_db.batching import BatchPolicy, ProgressCallback, Totals
-from kronos_db.config import HousekeepingSettings
+from kronos_db.config import HousekeepingSettings, Settings
 from kronos_db.durations import format_duration, postgres_interval
-from kronos_db.errors import UsageError
+from kronos_db.errors import ReplicationLagError, UsageError
 from kronos_db.locks import try_advisory_lock
 from kronos_db.resources import query
 
@@ -54,6 +54,10 @@ class BatchOptions:
     lock_timeout: timedelta = timedelta(seconds=2)
     statement_timeout: timedelta = timedelta(seconds=60)
     dry_run: bool = False
+    # a real run on a standby: skip it (exit 0) or fail (StandbyError); see kronos_db.replication
+    on_standby: Literal["skip", "fail"] = "skip"
+    # before each batch: wait while a standby or a slot is too far behind (None: no pacing)
+    pacer: replication.Pacer | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 0:
@@ -87,10 +91,23 @@ class BatchOptions:
             lock_timeout=self.lock_timeout,
             statement_timeout=self.statement_timeout,
             synchronous_commit=not idempotent,
+            before_batch=self.pacer,
         )
 
 
 DEFAULT_OPTIONS = BatchOptions()
+
+
+def job_options(
+    conn: psycopg.Connection[Any], settings: Settings, job: str, *, dry_run: bool = False
+) -> BatchOptions:
+    """A job's options from the configuration: ``[housekeeping]``'s batches, and from
+    ``[replication]`` what it does on a standby and its pacer on ``conn``."""
+    return dataclasses.replace(
+        BatchOptions.from_settings(settings.housekeeping, dry_run=dry_run),
+        on_standby=settings.replication.on_standby,
+        pacer=None if dry_run else replication.pacer(conn, settings.replication, job),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,14 +120,16 @@ class JobResult:
     seconds: float
     now: datetime
     dry_run: bool = False
-    skipped: bool = False  # another run held the job's advisory lock: nothing was done
+    skipped: bool = False  # nothing was done: another run held the job's lease, or a standby
     details: Mapping[str, int] = dataclasses.field(default_factory=dict)  # rows per kind
     rows_in_use: int = 0  # rows services held during the run: left to the next run
+    reason: str = ""  # why it was skipped, when not for the lease ("standby: skipped: …")
+    paced_seconds: float = 0.0  # time spent waiting for standbys and slots to catch up
 
     def summary(self) -> str:
         """One line for logs and cron mail: ``expire-sessions: 812 rows in 1 batch, 0.04s``."""
         if self.skipped:
-            return f"{self.job}: skipped, another run holds its lock"
+            return f"{self.job}: {self.reason or 'skipped, another run holds its lock'}"
         kinds = ", ".join(f"{name} {count}" for name, count in self.details.items())
         kinds = f" ({kinds})" if kinds and self.rows else ""
         rows = f"{self.rows} row" + ("" if self.rows == 1 else "s")
@@ -118,7 +137,8 @@ class JobResult:
             return f"{self.job}: {rows} would be affected{kinds} (dry run)"
         batches = f"{self.batches} batch" + ("" if self.batches == 1 else "es")
         in_use = f"; {self.rows_in_use} in use, left for the next run" if self.rows_in_use else ""
-        return f"{self.job}: {rows}{kinds} in {batches}, {self.seconds:.2f}s{in_use}"
+        paced = f"; waited {self.paced_seconds:.1f}s for the standbys" if self.paced_seconds else ""
+        return f"{self.job}: {rows}{kinds} in {batches}, {self.seconds:.2f}s{in_use}{paced}"
 
 
 def check_now(now: datetime) -> datetime:
@@ -189,6 +209,12 @@ def run_job(
             )
         _require_autocommit(conn)
         totals = Totals()
+        # before the lease, the first write: on a standby, skip (or fail) in one line
+        standby = replication.standby_skip(conn, job, on_standby=options.on_standby)
+        if standby is not None:
+            return JobResult(
+                job, 0, 0, time.monotonic() - started, now, skipped=True, reason=standby
+            )
         with try_advisory_lock(conn, lock_name(job)) as acquired:
             if not acquired:
                 logger.info("%s: another run holds the lock %s; nothing to do", job, lock_name(job))
@@ -203,7 +229,14 @@ def run_job(
                 f"{format_duration(options.lock_timeout)}",
                 log=logger,
             ):
-                work(totals)
+                try:
+                    work(totals)
+                except ReplicationLagError as exc:
+                    raise ReplicationLagError(
+                        f"{exc.message}; the {totals.rows} rows done in {totals.batches} "
+                        "batches stay done, the rest is left for the next run",
+                        waited_seconds=exc.waited_seconds,
+                    ) from exc
     seconds = time.monotonic() - started
     logger.info("%s: %d rows in %d batches, %.2fs", job, totals.rows, totals.batches, seconds)
     return JobResult(
@@ -214,6 +247,7 @@ def run_job(
         now,
         details=dict(totals.details),
         rows_in_use=totals.skipped,
+        paced_seconds=options.pacer.waited if options.pacer is not None else 0.0,
     )
 
 
@@ -343,6 +377,7 @@ __all__ = [
     "ProgressCallback",
     "expire_cache",
     "expire_sessions",
+    "job_options",
     "job_settings",
     "job_timeouts",
     "lock_name",

@@ -6,7 +6,8 @@ on a fresh connection (the jobs share one while they succeed). Each job keeps it
 lock, so a job that another run is still doing is reported as ``skipped``, not failed.
 
 Adding a job is adding ONE entry to :data:`JOBS`: a :class:`MaintenanceJob` whose ``run``
-takes ``(conn, now, settings, dry_run, on_progress)`` and returns a
+takes ``(conn, now, settings, options, on_progress)`` (``options``: the job's batches, dry
+run, standby rule and pacer, from :func:`~kronos_db.housekeeping.job_options`) and returns a
 :class:`~kronos_db.housekeeping.JobResult`. Partition rotation runs first.
 
 The results can be written in the Prometheus text exposition format for the node exporter's
@@ -37,7 +38,8 @@ from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, ch
 from kronos_db.resources import query
 
 JobRunner = Callable[
-    [psycopg.Connection[Any], datetime, Settings, bool, ProgressCallback | None], JobResult
+    [psycopg.Connection[Any], datetime, Settings, BatchOptions, ProgressCallback | None],
+    JobResult,
 ]
 
 
@@ -48,22 +50,18 @@ class MaintenanceJob:
     run: JobRunner = dataclasses.field(repr=False)
 
 
-def _options(settings: Settings, dry_run: bool) -> BatchOptions:
-    return BatchOptions.from_settings(settings.housekeeping, dry_run=dry_run)
-
-
 def _expire_sessions(
     conn: psycopg.Connection[Any],
     now: datetime,
     settings: Settings,
-    dry_run: bool,
+    options: BatchOptions,
     on_progress: ProgressCallback | None,
 ) -> JobResult:
     return housekeeping.expire_sessions(
         conn,
         now,
         idle_timeout=settings.housekeeping.session_idle_timeout,
-        options=_options(settings, dry_run),
+        options=options,
         on_progress=on_progress,
     )
 
@@ -72,19 +70,17 @@ def _expire_cache(
     conn: psycopg.Connection[Any],
     now: datetime,
     settings: Settings,
-    dry_run: bool,
+    options: BatchOptions,
     on_progress: ProgressCallback | None,
 ) -> JobResult:
-    return housekeeping.expire_cache(
-        conn, now, options=_options(settings, dry_run), on_progress=on_progress
-    )
+    return housekeeping.expire_cache(conn, now, options=options, on_progress=on_progress)
 
 
 def _requeue_stuck(
     conn: psycopg.Connection[Any],
     now: datetime,
     settings: Settings,
-    dry_run: bool,
+    options: BatchOptions,
     on_progress: ProgressCallback | None,
 ) -> JobResult:
     return queue.requeue_stuck(
@@ -92,7 +88,7 @@ def _requeue_stuck(
         now,
         older_than=settings.housekeeping.stuck_after,
         max_attempts=settings.housekeeping.max_attempts,
-        options=_options(settings, dry_run),
+        options=options,
         on_progress=on_progress,
     )
 
@@ -101,14 +97,14 @@ def _purge_processed(
     conn: psycopg.Connection[Any],
     now: datetime,
     settings: Settings,
-    dry_run: bool,
+    options: BatchOptions,
     on_progress: ProgressCallback | None,
 ) -> JobResult:
     return queue.purge_processed(
         conn,
         now,
         older_than=settings.housekeeping.purge_after,
-        options=_options(settings, dry_run),
+        options=options,
         on_progress=on_progress,
     )
 
@@ -117,14 +113,14 @@ def _reset_rate_limits(
     conn: psycopg.Connection[Any],
     now: datetime,
     settings: Settings,
-    dry_run: bool,
+    options: BatchOptions,
     on_progress: ProgressCallback | None,
 ) -> JobResult:
     return housekeeping.reset_rate_limits(
         conn,
         now,
         older_than=settings.housekeeping.ratelimit_window,
-        options=_options(settings, dry_run),
+        options=options,
         on_progress=on_progress,
     )
 
@@ -133,11 +129,11 @@ def _rotate_partitions(
     conn: psycopg.Connection[Any],
     now: datetime,
     settings: Settings,
-    dry_run: bool,
+    options: BatchOptions,
     on_progress: ProgressCallback | None,
 ) -> JobResult:
     started = time.monotonic()
-    result = partitions.rotate(conn, settings, now, dry_run=dry_run)
+    result = partitions.rotate(conn, settings, now, dry_run=options.dry_run)
     if result.failed:
         raise PartitionError("; ".join(f"{step.partition}: {step.error}" for step in result.failed))
     done = [step for step in result.steps if step.ok]
@@ -147,7 +143,7 @@ def _rotate_partitions(
         batches=len(done),
         seconds=time.monotonic() - started,
         now=now,
-        dry_run=dry_run,
+        dry_run=options.dry_run,
         skipped=result.skipped,
         details=dict(Counter(step.kind for step in done)),
     )
@@ -190,6 +186,7 @@ class JobOutcome:
     result: JobResult | None = None
     error: str | None = None
     reason: str | None = None  # why it was skipped without running (a standby)
+    paced_seconds: float = 0.0  # time spent waiting for standbys and slots to catch up
 
     @property
     def rows(self) -> int:
@@ -287,23 +284,31 @@ def run_maintenance(
                     on_progress(job, rows, batches)
 
             job_started = time.monotonic()
+            options: BatchOptions | None = None
             try:
                 if conn is None:
                     conn = db.connect(target)
+                options = housekeeping.job_options(conn, settings, job.name, dry_run=dry_run)
                 with logs.job(job.name):
-                    result = job.run(conn, now, settings, dry_run, progress)
+                    result = job.run(conn, now, settings, options, progress)
                 conn = _reset_session(conn)
                 outcome = JobOutcome(
                     job.name,
                     "skipped" if result.skipped else "ok",
                     time.monotonic() - job_started,
                     result=result,
+                    reason=result.reason or None,
+                    paced_seconds=result.paced_seconds,
                 )
             except Exception as exc:  # a failure (or a bug) in one job must not stop the others
                 _discard(conn)
                 conn = None
                 outcome = JobOutcome(
-                    job.name, "failed", time.monotonic() - job_started, error=_failure(exc, target)
+                    job.name,
+                    "failed",
+                    time.monotonic() - job_started,
+                    error=_failure(exc, target),
+                    paced_seconds=options.pacer.waited if options and options.pacer else 0.0,
                 )
             outcomes.append(outcome)
             if on_done is not None:
@@ -450,6 +455,13 @@ def render_metrics(report: MaintenanceReport, previous: str = "") -> str:
             "gauge",
             "Batches (transactions) the job ran in the last run.",
             [(o.job, float(o.batches)) for o in report.jobs],
+        ),
+        (
+            "job_pacing_wait_seconds",
+            "gauge",
+            "Time the job spent in the last run waiting for standbys and replication slots "
+            "to catch up ([replication] pacing).",
+            [(o.job, o.paced_seconds) for o in report.jobs],
         ),
         (
             "job_duration_seconds",

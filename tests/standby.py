@@ -31,6 +31,7 @@ import pytest
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 STANDBY_SLOT = "kronos_test_standby"
+STANDBY_NAME = "replica1"
 
 SETTINGS = """
 listen_addresses = '127.0.0.1'
@@ -244,7 +245,8 @@ def streaming_pair() -> Iterator[StreamingPair]:
             ]
         )
         with (standby.data / "postgresql.conf").open("a", encoding="utf-8") as handle:
-            handle.write(f"port = {standby.port}\n")
+            # cluster_name is the walreceiver's application_name: the name the primary sees
+            handle.write(f"port = {standby.port}\ncluster_name = '{STANDBY_NAME}'\n")
         standby.start()
         started.append(standby)
         _wait_streaming(primary)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,8 +22,8 @@ from conftest import run_cli
 from psycopg import sql
 from standby import StreamingPair, streaming_pair
 
-from kronos_db import backups, db, maintenance, migrations, replication
-from kronos_db.config import HealthSettings, Settings
+from kronos_db import backups, db, housekeeping, maintenance, migrations, replication
+from kronos_db.config import HealthSettings, Settings, load_settings
 from kronos_db.errors import KronosError
 from kronos_db.reports import health
 
@@ -97,7 +98,7 @@ def test_replay_paused_under_wal_traffic_goes_warning_then_critical(pair: Stream
             )
             on_primary = checks(primary)["replication_lag"]
             assert on_primary.status is health.Status.WARNING, on_primary
-            assert "walreceiver (streaming, async): replay" in on_primary.summary
+            assert "replica1 (streaming, async): replay" in on_primary.summary
             assert on_primary.value is not None and on_primary.value > 64 * MB
             on_standby = checks(standby)["replication_lag"]
             assert on_standby.status is health.Status.WARNING, on_standby
@@ -371,3 +372,94 @@ def test_a_dump_that_cannot_be_recorded_is_removed(
     finally:
         kronos_pair.primary.execute("DROP OWNED BY kronos_dumper", dbname="kronos")
         kronos_pair.primary.execute("DROP ROLE kronos_dumper")
+
+
+def test_each_cron_command_skips_on_the_standby(kronos_pair: StreamingPair) -> None:
+    standby_url = kronos_pair.standby.url("kronos")
+    for args in (
+        ("expire", "sessions"),
+        ("expire", "cache"),
+        ("queue", "requeue-stuck"),
+        ("queue", "purge"),
+        ("ratelimits", "reset"),
+    ):
+        quiet = run_cli(*args, "--database-url", standby_url)
+        assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", ""), (args, quiet.output)
+    as_json = run_cli("expire", "sessions", "--json", "--database-url", standby_url)
+    assert as_json.code == 0, as_json.output
+    result = json.loads(as_json.stdout)
+    assert result["skipped"] is True
+    assert result["reason"].startswith("standby: skipped: 127.0.0.1:")
+    verbose = run_cli("-v", "queue", "purge", "--database-url", standby_url)
+    assert "standby: skipped" in verbose.stderr, verbose.output
+    # a dry run only reads: it runs on the standby
+    dry = run_cli("expire", "sessions", "--dry-run", "--json", "--database-url", standby_url)
+    assert dry.code == 0 and json.loads(dry.stdout)["dry_run"] is True, dry.output
+
+
+def seed_expired_sessions(pair: StreamingPair, rows: int) -> None:
+    pair.primary.execute(
+        "INSERT INTO sessions (token, expires_at)"
+        " SELECT 'paced-' || n || '-' || md5(random()::text), now() - interval '1 day'"
+        "   FROM generate_series(1, %s) AS n",
+        (rows,),
+        dbname="kronos",
+    )
+    pair.wait_for_replay()
+
+
+def paced_settings(max_wait: str) -> Settings:
+    return load_settings(
+        overrides={
+            "replication.max_replay_lag": (256 * 1024, "test"),
+            "replication.max_wait": (max_wait, "test"),
+            "housekeeping.batch_size": (200, "test"),
+        }
+    )
+
+
+def test_pacing_stops_a_job_the_standby_cannot_follow(kronos_pair: StreamingPair) -> None:
+    seed_expired_sessions(kronos_pair, 20_000)
+    target = db.resolve_target(kronos_pair.primary.url("kronos"), Settings())
+    jobs = maintenance.select_jobs(["expire-sessions"])
+    with kronos_pair.replay_paused():
+        started = time.monotonic()
+        report = maintenance.run_maintenance(
+            target, paced_settings("1s"), datetime.now(UTC), jobs=jobs
+        )
+        elapsed = time.monotonic() - started
+    (outcome,) = report.jobs
+    assert outcome.status == "failed", outcome
+    assert outcome.error is not None
+    assert "expire-sessions stopped: standby replica1 is" in outcome.error
+    assert "behind in replay (limit 256.0 kB, [replication] max_replay_lag)" in outcome.error
+    assert "stay done, the rest is left for the next run" in outcome.error
+    assert 1.0 <= outcome.paced_seconds <= elapsed
+    metrics = maintenance.render_metrics(report)
+    assert 'kronos_maintenance_job_pacing_wait_seconds{job="expire-sessions"} 1.' in metrics
+    (left,) = kronos_pair.primary.execute(
+        "SELECT count(*) FROM sessions WHERE token LIKE 'paced-%%'", dbname="kronos"
+    )
+    assert 0 < left < 20_000  # the batches before the stop are done and stay done
+
+
+def test_pacing_waits_for_the_standby_then_finishes(kronos_pair: StreamingPair) -> None:
+    seed_expired_sessions(kronos_pair, 20_000)
+    kronos_pair.standby.execute("SELECT pg_wal_replay_pause()")
+    # replay resumes after a second: the job waits for it, then finishes the work
+    resume = threading.Timer(1.0, kronos_pair.standby.execute, ("SELECT pg_wal_replay_resume()",))
+    resume.start()
+    try:
+        with psycopg.connect(kronos_pair.primary.url("kronos"), autocommit=True) as conn:
+            options = housekeeping.job_options(conn, paced_settings("1m"), "expire-sessions")
+            result = housekeeping.expire_sessions(conn, datetime.now(UTC), options=options)
+    finally:
+        resume.join()
+        kronos_pair.standby.execute("SELECT pg_wal_replay_resume()")
+    (left,) = kronos_pair.primary.execute(
+        "SELECT count(*) FROM sessions WHERE expires_at < now()", dbname="kronos"
+    )
+    assert left == 0 and result.rows >= 20_000, result
+    assert result.paced_seconds >= 0.5, result
+    assert "waited" in result.summary()
+    assert options.pacer is not None and options.pacer.waits >= 1

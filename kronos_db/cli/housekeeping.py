@@ -115,8 +115,8 @@ def _settings(
     return settings_for(config, values)
 
 
-def _options(settings: Settings, dry_run: bool) -> BatchOptions:
-    return BatchOptions.from_settings(settings.housekeeping, dry_run=dry_run)
+def _options(conn: Any, settings: Settings, job: str, dry_run: bool) -> BatchOptions:
+    return housekeeping.job_options(conn, settings, job, dry_run=dry_run)
 
 
 def _run_job(
@@ -199,7 +199,7 @@ def expire_sessions(
                 options=options,
                 on_progress=progress,
             ),
-            _options(settings, dry_run),
+            _options(conn, settings, "expire-sessions", dry_run),
         )
 
 
@@ -228,7 +228,7 @@ def expire_cache(
             lambda options, progress: housekeeping.expire_cache(
                 conn, moment, options=options, on_progress=progress
             ),
-            _options(settings, dry_run),
+            _options(conn, settings, "expire-cache", dry_run),
         )
 
 
@@ -354,7 +354,7 @@ def queue_requeue_stuck(
                 options=options,
                 on_progress=progress,
             ),
-            _options(settings, dry_run),
+            _options(conn, settings, "requeue-stuck", dry_run),
         )
 
 
@@ -399,7 +399,7 @@ def queue_purge(
                 options=options,
                 on_progress=progress,
             ),
-            _options(settings, dry_run),
+            _options(conn, settings, "purge-processed", dry_run),
         )
 
 
@@ -448,7 +448,7 @@ def ratelimits_reset(
                 options=options,
                 on_progress=progress,
             ),
-            _options(settings, dry_run),
+            _options(conn, settings, "reset-ratelimits", dry_run),
         )
 
 

@@ -18,6 +18,11 @@ SELECT pg_is_in_recovery() AS in_recovery,
   FROM (SELECT 1) AS one
   LEFT JOIN pg_stat_wal_receiver AS receiver ON true;
 
+-- name: select_writable
+-- whether this session may write: the cheap question the guard asks before every job
+SELECT NOT pg_is_in_recovery()
+       AND NOT current_setting('default_transaction_read_only')::boolean AS writable;
+
 -- name: select_standbys
 -- every standby (or pg_basebackup) streaming from this server: its state, the bytes it has
 -- not yet written, flushed and replayed, and the matching times the server measured (NULL
@@ -113,3 +118,42 @@ SELECT pg_get_wal_replay_pause_state() AS pause_state,
            AS since_last_message_seconds
   FROM (SELECT 1) AS one
   LEFT JOIN pg_stat_wal_receiver AS receiver ON true;
+
+-- name: select_pacing_lag
+-- before a batch of a bulk job: this server's WAL position (to know what the last batch
+-- wrote), the streaming standby furthest behind in replay and the active slot whose consumer
+-- is furthest behind, in bytes; hidden counts the standbys whose position the role may not
+-- see (one cheap round trip: no catalog lock, no transaction needed)
+WITH position AS (
+    -- where WAL insertion is, not where it was written out: a batch committed without waiting
+    -- for the flush (synchronous_commit = off) has WAL in memory that the standby must replay
+    SELECT CASE WHEN pg_is_in_recovery()
+                THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
+                ELSE pg_current_wal_insert_lsn()
+           END AS lsn
+),
+standby AS (
+    SELECT coalesce(nullif(sender.application_name, ''), host(sender.client_addr), 'local')
+               AS name,
+           pg_wal_lsn_diff(position.lsn, sender.replay_lsn)::bigint AS lag_bytes,
+           sender.state IS NULL AS hidden
+      FROM pg_stat_replication AS sender
+     CROSS JOIN position
+     WHERE sender.state IS NULL OR sender.state IN ('streaming', 'catchup')
+),
+slot AS (
+    SELECT slot.slot_name::text AS name,
+           pg_wal_lsn_diff(position.lsn, coalesce(slot.confirmed_flush_lsn, slot.restart_lsn))::bigint
+               AS lag_bytes
+      FROM pg_replication_slots AS slot
+     CROSS JOIN position
+     WHERE slot.active
+)
+SELECT (SELECT pg_wal_lsn_diff(lsn, '0/0')::bigint FROM position) AS position,
+       (SELECT name FROM standby WHERE lag_bytes IS NOT NULL ORDER BY lag_bytes DESC LIMIT 1)
+           AS standby_name,
+       (SELECT max(lag_bytes) FROM standby) AS standby_lag_bytes,
+       (SELECT count(*) FROM standby WHERE hidden)::integer AS hidden_standbys,
+       (SELECT name FROM slot WHERE lag_bytes IS NOT NULL ORDER BY lag_bytes DESC LIMIT 1)
+           AS slot_name,
+       (SELECT max(lag_bytes) FROM slot) AS slot_lag_bytes;
