@@ -133,7 +133,7 @@ def _rotate_partitions(
     on_progress: ProgressCallback | None,
 ) -> JobResult:
     started = time.monotonic()
-    result = partitions.rotate(conn, settings, now, dry_run=options.dry_run)
+    result = partitions.rotate(conn, settings, now, dry_run=options.dry_run, pacer=options.pacer)
     if result.failed:
         raise PartitionError("; ".join(f"{step.partition}: {step.error}" for step in result.failed))
     done = [step for step in result.steps if step.ok]
@@ -146,6 +146,8 @@ def _rotate_partitions(
         dry_run=options.dry_run,
         skipped=result.skipped,
         details=dict(Counter(step.kind for step in done)),
+        reason=result.reason,
+        paced_seconds=options.pacer.waited if options.pacer is not None else 0.0,
     )
 
 

@@ -50,7 +50,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -60,7 +60,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import class_row
 
-from kronos_db import backups, db, locks, roles
+from kronos_db import backups, db, locks, replication, roles
 from kronos_db.config import PartitionSettings, Settings, require_lock_timeout
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
@@ -1096,6 +1096,8 @@ class RotationResult:
     warnings: tuple[str, ...]
     # every SQL statement, in order: what ran, or with dry_run what would run
     statements: tuple[str, ...] = ()
+    # why it was skipped when not for the lock ("standby: skipped: …")
+    reason: str = ""
 
     @property
     def failed(self) -> tuple[StepResult, ...]:
@@ -1141,6 +1143,35 @@ class FixedBatches:
 
     def record(self, rows: int, seconds: float) -> None:
         pass
+
+
+@dataclasses.dataclass
+class PacedBatches:
+    """A move's batches, each cleared first by the replication pacer: it waits while a standby
+    or a slot is too far behind, and may make the batches smaller (kronos_db.replication)."""
+
+    inner: BatchSizer
+    pacer: Callable[[], float | None]
+    cap: int | None = None
+    last: int = 0
+
+    def next_size(self) -> int:
+        share = self.pacer()
+        size = self.inner.next_size()
+        if share is not None and share < 1 and self.last:
+            smaller = max(1, math.floor(self.last * share))
+            self.cap = smaller if self.cap is None else min(self.cap, smaller)
+        self.last = size if self.cap is None else min(size, self.cap)
+        return self.last
+
+    def record(self, rows: int, seconds: float) -> None:
+        self.inner.record(rows, seconds)
+
+
+def _paced(
+    make: Callable[[], BatchSizer], pacer: Callable[[], float | None]
+) -> Callable[[], BatchSizer]:
+    return lambda: PacedBatches(make(), pacer)
 
 
 class _HoldExceeded(PartitionError):
@@ -2048,6 +2079,7 @@ def rotate(
     dry_run: bool = False,
     notify: Notify = _quiet,
     batch_sizer: Callable[[], BatchSizer] | None = None,
+    pacer: replication.Pacer | None = None,
 ) -> RotationResult:
     """Adopt strays, rescue default rows, create the missing partitions, apply retention.
 
@@ -2056,7 +2088,10 @@ def rotate(
     another run holds it, returns at once with ``skipped=True`` having done nothing. A failed
     step is reported in the result and does not stop the independent ones. ``dry_run`` runs
     nothing and returns, in ``statements``, the SQL it would run. ``batch_sizer`` makes the
-    sizer of each move's batches (default: ``move_batch_size`` rows each).
+    sizer of each move's batches (default: ``move_batch_size`` rows each); ``pacer`` clears
+    each batch (default: one from ``[replication]``, see kronos_db.replication). On a standby
+    it is skipped (``skipped``, with the ``reason``), or fails with ``on_standby = "fail"``;
+    a dry run only reads, so it runs there.
     """
     options = settings.partitions
     require_lock_timeout(options.lock_timeout, "partitions.lock_timeout")
@@ -2064,7 +2099,13 @@ def rotate(
     if isinstance(conn, db.Target):
         with db.connection(conn) as opened:
             return rotate(
-                opened, settings, now, dry_run=dry_run, notify=notify, batch_sizer=batch_sizer
+                opened,
+                settings,
+                now,
+                dry_run=dry_run,
+                notify=notify,
+                batch_sizer=batch_sizer,
+                pacer=pacer,
             )
     started = time.monotonic()
     now = _utc(now)
@@ -2075,7 +2116,29 @@ def rotate(
         policy = resolve_policy(conn, options)
     if not dry_run and policy.retention_action == "archive" and not options.archive_directory:
         raise UsageError("partitions.retention_action = archive needs partitions.archive_directory")
-    with locks.try_advisory_lock(conn, lock_name(parent.qualified)) as acquired:
+    # the same crontab runs on every node: a standby skips, before the lease (its first write)
+    if dry_run:
+        lease: AbstractContextManager[bool] = (
+            locks.try_advisory_lock(conn, lock_name(parent.qualified))
+            if replication.writable(conn)
+            else nullcontext(True)  # a dry run reads only: no lease to take on a standby
+        )
+    else:
+        standby = replication.standby_skip(
+            conn, "partitions rotate", on_standby=settings.replication.on_standby
+        )
+        if standby is not None:
+            return RotationResult(
+                parent.qualified, policy.backend, now, dry_run, True, (), (), reason=standby
+            )
+        lease = locks.try_advisory_lock(conn, lock_name(parent.qualified))
+        if pacer is None:
+            pacer = replication.pacer(conn, settings.replication, "partitions rotate")
+        if pacer is not None:
+            batch_sizer = _paced(
+                batch_sizer or (lambda: FixedBatches(options.move_batch_size)), pacer
+            )
+    with lease as acquired:
         if not acquired:
             return RotationResult(parent.qualified, policy.backend, now, dry_run, True, (), ())
         with _catalog_scope(conn, options):

@@ -446,6 +446,10 @@ class Pacer:
         started = time.monotonic()
         budget = self.settings.max_wait.total_seconds()
         logger.info("%s: waiting: %s", self.job, behind)
+        if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            # a move waits inside the transaction that will attach its partition: a server's
+            # idle_in_transaction_session_timeout must not end it while it waits on purpose
+            db.set_local(self.conn, {"idle_in_transaction_session_timeout": "0"})
         try:
             while behind is not None:
                 if time.monotonic() - started >= budget:

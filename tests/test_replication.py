@@ -22,7 +22,15 @@ from conftest import run_cli
 from psycopg import sql
 from standby import StreamingPair, streaming_pair
 
-from kronos_db import backups, db, housekeeping, maintenance, migrations, replication
+from kronos_db import (
+    backups,
+    db,
+    housekeeping,
+    maintenance,
+    migrations,
+    partitions,
+    replication,
+)
 from kronos_db.config import HealthSettings, Settings, load_settings
 from kronos_db.errors import KronosError
 from kronos_db.reports import health
@@ -463,3 +471,44 @@ def test_pacing_waits_for_the_standby_then_finishes(kronos_pair: StreamingPair) 
     assert result.paced_seconds >= 0.5, result
     assert "waited" in result.summary()
     assert options.pacer is not None and options.pacer.waits >= 1
+
+
+def test_partitions_rotate_skips_on_the_standby_and_paces_its_moves(
+    kronos_pair: StreamingPair,
+) -> None:
+    standby_url = kronos_pair.standby.url("kronos")
+    skipped = run_cli("partitions", "rotate", "--json", "--database-url", standby_url)
+    assert skipped.code == 0, skipped.output
+    assert json.loads(skipped.stdout)["reason"].startswith("standby: skipped")
+    dry = run_cli("partitions", "rotate", "--dry-run", "--database-url", standby_url)
+    assert dry.code == 0, dry.output  # a dry run reads only: it runs on the standby
+    # rows 20 days ahead wait in the default partition: rotate moves them into a new partition,
+    # in batches, inside the transaction that attaches it; a paused standby stops the move
+    kronos_pair.primary.execute(
+        'INSERT INTO logs (service_name, level, message, "timestamp")'
+        " SELECT 'test', 'info', repeat('x', 200), now() + interval '20 days'"
+        "   FROM generate_series(1, 20000)",
+        dbname="kronos",
+    )
+    kronos_pair.wait_for_replay()
+    settings = load_settings(
+        overrides={
+            "replication.max_replay_lag": (256 * 1024, "test"),
+            "replication.max_wait": ("1s", "test"),
+            "partitions.move_batch_size": (500, "test"),
+        }
+    )
+    target = db.resolve_target(kronos_pair.primary.url("kronos"), Settings())
+
+    def in_default() -> int:
+        (rows,) = kronos_pair.primary.execute("SELECT count(*) FROM logs_default", dbname="kronos")
+        return int(rows)
+
+    with kronos_pair.replay_paused():
+        stopped = partitions.rotate(target, settings, datetime.now(UTC))
+    (failed,) = [step for step in stopped.steps if not step.ok]
+    assert "stopped: standby replica1 is" in (failed.error or ""), failed
+    assert in_default() == 20_000  # the move rolled back with its transaction: nothing lost
+    moved = partitions.rotate(target, settings, datetime.now(UTC))
+    assert not moved.failed, moved.failed
+    assert in_default() == 0

@@ -314,7 +314,7 @@ def rotate(
         raise typer.Exit(result.exit_code)
     if result.skipped:
         if is_terminal():
-            notify(f"another rotation of {result.table} is running: nothing done")
+            notify(result.reason or f"another rotation of {result.table} is running: nothing done")
         return
     if dry_run:
         for statement in result.statements:
