@@ -21,16 +21,15 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from standby import BIN, free_port
+from standby import BIN, free_port, wait_for
 
 PATRONI = Path("/usr/bin/patroni")
 ETCD = Path("/usr/bin/etcd")
@@ -41,14 +40,6 @@ def _as_postgres() -> dict[str, Any]:
     if os.geteuid() != 0:
         return {}
     return {"user": "postgres", "group": "postgres", "extra_groups": []}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @dataclasses.dataclass
@@ -242,8 +233,8 @@ def patroni_cluster() -> Iterator[Cluster]:
                 )
             )
             if node is nodes[0]:
-                wait_for(node.is_leader, f"{node.name} to bootstrap and lead")
-        wait_for(nodes[1].is_streaming_replica, f"{nodes[1].name} to stream")
+                wait_for(node.is_leader, f"{node.name} to bootstrap and lead", timeout=120)
+        wait_for(nodes[1].is_streaming_replica, f"{nodes[1].name} to stream", timeout=120)
         yield cluster
     finally:
         for process in reversed(processes):

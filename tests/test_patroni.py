@@ -218,7 +218,7 @@ def scenario(cluster: Cluster, config: Path) -> None:
 
     # 1. the same crontab on both nodes: only the leader acts
     seed(leader.url("kronos"), expired=1000, live=10, label="first-")
-    wait_for(replica.is_streaming_replica, "the replica to stream")
+    wait_for(replica.is_streaming_replica, "the replica to stream", timeout=120)
     on_replica = maintain(replica, config)
     assert on_replica.code == 0, on_replica.stderr
     assert on_replica.report is not None
@@ -248,8 +248,10 @@ def scenario(cluster: Cluster, config: Path) -> None:
         switched_at = time.monotonic()
         status = leader.api("/switchover", {"leader": leader.name, "candidate": replica.name})
         assert status == 200, f"POST /switchover: {status}"
-        wait_for(replica.is_leader, f"{replica.name} to lead")
-        wait_for(leader.is_streaming_replica, f"{leader.name} to stream from {replica.name}")
+        wait_for(replica.is_leader, f"{replica.name} to lead", timeout=120)
+        wait_for(
+            leader.is_streaming_replica, f"{leader.name} to stream from {replica.name}", timeout=120
+        )
 
         def done() -> bool:
             with psycopg.connect(replica.url("kronos"), autocommit=True) as conn:

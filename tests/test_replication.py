@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from conftest import run_cli
 from psycopg import sql
-from standby import StreamingPair, streaming_pair
+from standby import StreamingPair, streaming_pair, wait_for
 
 from kronos_db import (
     backups,
@@ -69,14 +69,6 @@ def write_wal(pair: StreamingPair, *, segments: int = 0, rows: int = 2000) -> No
             conn.execute("SELECT pg_switch_wal()")
 
 
-def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def setting(server: Any, name: str, value: str) -> Iterator[None]:
     """``ALTER SYSTEM`` on a test-owned server for the block, reloaded, then reset."""
@@ -100,7 +92,7 @@ def test_replay_paused_under_wal_traffic_goes_warning_then_critical(pair: Stream
             # the issue's finding: 276 MB and 24 s behind and every check said OK. With the
             # defaults (64 MB), 5 segments behind is a WARNING on both sides
             write_wal(pair, segments=5)
-            wait_until(
+            wait_for(
                 lambda: (replication.standbys(primary)[0].replay_lag_bytes or 0) > 64 * MB,
                 "the primary to see the lag",
             )
@@ -123,7 +115,7 @@ def test_replay_paused_under_wal_traffic_goes_warning_then_critical(pair: Stream
             replay = replication.standby_replay(standby, datetime.now(UTC))
             assert replay.paused and replay.streaming and replay.replay_delay_seconds > 0
         pair.wait_for_replay()
-        wait_until(
+        wait_for(
             lambda: replication.standbys(primary)[0].replay_lag_bytes == 0,
             "the primary to see the standby caught up",
         )
@@ -161,7 +153,7 @@ def test_failing_wal_archiving_is_critical(pair: StreamingPair) -> None:
         before = replication.archiver(primary).failed_count
         with setting(pair.primary, "archive_command", "/bin/false"):
             write_wal(pair, segments=1, rows=10)
-            wait_until(
+            wait_for(
                 lambda: replication.archiver(primary).failed_count > before, "a failed archive"
             )
             result = checks(primary)["wal_archiving"]
@@ -169,7 +161,7 @@ def test_failing_wal_archiving_is_critical(pair: StreamingPair) -> None:
             assert "archiving fails" in result.summary
             assert "pg_wal" in result.hint
         write_wal(pair, segments=1, rows=10)
-        wait_until(lambda: not replication.archiver(primary).failing, "archiving to work again")
+        wait_for(lambda: not replication.archiver(primary).failing, "archiving to work again")
         assert checks(primary)["wal_archiving"].status is health.Status.OK
 
 
@@ -181,7 +173,7 @@ def test_a_standby_that_receives_nothing_is_critical(pair: StreamingPair) -> Non
         standby.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(dead)))
         standby.execute("SELECT pg_reload_conf()")
         try:
-            wait_until(
+            wait_for(
                 lambda: not replication.standby_replay(standby, datetime.now(UTC)).streaming,
                 "the WAL receiver to stop",
             )
@@ -194,7 +186,7 @@ def test_a_standby_that_receives_nothing_is_critical(pair: StreamingPair) -> Non
                 sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo))
             )
             standby.execute("SELECT pg_reload_conf()")
-        wait_until(
+        wait_for(
             lambda: replication.standby_replay(standby, datetime.now(UTC)).streaming,
             "the WAL receiver to stream again",
         )
