@@ -11,11 +11,16 @@
 * **On a standby, how far behind is replay?** :func:`standby_replay`: WAL received and not
   replayed, the time since the last replayed transaction, paused replay, the WAL receiver.
 
+* **May this session write?** The guard (:func:`writable`, :func:`require_primary`,
+  :func:`standby_skip`), asked by every writer before it writes anything.
+* **Should a bulk job wait?** The :class:`Pacer`, before each batch.
+
 ``health`` grades these (:func:`check_replication_lag`, :func:`check_replication_slots`,
-:func:`check_wal_archiving`, registered in :mod:`kronos_db.reports.health`), ``report
-replication`` shows them, the pacing of bulk jobs and the standby guard ask them. Every query
-runs through :mod:`kronos_db.reports.runner` (its own short transaction, ``statement_timeout``
-and ``lock_timeout`` set LOCAL); what a role may not see is said, with the GRANT that fixes it.
+:func:`check_wal_archiving`, registered in :mod:`kronos_db.reports.health`) and ``report
+replication`` shows them: their queries run through :mod:`kronos_db.reports.runner` (a short
+transaction of their own, ``statement_timeout`` and ``lock_timeout`` set LOCAL). The guard and
+the pacer ask one cheap question in one round trip on the job's own connection, before every
+job and every batch. What a role may not see is said, with the GRANT that fixes it.
 """
 
 from __future__ import annotations
