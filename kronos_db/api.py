@@ -142,10 +142,11 @@ def partition_status(source: Source, settings: Settings, *, now: datetime) -> Pa
 # --------------------------------------------------------------------------- housekeeping
 
 
-def _options(settings: Settings, dry_run: bool) -> Any:
-    from kronos_db.housekeeping import BatchOptions
+def _options(conn: psycopg.Connection[Any], settings: Settings, job: str, dry_run: bool) -> Any:
+    from kronos_db.housekeeping import job_options
 
-    return BatchOptions.from_settings(settings.housekeeping, dry_run=dry_run)
+    # as the command line: [housekeeping]'s batches, [replication]'s standby rule and pacing
+    return job_options(conn, settings, job, dry_run=dry_run)
 
 
 def expire_sessions(
@@ -166,7 +167,7 @@ def expire_sessions(
             conn,
             now,
             idle_timeout=settings.housekeeping.session_idle_timeout,
-            options=_options(settings, dry_run),
+            options=_options(conn, settings, "expire-sessions", dry_run),
             on_progress=on_progress,
         ),
     )
@@ -186,7 +187,10 @@ def expire_cache(
     return _on_connection(
         source,
         lambda conn: housekeeping.expire_cache(
-            conn, now, options=_options(settings, dry_run), on_progress=on_progress
+            conn,
+            now,
+            options=_options(conn, settings, "expire-cache", dry_run),
+            on_progress=on_progress,
         ),
     )
 
@@ -208,7 +212,7 @@ def reset_rate_limits(
             conn,
             now,
             older_than=settings.housekeeping.ratelimit_window,
-            options=_options(settings, dry_run),
+            options=_options(conn, settings, "reset-ratelimits", dry_run),
             on_progress=on_progress,
         ),
     )
@@ -247,7 +251,7 @@ def requeue_stuck(
             now,
             older_than=settings.housekeeping.stuck_after,
             max_attempts=settings.housekeeping.max_attempts,
-            options=_options(settings, dry_run),
+            options=_options(conn, settings, "requeue-stuck", dry_run),
             on_progress=on_progress,
         ),
     )
@@ -270,7 +274,7 @@ def purge_processed(
             conn,
             now,
             older_than=settings.housekeeping.purge_after,
-            options=_options(settings, dry_run),
+            options=_options(conn, settings, "purge-processed", dry_run),
             on_progress=on_progress,
         ),
     )
