@@ -379,8 +379,12 @@ def test_two_concurrent_runs_leave_the_state_of_one_run(
     _seed(conn, job)
     options = BatchOptions(batch_size=20, pause=timedelta(milliseconds=5))
     results = _run_twice_at_once(database, JOBS[job], options)
-    assert sorted(r.skipped for r in results) == [False, True], "the second run must step aside"
-    assert sum(r.rows for r in results) == ROWS // 2
+    # Whether the two runs overlap depends on the machine's load (a time-sized batch may finish
+    # the job before the other thread connects): either the second stepped aside or it came
+    # after and found nothing left. Stepping aside itself is shown deterministically by
+    # test_a_second_overlapping_run_does_nothing, which holds the lease while a run starts.
+    assert not all(r.skipped for r in results), "one of the runs must do the work"
+    assert sum(r.rows for r in results) == ROWS // 2, "each row is done exactly once"
     assert _state(conn, job) == expected
 
 
