@@ -703,6 +703,21 @@ def _require_decisions(
         raise AdoptionBlockedError("nothing was changed: " + "; ".join(problems))
 
 
+def _draining(settings: Settings) -> Settings:
+    """The rotation settings that drain the old logs out of the default partition.
+
+    Each rescue ends with an attach that checks the default partition under a lock inserts
+    wait on, and the adopted default partition holds the whole old table: that check takes
+    longer than ``[partitions] hold_timeout`` (50 ms, sized for a few late rows), and every
+    rescue would give up. The adoption's own rotation may hold that lock as long as any of its
+    steps, ``[adopt] lock_timeout``; cron's rotations keep their budget.
+    """
+    hold = max(settings.partitions.hold_timeout, settings.adopt.lock_timeout)
+    return dataclasses.replace(
+        settings, partitions=dataclasses.replace(settings.partitions, hold_timeout=hold)
+    )
+
+
 def apply(
     settings: Settings,
     target: db.Target,
@@ -772,7 +787,7 @@ def apply(
     rotation_failed: tuple[Any, ...] = ()
     if rotate:
         notify("moving the old logs out of the default partition (partitions rotate)")
-        rotation = partitions.rotate(target, settings, now, notify=notify)
+        rotation = partitions.rotate(target, _draining(settings), now, notify=notify)
         rotation_steps, rotation_failed = rotation.steps, rotation.failed
     rotation_done = time.monotonic()
     report = schema.check(settings, target, notify=notify)
