@@ -169,13 +169,17 @@ def run(
     totals: Totals,
     detail: str | None = None,
     on_progress: ProgressCallback | None = None,
+    where: Callable[[], str] | None = None,
 ) -> Totals:
     """Run ``step(size)`` batch after batch until one says it was the last.
 
     The one batch loop of kronos-db: ``policy.before_batch`` runs before each batch (pacing;
     it may ask for smaller batches), ``policy.pause`` after each one, and each batch's duration
-    sizes the next.
+    sizes the next. After each batch the step under way (:func:`kronos_db.logs.current_step`)
+    is told how far it is: ``where()`` when given ("page 1200 of 26800"), then the rows and
+    batches so far.
     """
+    current = logs.current_step()
     while True:
         if policy.before_batch is not None:
             share = policy.before_batch()
@@ -194,11 +198,49 @@ def run(
         )
         if on_progress is not None:
             on_progress(totals.rows, totals.batches)
+        if current is not None:
+            place = f"{where()} · " if where is not None else ""
+            current.progress(
+                totals.rows, detail=f"{place}{totals.rows:,} rows, {totals.batches} batches"
+            )
         if batch.last:
             return totals
         sizer.observe(batch, seconds)
         if policy.pause:
             time.sleep(policy.pause.total_seconds())
+
+
+class TimedBatches:
+    """Batch sizes by time for a loop of someone else's: the ``BatchSizer`` of a partition move.
+
+    ``next_size()`` (called before each batch: it runs ``policy.before_batch`` first) gives the
+    rows the next batch should take so that it lasts about ``policy.duration``; ``record()``
+    (after each batch) says how many it took and how long that was, and tells the step under way
+    how far it is.
+    """
+
+    def __init__(self, policy: BatchPolicy, *, initial: int = 1000) -> None:
+        self.policy = policy
+        self.sizer = Sizer(policy, initial=policy.rows or initial)
+        self.totals = Totals()
+        self.current = logs.current_step()
+
+    def next_size(self) -> int:
+        if self.policy.before_batch is not None:
+            share = self.policy.before_batch()  # pacing, as in run()
+            if share is not None and share < 1:
+                self.sizer.shrink(share)
+        return self.sizer.size
+
+    def record(self, rows: int, seconds: float) -> None:
+        batch = Batch(units=self.sizer.size, rows=rows)
+        self.totals.add(batch, seconds)
+        if self.current is not None:
+            self.current.progress(
+                self.totals.rows,
+                detail=f"{self.totals.rows:,} rows, {self.totals.batches} batches",
+            )
+        self.sizer.observe(batch, seconds)
 
 
 def _apply(
@@ -314,7 +356,15 @@ def physical_pass(
             locks=_locks(relation, policy),
             log=logger,
         ):
-            run(step, policy, sizer=sizer, totals=totals, detail=detail, on_progress=on_progress)
+            run(
+                step,
+                policy,
+                sizer=sizer,
+                totals=totals,
+                detail=detail,
+                on_progress=on_progress,
+                where=lambda: f"page {min(cursor, end):,} of {end:,}",
+            )
         logger.info("%s: %s: %d rows", relation, label, totals.rows - rows)
 
     walk("physical pass")
@@ -470,6 +520,7 @@ __all__ = [
     "BatchPolicy",
     "ProgressCallback",
     "Sizer",
+    "TimedBatches",
     "Totals",
     "delete_before",
     "keyset_pass",

@@ -12,7 +12,9 @@ database; a program using the library can do the same with :func:`current_steps`
             ...
 
 A step logs its duration at INFO when it ends (``-v`` shows it), with the locks it took when
-the caller names them.
+the caller names them. Observers (:func:`observed`) are told when a step starts, progresses
+(:meth:`Step.progress`) and ends: the CLI draws a progress line on a terminal for any step
+that runs over a second, whatever library code it is in.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 logger = logging.getLogger("kronos_db")
 
@@ -34,7 +37,7 @@ _steps: contextvars.ContextVar[tuple[Step, ...]] = contextvars.ContextVar(
 _interrupted: list[tuple[Step, str]] = []
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Step:
     """A step under way: what it does, since when, and the state an interruption leaves."""
 
@@ -43,6 +46,9 @@ class Step:
     job: str | None
     interrupted: Callable[[], str] | None = None
     locks: str = ""
+    done: float = 0  # progress, in the step's own unit
+    total: float | None = None
+    detail: str = ""  # how far it is, for people: "240000 rows, 12 batches"
 
     @property
     def seconds(self) -> float:
@@ -51,6 +57,43 @@ class Step:
     def state(self) -> str:
         """What an interruption now would leave behind (empty when the step says nothing)."""
         return self.interrupted() if self.interrupted is not None else ""
+
+    def progress(self, done: float, *, total: float | None = None, detail: str = "") -> None:
+        """Tell the observers how far the step is."""
+        self.done, self.detail = done, detail
+        if total is not None:
+            self.total = total
+        for observer in tuple(_observers):
+            observer.step_progressed(self)
+
+
+class StepObserver(Protocol):
+    """Told of every step: the CLI's progress lines are one."""
+
+    def step_started(self, step: Step) -> None: ...
+
+    def step_progressed(self, step: Step) -> None: ...
+
+    def step_finished(self, step: Step) -> None: ...
+
+
+_observers: list[StepObserver] = []
+
+
+@contextmanager
+def observed(observer: StepObserver) -> Iterator[StepObserver]:
+    """``observer`` is told of every step started in the block (in any thread)."""
+    _observers.append(observer)
+    try:
+        yield observer
+    finally:
+        _observers.remove(observer)
+
+
+def current_step() -> Step | None:
+    """The innermost step under way, if any: where a loop reports its progress."""
+    steps = _steps.get()
+    return steps[-1] if steps else None
 
 
 def current_job() -> str | None:
@@ -94,6 +137,8 @@ def step(
     state = (lambda: interrupted) if isinstance(interrupted, str) else interrupted
     current = Step(description, time.monotonic(), _job.get(), state, locks)
     token = _steps.set((*_steps.get(), current))
+    for observer in tuple(_observers):
+        observer.step_started(current)
     try:
         yield current
     except KeyboardInterrupt:
@@ -101,6 +146,8 @@ def step(
         raise
     finally:
         _steps.reset(token)
+        for observer in tuple(_observers):
+            observer.step_finished(current)
     where = f" ({locks})" if locks else ""
     (log or logger).info(
         "%s: %.0f ms%s",
@@ -127,9 +174,12 @@ class JobFilter(logging.Filter):
 __all__ = [
     "JobFilter",
     "Step",
+    "StepObserver",
     "current_job",
+    "current_step",
     "current_steps",
     "interrupted_steps",
     "job",
+    "observed",
     "step",
 ]

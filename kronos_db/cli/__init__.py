@@ -30,6 +30,8 @@ from kronos_db.cli.common import (
     error,
     output,
     redact,
+    start_progress,
+    stop_progress,
 )
 from kronos_db.errors import ExitCode, KronosError
 
@@ -250,6 +252,7 @@ def root(
             f"expected text or json, got {log_format!r}", param_hint="--log-format"
         )
     configure_logging(verbose, quiet=quiet, log_format=log_format)
+    start_progress()
 
 
 # What an interruption leaves behind, per command, when no step of the library said more.
@@ -331,6 +334,13 @@ def main() -> None:
     """Entry point of the ``kronos-db`` script."""
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, _on_signal)
+    try:
+        _main()
+    finally:
+        stop_progress()
+
+
+def _main() -> None:
     try:
         # the program's name, however it was started (completion is keyed on it)
         code = app(prog_name="kronos-db", standalone_mode=False)

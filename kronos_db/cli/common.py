@@ -26,7 +26,7 @@ from kronos_db.durations import format_duration, parse_duration
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from kronos_db import db
+    from kronos_db import db, logs
 
 
 class LazyConsole:
@@ -262,6 +262,19 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now: Rich swaps it while a progress line is drawn,
+    so that log lines go above the line instead of through it."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _timestamp(record: logging.LogRecord) -> str:
     moment = datetime.fromtimestamp(record.created, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -325,7 +338,7 @@ def configure_logging(
         formatter = TextFormatter()
     else:
         formatter = HumanFormatter()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(formatter)
     handler.addFilter(_RedactingFilter())
     from kronos_db.logs import JobFilter
@@ -354,110 +367,101 @@ def ensure_logging() -> None:
         configure_logging(log_format=os.environ.get("KRONOS_LOG_FORMAT") or None)
 
 
-class StepProgress:
-    """Progress bars on a terminal's stderr for steps that take more than ``delay`` seconds.
+class TerminalSteps:
+    """Progress lines on a terminal's stderr for the library's steps that run over a second.
 
-    Nothing is drawn (and Rich is not imported) when ``enabled`` is false (no terminal, --json,
-    --quiet) or before a step has run for ``delay`` seconds, so quick steps and cron runs stay
-    silent. Steps are keyed by name; ``update`` may come from the library's progress callbacks.
+    An observer of :mod:`kronos_db.logs`: any step of any job (a physical pass, a partition's
+    move, pg_dump, an adoption) that is still running after ``delay`` seconds gets a line with a
+    spinner, what it is doing, how far it is and for how long; it goes when the step ends. Made
+    only on a terminal and without --quiet or --log-format (cron sees nothing), and Rich is
+    imported only when a line is drawn.
     """
 
-    def __init__(self, enabled: bool, *, delay: float = 1.0, unit: str = "rows") -> None:
-        self.enabled = enabled
+    def __init__(self, *, delay: float = 1.0) -> None:
         self.delay = delay
-        self.unit = unit
         self._lock = threading.Lock()
-        self._steps: dict[str, _Step] = {}
+        self._timers: dict[int, threading.Timer] = {}
+        self._tasks: dict[int, Any] = {}
         self._progress: Any = None
 
-    def __enter__(self) -> StepProgress:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
+    def step_started(self, step: logs.Step) -> None:
+        timer = threading.Timer(self.delay, self._show, args=(step,))
+        timer.daemon = True
         with self._lock:
-            for step in self._steps.values():
-                if step.timer is not None:
-                    step.timer.cancel()
-            self._steps.clear()
-            if self._progress is not None:
-                self._progress.stop()
-                self._progress = None
+            self._timers[id(step)] = timer
+        timer.start()
 
-    def start(self, name: str, description: str, total: float | None = None) -> None:
-        if not self.enabled:
-            return
-        step = _Step(description, total)
+    def step_progressed(self, step: logs.Step) -> None:
         with self._lock:
-            self._steps[name] = step
-        step.timer = threading.Timer(self.delay, self._show, args=(name,))
-        step.timer.daemon = True
-        step.timer.start()
-
-    def update(
-        self, name: str, completed: float, *, total: float | None = None, detail: str = ""
-    ) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            step = self._steps.get(name)
-            if step is None:
-                return
-            step.completed, step.detail = completed, detail
-            if total is not None:
-                step.total = total
-            if step.task is not None:
+            task = self._tasks.get(id(step))
+            if task is not None:
                 self._progress.update(
-                    step.task, completed=completed, total=step.total, detail=detail
+                    task, completed=step.done, total=step.total, detail=step.detail
                 )
 
-    def finish(self, name: str) -> None:
-        if not self.enabled:
-            return
+    def step_finished(self, step: logs.Step) -> None:
         with self._lock:
-            step = self._steps.pop(name, None)
-            if step is None:
-                return
-            if step.timer is not None:
-                step.timer.cancel()
-            if step.task is not None:
-                self._progress.remove_task(step.task)
+            timer = self._timers.pop(id(step), None)
+            if timer is not None:
+                timer.cancel()
+            task = self._tasks.pop(id(step), None)
+            if task is not None:
+                self._progress.remove_task(task)
 
-    def _show(self, name: str) -> None:
+    def _show(self, step: logs.Step) -> None:
         with self._lock:
-            step = self._steps.get(name)
-            if step is None:
-                return
+            if id(step) not in self._timers:
+                return  # finished meanwhile
             if self._progress is None:
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    SpinnerColumn,
-                    TextColumn,
-                    TimeElapsedColumn,
-                )
+                from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
                 self._progress = Progress(
                     SpinnerColumn(),
                     TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn(self.unit + " {task.fields[detail]}"),
+                    TextColumn("[dim]{task.fields[detail]}"),
                     TimeElapsedColumn(),
                     console=stderr.console,
                     transient=True,
                 )
                 self._progress.start()
-            step.task = self._progress.add_task(
-                step.description, total=step.total, completed=step.completed, detail=step.detail
+            self._tasks[id(step)] = self._progress.add_task(
+                step.description, total=step.total, completed=step.done, detail=step.detail
             )
 
+    def stop(self) -> None:
+        with self._lock:
+            for timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
+            self._tasks.clear()
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
 
-@dataclasses.dataclass
-class _Step:
-    description: str
-    total: float | None
-    completed: float = 0
-    detail: str = ""
-    task: Any = None
-    timer: threading.Timer | None = None
+
+_terminal_steps: TerminalSteps | None = None
+
+
+def start_progress() -> None:
+    """Progress lines for long steps, when stderr is a terminal a person reads."""
+    global _terminal_steps
+    if _terminal_steps is not None or output.quiet or output.log_format is not None:
+        return
+    if not stderr.is_terminal:
+        return
+    from kronos_db import logs
+
+    _terminal_steps = TerminalSteps()
+    logs._observers.append(_terminal_steps)
+
+
+def stop_progress() -> None:
+    global _terminal_steps
+    if _terminal_steps is None:
+        return
+    from kronos_db import logs
+
+    _terminal_steps.stop()
+    if _terminal_steps in logs._observers:
+        logs._observers.remove(_terminal_steps)
+    _terminal_steps = None

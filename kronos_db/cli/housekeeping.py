@@ -21,13 +21,11 @@ from kronos_db.cli.common import (
     DatabaseUrlOption,
     JsonOption,
     NowOption,
-    StepProgress,
     emit_json,
     is_terminal,
     notify,
     parse_now,
     settings_for,
-    stderr,
     stdout,
     target_for,
 )
@@ -126,14 +124,10 @@ def _run_job(
     job: Callable[[BatchOptions, ProgressCallback | None], JobResult],
     options: BatchOptions,
 ) -> None:
-    """Run a job with the output every housekeeping command shares."""
-    with StepProgress(stderr.is_terminal and not json and not dry_run) as progress:
-        progress.start(description, description)
-
-        def update(rows: int, batches: int) -> None:
-            progress.update(description, rows, detail=f"· {batches} batches")
-
-        result = job(options, update if progress.enabled else None)
+    """Run a job with the output every housekeeping command shares (its progress on a terminal
+    comes from the library's steps, see ``TerminalSteps``)."""
+    del description
+    result = job(options, None)
     _report(result, json)
 
 

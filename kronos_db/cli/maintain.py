@@ -17,12 +17,11 @@ from kronos_db.cli.common import (
     DatabaseUrlOption,
     JsonOption,
     NowOption,
-    StepProgress,
     emit_json,
     is_terminal,
     notify,
+    output,
     parse_now,
-    stderr,
     stdout,
     target_for,
 )
@@ -80,33 +79,18 @@ def maintain(
     settings = _settings(config, batch_time, batch_size, pause)
     target = target_for(database_url, settings)
     moment = parse_now(now)
-    with StepProgress(stderr.is_terminal and not json) as progress:
 
-        def on_start(entry: maintenance.MaintenanceJob) -> None:
-            progress.start(entry.name, entry.name)
+    def on_done(outcome: maintenance.JobOutcome) -> None:
+        if json:
+            return
+        if outcome.status == "failed":
+            notify(outcome.summary())
+        elif (outcome.rows or dry_run or is_terminal()) and not output.quiet:
+            stdout.print(outcome.summary(), markup=False)
 
-        def on_progress(entry: maintenance.MaintenanceJob, rows: int, batches: int) -> None:
-            progress.update(entry.name, rows, detail=f"· {batches} batches")
-
-        def on_done(outcome: maintenance.JobOutcome) -> None:
-            progress.finish(outcome.job)
-            if json:
-                return
-            if outcome.status == "failed":
-                notify(outcome.summary())
-            elif outcome.rows or dry_run or is_terminal():
-                stdout.print(outcome.summary(), markup=False)
-
-        report = maintenance.run_maintenance(
-            target,
-            settings,
-            moment,
-            jobs=selected,
-            dry_run=dry_run,
-            on_start=on_start,
-            on_progress=on_progress,
-            on_done=on_done,
-        )
+    report = maintenance.run_maintenance(
+        target, settings, moment, jobs=selected, dry_run=dry_run, on_done=on_done
+    )
     if metrics is not None and dry_run:
         notify(f"dry run: {metrics} left as it was (a dry run is not a run to report)")
     elif metrics is not None:
