@@ -373,11 +373,16 @@ class PartitionSettings:
         "Total time one run may spend retrying locks; then the steps still blocked fail "
         "(exit 4) and the next run tries again.",
     )
+    move_batch_time: timedelta = setting(
+        timedelta(milliseconds=25),
+        "Target duration of one statement when rows move out of the default partition: each "
+        "is sized from the previous ones' (all the rows of a range move in the transaction "
+        "that attaches their partition).",
+    )
     move_batch_size: int = setting(
-        10_000,
-        "Rows per statement when rows move out of the default partition (all the rows of a "
-        "range move in the transaction that attaches their partition).",
-        minimum=1,
+        0,
+        "Rows per statement of a move, fixed, instead of sizing by move_batch_time (0: by time).",
+        minimum=0,
     )
     coverage_warning: int = setting(
         3, "status: WARNING when fewer partitions than this are ready ahead of now.", minimum=0

@@ -60,7 +60,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import class_row
 
-from kronos_db import backups, db, locks, replication, roles
+from kronos_db import backups, batching, db, locks, logs, replication, roles
 from kronos_db.config import PartitionSettings, Settings, require_lock_timeout
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
@@ -533,6 +533,21 @@ def resolve_policy(conn: psycopg.Connection[Any], settings: PartitionSettings) -
 
 
 ActionKind = Literal["finalize", "resume", "adopt", "rescue", "create", "retire", "unguard"]
+
+
+# What each kind of step locks, for -v (docs/partitions.md has the whole budget)
+STEP_LOCKS: dict[str, str] = {
+    "create": "ACCESS SHARE on the parent to build; SHARE ROW EXCLUSIVE on the parent (inserts "
+    "wait) and ACCESS EXCLUSIVE on the default partition to attach, within hold_timeout",
+    "rescue": "ROW EXCLUSIVE on the default partition while rows move (inserts and reads go "
+    "on); then the attach's locks, within hold_timeout",
+    "adopt": "ACCESS EXCLUSIVE on the stray table; then the attach's locks, within hold_timeout",
+    "retire": "ACCESS EXCLUSIVE on the parent and the default partition within hold_timeout "
+    "(SHARE UPDATE EXCLUSIVE on the parent for a concurrent detach); then the detached table's",
+    "finalize": "SHARE UPDATE EXCLUSIVE on the parent (DETACH … FINALIZE)",
+    "resume": "ACCESS EXCLUSIVE on the detached table only",
+    "unguard": "ACCESS EXCLUSIVE on the default partition, within hold_timeout",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1168,6 +1183,14 @@ class PacedBatches:
         self.inner.record(rows, seconds)
 
 
+def default_batch_sizer(options: PartitionSettings) -> BatchSizer:
+    """``move_batch_size`` rows per statement, or (0, the default) as many as take about
+    ``move_batch_time``: the batches of every kronos-db job are sized the same way."""
+    if options.move_batch_size:
+        return FixedBatches(options.move_batch_size)
+    return batching.TimedBatches(batching.BatchPolicy(duration=options.move_batch_time))
+
+
 def _paced(
     make: Callable[[], BatchSizer], pacer: Callable[[], float | None]
 ) -> Callable[[], BatchSizer]:
@@ -1528,7 +1551,7 @@ class _Rotation:
         self.started = time.monotonic() if started is None else started
         # the run's budget for retrying locks, shared by every step
         self.deadline = self.started + self.options.budget.total_seconds()
-        self.batch_sizer = batch_sizer or (lambda: FixedBatches(self.options.move_batch_size))
+        self.batch_sizer = batch_sizer or (lambda: default_batch_sizer(self.options))
         self.columns = _columns(conn, parent)
         self.log: list[str] = []
 
@@ -1587,7 +1610,14 @@ class _Rotation:
         runner = self.runner()
         started = time.monotonic()
         try:
-            extra = work(runner)
+            with logs.step(
+                action.describe(),
+                interrupted="the step's transaction is rolled back: its rows and tables are as "
+                "they were; the next run carries on",
+                locks=STEP_LOCKS.get(action.kind, ""),
+                log=logger,
+            ):
+                extra = work(runner)
         except (KronosError, psycopg.Error) as exc:
             error = exc if isinstance(exc, KronosError) else translate_database_error(exc)
             self.notify(f"{action.describe()}: failed: {error.message}")
@@ -2088,10 +2118,10 @@ def rotate(
     another run holds it, returns at once with ``skipped=True`` having done nothing. A failed
     step is reported in the result and does not stop the independent ones. ``dry_run`` runs
     nothing and returns, in ``statements``, the SQL it would run. ``batch_sizer`` makes the
-    sizer of each move's batches (default: ``move_batch_size`` rows each); ``pacer`` clears
-    each batch (default: one from ``[replication]``, see kronos_db.replication). On a standby
-    it is skipped (``skipped``, with the ``reason``), or fails with ``on_standby = "fail"``;
-    a dry run only reads, so it runs there.
+    sizer of each move's batches (default: sized by ``move_batch_time``, or ``move_batch_size``
+    rows each); ``pacer`` clears each batch (default: one from ``[replication]``, see
+    kronos_db.replication). On a standby it is skipped (``skipped``, with the ``reason``), or
+    fails with ``on_standby = "fail"``; a dry run only reads, so it runs there.
     """
     options = settings.partitions
     require_lock_timeout(options.lock_timeout, "partitions.lock_timeout")
@@ -2135,9 +2165,7 @@ def rotate(
         if pacer is None:
             pacer = replication.pacer(conn, settings.replication, "partitions rotate")
         if pacer is not None:
-            batch_sizer = _paced(
-                batch_sizer or (lambda: FixedBatches(options.move_batch_size)), pacer
-            )
+            batch_sizer = _paced(batch_sizer or (lambda: default_batch_sizer(options)), pacer)
     with lease as acquired:
         if not acquired:
             return RotationResult(parent.qualified, policy.backend, now, dry_run, True, (), ())
