@@ -18,7 +18,9 @@ Other jobs (the log partition archiver) record their files with :func:`record_ba
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import logging
 import os
 import secrets
 import subprocess
@@ -35,9 +37,9 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from kronos_db import db, locks, replication
+from kronos_db import db, locks, logs, replication
 from kronos_db.config import Settings
-from kronos_db.durations import postgres_interval
+from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
     BackupError,
     BackupVerificationError,
@@ -59,6 +61,8 @@ _READ_CHUNK = 1024 * 1024
 # pg_restore sets search_path and other session settings once, then restores in many
 # transactions: behind a transaction pooler those land on other server connections
 RESTORE_NEEDS_A_SESSION = "pg_restore sets session settings once for all its transactions"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,7 +412,23 @@ def _backup_directory(settings: Settings, directory: str | Path | None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BackupError(f"cannot create the backup directory {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):  # a read-only mount, or another user's directory
+        reason = os.strerror(errno.EROFS) if _read_only(path) else "permission denied"
+        raise BackupError(f"cannot write to the backup directory {path}: {reason}")
     return path
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def _remove_partial(partial: Path) -> None:
+    """Remove a half-written dump, never letting the cleanup hide the failure that led here
+    (on a read-only file system even removing a missing file fails)."""
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("could not remove %s: %s", partial, exc.strerror)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -503,11 +523,25 @@ def create_backup(
         libpq = libpq_for(target)
 
         def report() -> None:
-            if progress is not None and partial.exists():
-                progress(partial.stat().st_size)
+            if partial.exists():
+                size = partial.stat().st_size
+                if progress is not None:
+                    progress(size)
+                if (current := logs.current_step()) is not None:
+                    current.progress(size, detail=f"{size / 1048576:,.1f} MB")
 
         try:
-            with _exported_snapshot(target, settings) as (snapshot_conn, snapshot):
+            with (
+                logs.step(
+                    f"pg_dump {database} to {partial.name}",
+                    interrupted="the partial dump file is removed and nothing is recorded",
+                    locks="ACCESS SHARE on every table it dumps (waiting at most "
+                    f"{format_duration(settings.backups.lock_wait_timeout)}), and a snapshot "
+                    "held until it ends",
+                    log=logger,
+                ),
+                _exported_snapshot(target, settings) as (snapshot_conn, snapshot),
+            ):
                 arguments = [
                     program,
                     "--format=custom",
@@ -528,13 +562,18 @@ def create_backup(
                     process.communicate()
                     raise
                 _wait_tool(process, target, while_running=report)
-            digest = _sync_and_digest(partial)
-            if progress is not None:
-                progress(digest.size_bytes)
-            os.rename(partial, final)
-            _fsync_directory(folder)
+            with logs.step(
+                f"fsync, SHA-256 and rename to {final.name}",
+                interrupted="the partial dump file is removed and nothing is recorded",
+                log=logger,
+            ):
+                digest = _sync_and_digest(partial)
+                if progress is not None:
+                    progress(digest.size_bytes)
+                os.rename(partial, final)
+                _fsync_directory(folder)
         except BaseException:
-            partial.unlink(missing_ok=True)
+            _remove_partial(partial)
             raise
         seconds = time.monotonic() - started
         try:

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger("kronos_db")
 
@@ -158,6 +158,15 @@ def step(
     )
 
 
+def locks_held(conn: Any) -> str:
+    """The table-level locks the session of ``conn`` (a psycopg connection) holds now, for a log
+    line: ``AccessExclusiveLock on backups; RowExclusiveLock on kronos_migrations``."""
+    from kronos_db.resources import query
+
+    rows = conn.execute(query("logs", "select_locks_held")).fetchall()
+    return "; ".join(f"{mode} on {relations}" for mode, relations in rows) or "none"
+
+
 class JobFilter(logging.Filter):
     """Sets ``record.job`` to the job under way (or ``default``) on every record."""
 
@@ -180,6 +189,7 @@ __all__ = [
     "current_steps",
     "interrupted_steps",
     "job",
+    "locks_held",
     "observed",
     "step",
 ]

@@ -45,7 +45,7 @@ from alembic.util import CommandError
 from psycopg import sql
 from sqlalchemy.pool import NullPool
 
-from kronos_db import db, locks, replication
+from kronos_db import db, locks, logs, replication
 from kronos_db.config import Settings, load_settings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import (
@@ -181,6 +181,7 @@ class AppliedStep:
     direction: str  # "upgrade" or "downgrade"
     description: str
     seconds: float
+    locks: str = ""  # the table locks its transaction held at its end (-v logs them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,16 +307,31 @@ class MigrationRun:
             if self.lease is not None:
                 # last statement before Alembic commits the revision: still our lease?
                 self.lease.fence(_driver(ctx.connection))
+        held = ""
+        if not ctx.as_sql and ctx.connection is not None and logger.isEnabledFor(logging.INFO):
+            held = logs.locks_held(_driver(ctx.connection))  # before Alembic commits
         now = time.monotonic()
-        self.steps.append(
-            AppliedStep(
-                revision=str(revision),
-                direction="upgrade" if step.is_upgrade else "downgrade",
-                description=(script.doc or "").strip(),
-                seconds=now - self._step_started,
-            )
+        applied = AppliedStep(
+            revision=str(revision),
+            direction="upgrade" if step.is_upgrade else "downgrade",
+            description=(script.doc or "").strip(),
+            seconds=now - self._step_started,
+            locks=held,
         )
+        self.steps.append(applied)
         self._step_started = now
+        logger.info(
+            "%s %s (%s): %.0f ms; locks on tables at its commit: %s",
+            applied.direction,
+            applied.revision,
+            applied.description,
+            applied.seconds * 1000,
+            held or "none (no transaction)",
+            extra={
+                "step": f"{applied.direction} {applied.revision}",
+                "duration_ms": round(applied.seconds * 1000, 1),
+            },
+        )
 
 
 def sqlalchemy_engine(target: db.Target) -> sqlalchemy.Engine:

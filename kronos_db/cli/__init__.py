@@ -228,7 +228,10 @@ def root(
     quiet: Annotated[
         bool,
         typer.Option(
-            "--quiet", "-q", help="Print only errors on stderr, and no summary on stdout."
+            "--quiet",
+            "-q",
+            help="Print only errors: no notice or warning on stderr, no job summary on stdout "
+            "(data asked for, --json, reports, health, still prints).",
         ),
     ] = False,
     log_format: Annotated[
@@ -289,7 +292,8 @@ def _interruption(signal_name: str) -> str:
                 if part
             )
         )
-        state = next((state for _, state in steps if state), "")
+        # what each step left, innermost first ("page 8 of 34 reached…; 12 rows done…")
+        state = "; ".join(dict.fromkeys(state for _, state in steps if state))
         seconds = max(step.seconds for step, _ in steps)
     else:
         what = output.command or "kronos-db"

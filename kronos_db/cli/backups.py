@@ -21,7 +21,6 @@ from kronos_db.cli.common import (
     notify,
     parse_now,
     settings_for,
-    stderr,
     stdout,
     target_for,
 )
@@ -72,33 +71,8 @@ def create(
     settings = settings_for(config)
     target = target_for(database_url, settings)
     moment = parse_now(now)
-    if stderr.is_terminal and not json:
-        from rich.progress import (
-            DownloadColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TransferSpeedColumn,
-        )
-
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("pg_dump {task.description}"),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=stderr.console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(target.dbname, total=None)
-            backup = backups.create_backup(
-                target,
-                settings,
-                now=moment,
-                directory=directory,
-                progress=lambda size: bar.update(task, completed=size),
-            )
-    else:
-        backup = backups.create_backup(target, settings, now=moment, directory=directory)
+    # a terminal shows pg_dump's progress (TerminalSteps), cron nothing
+    backup = backups.create_backup(target, settings, now=moment, directory=directory)
     if backup is None:
         notify("another `backup create` is running on this database: nothing done")
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,8 +31,12 @@ from kronos_db.cli.common import (
     stdout,
     target_for,
 )
+from kronos_db.config import Settings
+from kronos_db.durations import format_duration
 from kronos_db.errors import KronosError
 from kronos_db.reports import health
+
+logger = logging.getLogger(__name__)
 
 
 class HealthFormat(enum.StrEnum):
@@ -120,6 +125,7 @@ def health_command(
         if json or output_format is HealthFormat.json:
             emit_json({"status": "UNKNOWN", "exit_code": 3, "error": exc.message, "checks": []})
         raise typer.Exit(int(health.Status.UNKNOWN)) from None
+    _log_checks(report, settings)
     if html_file is not None:
         from kronos_db.reports.html import render_html
 
@@ -139,6 +145,26 @@ def health_command(
     else:
         _print_health(report)
     raise typer.Exit(int(report.status))
+
+
+def _log_checks(report: health.HealthReport, settings: Settings) -> None:
+    """-v: each check with its verdict, its duration and what it locks."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    locks = (
+        f"reads only (ACCESS SHARE), each check in a transaction of its own under lock_timeout "
+        f"{format_duration(settings.health.lock_timeout)} and statement_timeout "
+        f"{format_duration(settings.health.statement_timeout)}"
+    )
+    logger.info("%d checks: %s", len(report.checks), locks)
+    for result in report.checks:
+        logger.info(
+            "check %s: %s in %.0f ms",
+            result.name,
+            result.status.name,
+            result.seconds * 1000,
+            extra={"step": f"check {result.name}", "duration_ms": round(result.seconds * 1000, 1)},
+        )
 
 
 def _print_health(report: health.HealthReport) -> None:

@@ -24,6 +24,7 @@ from kronos_db.cli.common import (
     emit_json,
     is_terminal,
     notify,
+    output,
     parse_now,
     settings_for,
     stdout,
@@ -139,7 +140,7 @@ def _report(result: JobResult, json: bool) -> None:
         if is_terminal():
             notify(result.summary())
         return
-    if result.rows or result.dry_run or is_terminal():
+    if result.dry_run or ((result.rows or is_terminal()) and not output.quiet):
         stdout.print(result.summary(), markup=False)
 
 

@@ -1,0 +1,188 @@
+"""What cron, a log collector and an operator see: log lines, -v, --quiet, Ctrl-C, failures.
+
+Subprocesses, as cron runs them (no terminal): the output is what is tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import REPO, Database, clean_environment, run_cli
+
+NOW = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def expired_sessions(conn: psycopg.Connection[Any], count: int) -> None:
+    conn.execute(
+        "INSERT INTO sessions (token, expires_at, last_active_at)"
+        " SELECT 'op-' || n, %(past)s, %(now)s FROM generate_series(1, %(n)s) AS n",
+        {"past": NOW - timedelta(hours=1), "now": NOW, "n": count},
+    )
+
+
+def test_log_lines_carry_time_level_and_job(
+    conn: psycopg.Connection[Any], database: Database
+) -> None:
+    expired_sessions(conn, 30)
+    args = ("expire", "sessions", "--now", NOW.isoformat(), "--database-url", database.url)
+    result = run_cli("--log-format", "json", "-v", *args, env={"KRONOS_BACKUP_DIRECTRY": "/x"})
+    assert result.code == 0, result.output
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    assert records
+    for record in records:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
+        assert record["level"] in ("info", "notice", "warning", "error")
+        assert record["job"]
+    warning = next(r for r in records if r["level"] == "warning")
+    assert "KRONOS_BACKUP_DIRECTRY" in warning["message"]
+    assert "KRONOS_BACKUPS_DIRECTORY" in warning["message"]
+    steps = [r for r in records if "duration_ms" in r]
+    assert {r["job"] for r in steps} == {"expire-sessions"}
+    assert any("lock_timeout" in r["message"] for r in steps)  # a step says what it locks
+    text = run_cli("--log-format", "text", "-v", *args)
+    assert text.code == 0, text.output
+    for line in text.stderr.splitlines():
+        assert re.match(r"^\d{4}-\d\d-\d\dT\S+Z (INFO|NOTICE|WARNING|ERROR) [a-z-]+: ", line), line
+    # the default, for people: no time, one prefix; errors as one line in every format
+    bad = ("expire", "sessions", "--database-url", "postgresql://nobody@127.0.0.1:1/x")
+    assert run_cli(*bad).stderr.startswith("kronos-db: error: cannot connect")
+    failure = json.loads(run_cli("--log-format", "json", *bad).stderr)
+    assert (failure["level"], failure["exit_code"]) == ("error", 3)
+
+
+def test_verbose_says_each_step_with_its_duration_and_locks(
+    empty_database: Database, tmp_path: Path
+) -> None:
+    migrated = run_cli("-v", "migrate", "0002", "--database-url", empty_database.url)
+    assert migrated.code == 0, migrated.output
+    assert re.search(
+        r"upgrade 0002 \(auth-service: sessions\): \d+ ms; locks on tables at its commit: "
+        r"AccessExclusiveLock on sessions; ShareRowExclusiveLock on users",
+        migrated.stderr,
+    ), migrated.stderr
+    quiet = run_cli("migrate", "0002", "--database-url", empty_database.url)
+    assert quiet.stderr == ""
+    run_cli("migrate", "--database-url", empty_database.url)
+    checks = run_cli("-v", "health", "--check", "connections", "--database-url", empty_database.url)
+    assert re.search(r"check connections: OK in \d+ ms", checks.stderr), checks.output
+    assert "lock_timeout" in checks.stderr
+    dump = run_cli(
+        "-v", "backup", "create", "--directory", str(tmp_path), "--database-url", empty_database.url
+    )
+    assert dump.code == 0, dump.output
+    assert re.search(r"pg_dump \S+ to \S+\.partial: \d+ ms \(ACCESS SHARE on every", dump.stderr)
+
+
+def test_quiet_prints_only_errors(conn: psycopg.Connection[Any], database: Database) -> None:
+    expired_sessions(conn, 5)
+    args = ("expire", "sessions", "--now", NOW.isoformat(), "--database-url", database.url)
+    result = run_cli("-q", *args, env={"KRONOS_NO_SUCH_SETTING": "1"})
+    assert (result.code, result.stdout, result.stderr) == (0, "", "")
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+    loud = run_cli(*args, env={"KRONOS_NO_SUCH_SETTING": "1"})
+    assert "KRONOS_NO_SUCH_SETTING" in loud.stderr  # what -q hid
+    failed = run_cli("-q", "expire", "sessions", "--database-url", "postgresql://x@127.0.0.1:1/x")
+    assert failed.code == 3
+    assert failed.stderr.startswith("kronos-db: error: ")
+
+
+@contextlib.contextmanager
+def started(*args: str) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kronos_db", *args],
+        cwd=REPO,
+        env=clean_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize(("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_job_says_what_it_was_doing_and_what_it_left(
+    signal_number: int, code: int, conn: psycopg.Connection[Any], database: Database
+) -> None:
+    expired_sessions(conn, 40)
+    conn.execute(
+        "INSERT INTO sessions (token, expires_at) SELECT 'ok-' || n, %(later)s"
+        " FROM generate_series(1, 4000) AS n",
+        {"later": NOW + timedelta(days=1)},
+    )
+    conn.execute("ANALYZE sessions")  # 40 of 4040 rows: a walk by key, one row a batch
+    with started(
+        "expire",
+        "sessions",
+        "--batch-size",
+        "1",
+        "--pause",
+        "100ms",
+        "--now",
+        NOW.isoformat(),
+        "--database-url",
+        database.url,
+    ) as process:
+        deadline = time.monotonic() + 30
+        while conn.execute("SELECT count(*) FROM sessions WHERE token LIKE 'op-%%'").fetchone() == (
+            40,
+        ):
+            assert time.monotonic() < deadline, "the job never started deleting"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == code, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    name = signal.Signals(signal_number).name
+    match = re.fullmatch(
+        rf"kronos-db: error: interrupted \({name}\) during expire-sessions > .*, after [\d.]+s: "
+        r".*(?:^|; )(\d+) rows done in \d+ committed batches, nothing half-done; the next run "
+        r"carries on",
+        lines[0],
+    )
+    assert match, lines[0]
+    (left,) = conn.execute("SELECT count(*) FROM sessions WHERE token LIKE 'op-%%'").fetchone()
+    assert int(match.group(1)) == 40 - left  # what it says it did is what it did
+    assert 0 < left < 40
+
+
+def test_a_read_only_backup_directory_is_one_line_and_exit_1(database: Database) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="kronos-ro-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(directory)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        directory.rmdir()
+        pytest.skip(f"cannot mount a read-only file system here: {mounted.stderr.strip()!r}")
+    try:
+        result = run_cli(
+            "backup", "create", "--directory", str(directory), "--database-url", database.url
+        )
+    finally:
+        subprocess.run(["umount", str(directory)], check=False)
+        directory.rmdir()
+    assert result.code == 1, result.output
+    assert "internal error" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"kronos-db: error: cannot write to the backup directory {directory}: Read-only file system"
+    ]
