@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -33,11 +33,27 @@ from kronos_db.errors import ConfigError, UsageError
 from kronos_db.resources import query
 
 SERVICES = ("auth", "user", "log", "cache", "router", "messaging")
+TOOLKIT_ROLES = ("owner", "maintenance", "monitoring")
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 # every privilege aclexplode can report, as the SQL keyword to GRANT/REVOKE it with
 _KEYWORDS: dict[str, sql.SQL] = {
     name: sql.SQL(name)
     for name in (*TABLE_PRIVILEGES, "USAGE", "CREATE", "CONNECT", "TEMPORARY", "MAINTAIN")
+}
+# the object kinds ALTER … OWNER TO takes, as select_objects_not_owned_by names them
+_OBJECT_KINDS: dict[str, sql.SQL] = {
+    name: sql.SQL(name)
+    for name in (
+        "TABLE",
+        "VIEW",
+        "MATERIALIZED VIEW",
+        "FOREIGN TABLE",
+        "SEQUENCE",
+        "FUNCTION",
+        "PROCEDURE",
+        "TYPE",
+        "DOMAIN",
+    )
 }
 ROLES_LOCK = "roles"
 CATALOG_TIMEOUT = timedelta(seconds=30)
@@ -65,15 +81,39 @@ class PartitionPrivileges:
 
 
 @dataclasses.dataclass(frozen=True)
+class ToolkitRole:
+    """A role kronos-db itself runs as: the owner, the maintenance role, the monitoring role."""
+
+    kind: str  # one of TOOLKIT_ROLES
+    role: str
+    description: str
+    login: bool
+    member_of: tuple[str, ...]  # role names
+    tables: Mapping[str, tuple[str, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
 class RoleMapping:
     schema: str
     services: tuple[ServiceRole, ...]
     source: str
     partitions: PartitionPrivileges = PartitionPrivileges()
+    toolkit: tuple[ToolkitRole, ...] = ()
+    extensions: tuple[str, ...] = ()  # what `bootstrap` creates (superuser-only)
 
     @property
     def role_names(self) -> list[str]:
-        return [service.role for service in self.services]
+        """Every role of the mapping: the services', then kronos-db's own."""
+        return [service.role for service in self.services] + [r.role for r in self.toolkit]
+
+    def toolkit_role(self, kind: str) -> ToolkitRole | None:
+        return next((role for role in self.toolkit if role.kind == kind), None)
+
+    @property
+    def owner(self) -> str | None:
+        """The role that owns every object of the schema (None: the mapping names none)."""
+        owner = self.toolkit_role("owner")
+        return owner.role if owner is not None else None
 
 
 def load_mapping(settings: Settings) -> RoleMapping:
@@ -100,11 +140,7 @@ def parse_mapping(data: Mapping[str, Any], prefix: str, source: str) -> RoleMapp
     services = data.get("services")
     if not isinstance(services, dict) or not services:
         raise fail("no [services.<name>] tables")
-    unknown = set(services) - set(SERVICES)
-    if unknown:
-        raise fail(
-            f"unknown service(s) {', '.join(sorted(unknown))} (known: {', '.join(SERVICES)})"
-        )
+    _refuse_unknown(services, SERVICES, "unknown service(s)", fail)
     roles = []
     for name in SERVICES:
         entry = services.get(name)
@@ -120,7 +156,78 @@ def parse_mapping(data: Mapping[str, Any], prefix: str, source: str) -> RoleMapp
         roles.append(
             ServiceRole(name, f"{prefix}{name}", str(entry.get("description", "")), checked)
         )
-    return RoleMapping(schema, tuple(roles), source, _parse_partitions(data, prefix, fail))
+    return RoleMapping(
+        schema,
+        tuple(roles),
+        source,
+        _parse_partitions(data, prefix, fail),
+        _parse_toolkit(data, prefix, fail),
+        _parse_extensions(data, fail),
+    )
+
+
+def _refuse_unknown(
+    found: Mapping[str, Any],
+    known: tuple[str, ...],
+    what: str,
+    fail: Callable[[str], ConfigError],
+) -> None:
+    unknown = set(found) - set(known)
+    if unknown:
+        raise fail(f"{what} {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+
+
+def _parse_toolkit(
+    data: Mapping[str, Any], prefix: str, fail: Callable[[str], ConfigError]
+) -> tuple[ToolkitRole, ...]:
+    """``[toolkit.<kind>]``: kronos-db's own roles (a mapping without the section has none)."""
+    section = data.get("toolkit", {})
+    if not isinstance(section, dict):
+        raise fail("[toolkit] must be a table of [toolkit.<role>] tables")
+    _refuse_unknown(section, TOOLKIT_ROLES, "unknown toolkit role(s)", fail)
+    toolkit = []
+    for kind in TOOLKIT_ROLES:
+        entry = section.get(kind)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            raise fail(f"toolkit.{kind} must be a table")
+        login = entry.get("login", True)
+        if not isinstance(login, bool):
+            raise fail(f"toolkit.{kind}.login must be true or false")
+        member_of = entry.get("member_of", [])
+        if not isinstance(member_of, list) or not all(isinstance(m, str) and m for m in member_of):
+            raise fail(f"toolkit.{kind}.member_of must be a list of role names")
+        tables = entry.get("tables", {})
+        if not isinstance(tables, dict):
+            raise fail(f"toolkit.{kind}.tables must be a table")
+        toolkit.append(
+            ToolkitRole(
+                kind,
+                f"{prefix}{kind}",
+                str(entry.get("description", "")),
+                login,
+                # a toolkit role is named by its kind; anything else (pg_monitor) as it is
+                tuple(f"{prefix}{m}" if m in TOOLKIT_ROLES else m for m in member_of),
+                {
+                    table: _privileges(f"toolkit.{kind}.tables.{table}", privileges, fail)
+                    for table, privileges in tables.items()
+                },
+            )
+        )
+    return tuple(toolkit)
+
+
+def _parse_extensions(
+    data: Mapping[str, Any], fail: Callable[[str], ConfigError]
+) -> tuple[str, ...]:
+    section = data.get("bootstrap", {})
+    if not isinstance(section, dict):
+        raise fail("[bootstrap] must be a table")
+    extensions = section.get("extensions", [])
+    if not isinstance(extensions, list) or not all(isinstance(e, str) and e for e in extensions):
+        raise fail("bootstrap.extensions must be a list of extension names")
+    return tuple(extensions)
 
 
 def _parse_partitions(
@@ -136,12 +243,7 @@ def _parse_partitions(
     grants = section.get("grants", {})
     if not isinstance(grants, dict):
         raise fail("partitions.grants must be a table: service = [privileges]")
-    unknown = set(grants) - set(SERVICES)
-    if unknown:
-        raise fail(
-            f"partitions.grants: unknown service(s) {', '.join(sorted(unknown))} "
-            f"(known: {', '.join(SERVICES)})"
-        )
+    _refuse_unknown(grants, SERVICES, "partitions.grants: unknown service(s)", fail)
     checked = {
         f"{prefix}{service}": _privileges(f"partitions.grants.{service}", privileges, fail)
         for service, privileges in grants.items()
@@ -195,12 +297,47 @@ class ApplyResult:
     roles: tuple[str, ...]
     changes: tuple[Drift, ...]
     remaining: tuple[Drift, ...]
+    # what the connected role may not fix (needs CREATEROLE or a superuser: `bootstrap`)
+    skipped: tuple[Drift, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class _Fix:
     drift: Drift
     statement: sql.Composed | None  # None: cannot be fixed by apply
+    needs: str = ""  # "CREATEROLE" or "SUPERUSER" when the connected role must have it
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wanted:
+    """What one role of the mapping should be, whatever its kind."""
+
+    role: str
+    login: bool
+    member_of: tuple[str, ...]
+    tables: Mapping[str, tuple[str, ...]]
+    schema_privileges: tuple[str, ...]
+    owns_schema: bool  # the owner: every object of the schema is its own
+
+
+def _wanted_roles(mapping: RoleMapping, settings: Settings) -> list[_Wanted]:
+    wanted = [
+        _Wanted(s.role, settings.security.role_login, (), s.tables, ("USAGE",), False)
+        for s in mapping.services
+    ]
+    for role in mapping.toolkit:
+        owner = role.kind == "owner"
+        wanted.append(
+            _Wanted(
+                role.role,
+                role.login,
+                role.member_of,
+                role.tables,
+                ("CREATE", "USAGE") if owner else ("USAGE",),
+                owner,
+            )
+        )
+    return wanted
 
 
 def _catalog_timeout(conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
@@ -223,37 +360,68 @@ def _keyword(privilege: str) -> sql.SQL:
 
 
 def _role_options(login: bool) -> sql.Composed:
+    """Every attribute spelled out, so that ALTER ROLE also turns off what must be off."""
     return sql.SQL(
         "{} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
     ).format(sql.SQL("LOGIN" if login else "NOLOGIN"))
 
 
 def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Settings) -> list[_Fix]:
-    login = settings.security.role_login
-    names = mapping.role_names
+    wanted_roles = _wanted_roles(mapping, settings)
+    names = [w.role for w in wanted_roles]
     params = {"roles": names, "schema": mapping.schema}
     database = str(conn.info.dbname)
     fixes: list[_Fix] = []
+    fixes += _attribute_fixes(conn, wanted_roles, params)
+    fixes += _relation_fixes(conn, mapping, wanted_roles, params)
+    fixes += _column_fixes(conn, params, mapping.owner)
+    fixes += _scope_fixes(conn, wanted_roles, params, mapping.schema, database)
+    fixes += _membership_fixes(conn, wanted_roles, params)
+    fixes += _ownership_fixes(conn, mapping, wanted_roles, params, database)
+    return fixes
 
+
+def _attribute_fixes(
+    conn: psycopg.Connection[Any], wanted_roles: list[_Wanted], params: Mapping[str, Any]
+) -> list[_Fix]:
+    fixes = []
     attributes = {row["role_name"]: row for row in _rows(conn, "select_role_attributes", params)}
-    for role in names:
-        ident = sql.Identifier(role)
+    for wanted in wanted_roles:
+        role, ident = wanted.role, sql.Identifier(wanted.role)
         if role not in attributes:
-            create = sql.SQL("CREATE ROLE {} WITH {}").format(ident, _role_options(login))
-            fixes.append(_Fix(Drift(role, "missing role", role, "the role does not exist"), create))
+            create = sql.SQL("CREATE ROLE {} WITH {}").format(ident, _role_options(wanted.login))
+            fixes.append(
+                _Fix(
+                    Drift(role, "missing role", role, "the role does not exist"),
+                    create,
+                    "CREATEROLE",
+                )
+            )
             continue
         row = attributes[role]
         wrong = [f"{name} is on" for name in _ROLE_ATTRIBUTES if row[name]]
-        if row["login"] != login:
-            wrong.append("LOGIN is " + ("off" if login else "on"))
+        if row["login"] != wanted.login:
+            wrong.append("LOGIN is " + ("off" if wanted.login else "on"))
+        if not row["inherit"]:
+            wrong.append("INHERIT is off")
         if wrong:
             fixes.append(
                 _Fix(
                     Drift(role, "attributes", role, ", ".join(wrong)),
-                    sql.SQL("ALTER ROLE {} WITH {}").format(ident, _role_options(login)),
+                    sql.SQL("ALTER ROLE {} WITH {}").format(ident, _role_options(wanted.login)),
+                    "SUPERUSER" if row["superuser"] else "CREATEROLE",
                 )
             )
+    return fixes
 
+
+def _relation_fixes(
+    conn: psycopg.Connection[Any],
+    mapping: RoleMapping,
+    wanted_roles: list[_Wanted],
+    params: Mapping[str, Any],
+) -> list[_Fix]:
+    fixes = []
     existing_tables = {
         row["relation_name"] for row in _rows(conn, "select_schema_relations", params)
     }
@@ -265,13 +433,13 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
 
     # (role, kind, schema, relation, privilege)
     wanted: set[tuple[str, str, str, str, str]] = set()
-    for service in mapping.services:
-        for table, privileges in service.tables.items():
+    for role in wanted_roles:
+        for table, privileges in role.tables.items():
             if table not in existing_tables:
                 fixes.append(
                     _Fix(
                         Drift(
-                            service.role,
+                            role.role,
                             "missing table",
                             f"{mapping.schema}.{table}",
                             f"the mapping names {mapping.schema}.{table}, which does "
@@ -282,18 +450,20 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
                 )
                 continue
             for privilege in privileges:
-                wanted.add((service.role, "table", mapping.schema, table, privilege))
+                wanted.add((role.role, "table", mapping.schema, table, privilege))
             if "INSERT" in privileges:
                 for sequence_schema, sequence in sequences.get(table, []):
-                    wanted.add((service.role, "sequence", sequence_schema, sequence, "USAGE"))
+                    wanted.add((role.role, "sequence", sequence_schema, sequence, "USAGE"))
 
     # partitions get what [partitions] grants says (nothing by default): anything else on a
     # partition is an extra privilege, e.g. a grant copied from the parent by another tool
     if mapping.partitions.grants:
         for row in _rows(conn, "select_schema_partitions", params):
-            for role, privileges in mapping.partitions.grants.items():
+            for role_name, privileges in mapping.partitions.grants.items():
                 for privilege in privileges:
-                    wanted.add((role, "table", mapping.schema, row["relation_name"], privilege))
+                    wanted.add(
+                        (role_name, "table", mapping.schema, row["relation_name"], privilege)
+                    )
 
     granted: dict[tuple[str, str, str, str, str], bool] = {
         (
@@ -304,38 +474,43 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
             row["privilege"],
         ): row["grantable"]
         for row in _rows(conn, "select_relation_privileges", params)
+        # the owner's rights on what it owns are its own, not grants
+        if row["role_name"] != mapping.owner
     }
     for key in sorted(wanted - set(granted)):
-        role, kind, schema, relation, privilege = key
+        role_name, kind, schema, relation, privilege = key
         on = sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE")
         fixes.append(
             _Fix(
                 Drift(
-                    role,
+                    role_name,
                     "missing privilege",
                     f"{schema}.{relation}",
                     f"{privilege} on {kind} {schema}.{relation} is not granted",
                 ),
                 sql.SQL("GRANT {} ON {} {} TO {}").format(
-                    _keyword(privilege), on, sql.Identifier(schema, relation), sql.Identifier(role)
+                    _keyword(privilege),
+                    on,
+                    sql.Identifier(schema, relation),
+                    sql.Identifier(role_name),
                 ),
             )
         )
     for key, grantable in sorted(granted.items()):
-        role, kind, schema, relation, privilege = key
+        role_name, kind, schema, relation, privilege = key
         on = sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE")
         target = sql.Identifier(schema, relation)
         if key not in wanted:
             fixes.append(
                 _Fix(
                     Drift(
-                        role,
+                        role_name,
                         "extra privilege",
                         f"{schema}.{relation}",
                         f"{privilege} on {kind} {schema}.{relation} is granted beyond the mapping",
                     ),
                     sql.SQL("REVOKE {} ON {} {} FROM {}").format(
-                        _keyword(privilege), on, target, sql.Identifier(role)
+                        _keyword(privilege), on, target, sql.Identifier(role_name)
                     ),
                 )
             )
@@ -343,19 +518,27 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
             fixes.append(
                 _Fix(
                     Drift(
-                        role,
+                        role_name,
                         "extra privilege",
                         f"{schema}.{relation}",
                         f"{privilege} on {kind} {schema}.{relation} carries GRANT OPTION",
                     ),
                     sql.SQL("REVOKE GRANT OPTION FOR {} ON {} {} FROM {}").format(
-                        _keyword(privilege), on, target, sql.Identifier(role)
+                        _keyword(privilege), on, target, sql.Identifier(role_name)
                     ),
                 )
             )
+    return fixes
 
+
+def _column_fixes(
+    conn: psycopg.Connection[Any], params: Mapping[str, Any], owner: str | None
+) -> list[_Fix]:
+    fixes = []
     for row in _rows(conn, "select_column_privileges", params):
         role, schema, relation = row["role_name"], row["schema_name"], row["relation_name"]
+        if role == owner:
+            continue
         column, privilege = row["column_name"], row["privilege"]
         fixes.append(
             _Fix(
@@ -374,7 +557,18 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
                 ),
             )
         )
+    return fixes
 
+
+def _scope_fixes(
+    conn: psycopg.Connection[Any],
+    wanted_roles: list[_Wanted],
+    params: Mapping[str, Any],
+    schema: str,
+    database: str,
+) -> list[_Fix]:
+    """USAGE (and the owner's CREATE) on the schema, CONNECT on the database; nothing else."""
+    fixes = []
     schema_grants = {
         (row["role_name"], row["schema_name"], row["privilege"]): row["grantable"]
         for row in _rows(conn, "select_schema_privileges", params)
@@ -383,31 +577,37 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
         (row["role_name"], database, row["privilege"]): row["grantable"]
         for row in _rows(conn, "select_database_privileges", params)
     }
-    for scope, grants, wanted_privilege, target_name in (
-        ("SCHEMA", schema_grants, "USAGE", mapping.schema),
-        ("DATABASE", database_grants, "CONNECT", database),
+    for scope, grants, target_name in (
+        ("schema", schema_grants, schema),
+        ("database", database_grants, database),
     ):
-        scope_keyword = sql.SQL("SCHEMA") if scope == "SCHEMA" else sql.SQL("DATABASE")
-        for role in names:
-            if (role, target_name, wanted_privilege) not in grants:
-                fixes.append(
-                    _Fix(
-                        Drift(
-                            role,
-                            "missing privilege",
-                            target_name,
-                            f"{wanted_privilege} on {scope.lower()} {target_name} is not granted",
-                        ),
-                        sql.SQL("GRANT {} ON {} {} TO {}").format(
-                            _keyword(wanted_privilege),
-                            scope_keyword,
-                            sql.Identifier(target_name),
-                            sql.Identifier(role),
-                        ),
+        keyword = sql.SQL(scope.upper())
+        for wanted in wanted_roles:
+            privileges = wanted.schema_privileges if scope == "schema" else ("CONNECT",)
+            for privilege in privileges:
+                if (wanted.role, target_name, privilege) not in grants:
+                    fixes.append(
+                        _Fix(
+                            Drift(
+                                wanted.role,
+                                "missing privilege",
+                                target_name,
+                                f"{privilege} on {scope} {target_name} is not granted",
+                            ),
+                            sql.SQL("GRANT {} ON {} {} TO {}").format(
+                                _keyword(privilege),
+                                keyword,
+                                sql.Identifier(target_name),
+                                sql.Identifier(wanted.role),
+                            ),
+                        )
                     )
-                )
+        expected_by_role = {
+            w.role: (w.schema_privileges if scope == "schema" else ("CONNECT",))
+            for w in wanted_roles
+        }
         for (role, name, privilege), grantable in sorted(grants.items()):
-            expected = (privilege, name) == (wanted_privilege, target_name)
+            expected = name == target_name and privilege in expected_by_role.get(role, ())
             if expected and not grantable:
                 continue
             what = "carries GRANT OPTION" if expected else "is granted beyond the mapping"
@@ -418,48 +618,103 @@ def _plan(conn: psycopg.Connection[Any], mapping: RoleMapping, settings: Setting
             )
             fixes.append(
                 _Fix(
-                    Drift(
-                        role,
-                        "extra privilege",
-                        name,
-                        f"{privilege} on {scope.lower()} {name} {what}",
-                    ),
+                    Drift(role, "extra privilege", name, f"{privilege} on {scope} {name} {what}"),
                     revoke.format(
-                        _keyword(privilege),
-                        scope_keyword,
-                        sql.Identifier(name),
-                        sql.Identifier(role),
+                        _keyword(privilege), keyword, sql.Identifier(name), sql.Identifier(role)
                     ),
                 )
             )
+    return fixes
 
+
+def _membership_fixes(
+    conn: psycopg.Connection[Any], wanted_roles: list[_Wanted], params: Mapping[str, Any]
+) -> list[_Fix]:
+    fixes = []
+    actual: dict[str, set[str]] = {}
     for row in _rows(conn, "select_role_memberships", params):
-        role, granted_role = row["role_name"], row["granted_role"]
-        fixes.append(
-            _Fix(
-                Drift(
-                    role,
-                    "membership",
-                    granted_role,
-                    f"is a member of {granted_role} (inherits its privileges)",
-                ),
-                sql.SQL("REVOKE {} FROM {}").format(
-                    sql.Identifier(granted_role), sql.Identifier(role)
-                ),
-            )
-        )
+        actual.setdefault(row["role_name"], set()).add(row["granted_role"])
+    for wanted in wanted_roles:
+        held = actual.get(wanted.role, set())
+        expected = set(wanted.member_of)
+        for granted_roles, kind, detail, statement in (
+            (expected - held, "missing membership", "is not a member of {}", "GRANT {} TO {}"),
+            (
+                held - expected,
+                "membership",
+                "is a member of {} (inherits its privileges)",
+                "REVOKE {} FROM {}",
+            ),
+        ):
+            for granted_role in sorted(granted_roles):
+                fixes.append(
+                    _Fix(
+                        Drift(wanted.role, kind, granted_role, detail.format(granted_role)),
+                        sql.SQL(statement).format(
+                            sql.Identifier(granted_role), sql.Identifier(wanted.role)
+                        ),
+                        "CREATEROLE",
+                    )
+                )
+    return fixes
 
+
+def _ownership_fixes(
+    conn: psycopg.Connection[Any],
+    mapping: RoleMapping,
+    wanted_roles: list[_Wanted],
+    params: Mapping[str, Any],
+    database: str,
+) -> list[_Fix]:
+    """The owner owns every object of the schema; every other role owns nothing."""
+    fixes = []
+    owner = mapping.owner
+    heir = sql.Identifier(owner) if owner else sql.SQL("CURRENT_USER")
     for row in _rows(conn, "select_owned_object_counts", params):
         role = row["role_name"]
+        if role == owner:
+            continue
         fixes.append(
             _Fix(
                 Drift(
                     role,
                     "owns objects",
                     database,
-                    f"owns {row['objects']} object(s) in {database}; services never own objects",
+                    f"owns {row['objects']} object(s) in {database}; only "
+                    f"{owner or 'the migration role'} owns objects",
                 ),
-                sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)),
+                sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(role), heir),
+                "SUPERUSER",
+            )
+        )
+    if owner is None:
+        return fixes
+    foreign = _rows(conn, "select_objects_not_owned_by", {**params, "owner": owner})
+    if foreign:
+        owners = sorted({row["owner_name"] for row in foreign})
+        statements = [
+            sql.SQL("ALTER {} {} OWNER TO {}").format(
+                _OBJECT_KINDS[row["object_kind"]],
+                # a function is named with its argument types, as regprocedure spells them
+                sql.SQL(row["signature"])
+                if row["signature"]
+                else sql.Identifier(row["schema_name"], row["object_name"]),
+                sql.Identifier(owner),
+            )
+            for row in foreign
+        ]
+        fixes.append(
+            _Fix(
+                Drift(
+                    owner,
+                    "not the owner",
+                    mapping.schema,
+                    f"{len(foreign)} object(s) of schema {mapping.schema} belong to "
+                    f"{', '.join(owners)} (e.g. {foreign[0]['schema_name']}."
+                    f"{foreign[0]['object_name']}), not to {owner}",
+                ),
+                sql.SQL("; ").join(statements),
+                "SUPERUSER",
             )
         )
     return fixes
@@ -477,9 +732,25 @@ def check_roles(
     )
 
 
+def _capabilities(conn: psycopg.Connection[Any]) -> set[str]:
+    """What the connected role may do of what fixes need: SUPERUSER, CREATEROLE."""
+    row = conn.execute(query("roles", "select_current_role_attributes")).fetchone()
+    superuser, createrole = row if row else (False, False)
+    if superuser:
+        return {"SUPERUSER", "CREATEROLE"}
+    return {"CREATEROLE"} if createrole else set()
+
+
 def _run_fixes(conn: psycopg.Connection[Any], fixes: list[_Fix], settings: Settings) -> None:
-    # REASSIGN first (owners keep implicit privileges), then roles, then the rest
-    order = {"owns objects": 0, "missing role": 1, "attributes": 2, "membership": 3}
+    # REASSIGN and ownership first (owners keep implicit privileges), then roles, then the rest
+    order = {
+        "missing role": 0,
+        "attributes": 1,
+        "missing membership": 2,
+        "membership": 2,
+        "owns objects": 3,
+        "not the owner": 4,
+    }
     with db.transaction_settings(
         conn, {"lock_timeout": postgres_interval(settings.migrations.lock_timeout)}
     ):
@@ -494,32 +765,47 @@ def apply_roles(
     mapping: RoleMapping | None = None,
     *,
     dry_run: bool = False,
+    missing_tables: Literal["refuse", "leave"] = "refuse",
 ) -> ApplyResult:
     """Make the roles and their privileges match the mapping, in one transaction.
 
-    Refuses (``UsageError``) when the mapping names a table the database lacks. Takes the
-    ``roles`` advisory lock (waiting up to ``[migrations] lock_wait``) and runs under
-    ``[migrations] lock_timeout``. ``remaining`` lists what could not be fixed (for example a
-    privilege granted by a third role, which only that role can revoke).
+    Refuses (``UsageError``) when the mapping names a table the database lacks, unless
+    ``missing_tables="leave"`` (``bootstrap`` before the first ``migrate``): then those grants
+    are left for a later ``roles apply``. Takes the ``roles`` lease (waiting up to
+    ``[migrations] lock_wait``) and runs under ``[migrations] lock_timeout``. What the connected
+    role may not do (create roles and memberships without CREATEROLE, hand objects over without
+    being a superuser) is left undone and listed in ``skipped``; ``remaining`` lists every
+    difference still there afterwards (for example a privilege granted by a third role, which
+    only that role can revoke).
     """
     mapping = mapping or load_mapping(settings)
     database = str(conn.info.dbname)
     with locks.advisory_lock(conn, ROLES_LOCK, wait=settings.migrations.lock_wait):
-        # The advisory lock is per database, roles are per cluster: an apply in another
-        # database may create the same role between our plan and our CREATE ROLE. The
-        # transaction then rolls back whole, and a fresh plan sees the role.
+        # The lease is per database, roles are per cluster: an apply in another database may
+        # create the same role between our plan and our CREATE ROLE. The transaction then
+        # rolls back whole, and a fresh plan sees the role.
+        can = _capabilities(conn)
         for attempt in range(3):
             with _catalog_timeout(conn):
                 fixes = _plan(conn, mapping, settings)
             unfixable = [fix.drift for fix in fixes if fix.statement is None]
-            if unfixable:
+            if unfixable and missing_tables == "refuse":
                 raise UsageError("; ".join(drift.detail for drift in unfixable))
-            if dry_run or not fixes:
+            doable = [f for f in fixes if f.statement is not None and f.needs in can | {""}]
+            skipped = tuple(
+                f.drift for f in fixes if f.statement is not None and f.needs not in can | {""}
+            )
+            if dry_run or not doable:
+                left = () if dry_run else tuple(f.drift for f in fixes if f not in doable)
                 return ApplyResult(
-                    database, tuple(mapping.role_names), tuple(fix.drift for fix in fixes), ()
+                    database,
+                    tuple(mapping.role_names),
+                    tuple(f.drift for f in doable),
+                    left,
+                    skipped,
                 )
             try:
-                _run_fixes(conn, fixes, settings)
+                _run_fixes(conn, doable, settings)
                 break
             except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
                 if attempt == 2:
@@ -527,5 +813,9 @@ def apply_roles(
         with _catalog_timeout(conn):
             remaining = [fix.drift for fix in _plan(conn, mapping, settings)]
     return ApplyResult(
-        database, tuple(mapping.role_names), tuple(fix.drift for fix in fixes), tuple(remaining)
+        database,
+        tuple(mapping.role_names),
+        tuple(fix.drift for fix in doable),
+        tuple(remaining),
+        skipped,
     )

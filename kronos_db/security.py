@@ -223,8 +223,9 @@ def check_connected_role(conn: psycopg.Connection[Any], settings: Settings) -> F
             "warning",
             f"connected as {row['role_name']}, a superuser",
             (
-                "kronos-db needs only to own the Kronos objects (plus CREATEDB for "
-                "backup verify); run routine jobs as that migration role",
+                "kronos-db needs a superuser once (kronos-db bootstrap); then migrate as the "
+                "owner role, cron jobs as the maintenance role, health as the monitoring role "
+                "(docs/roles.md)",
             ),
         )
     return Finding("connected role", "ok", f"connected as {row['role_name']} (not a superuser)")
@@ -432,9 +433,7 @@ def check_session_tokens(conn: psycopg.Connection[Any], settings: Settings) -> F
 def check_service_roles(conn: psycopg.Connection[Any], settings: Settings) -> Finding:
     report = roles.check_roles(conn, settings)
     if report.in_sync:
-        return Finding(
-            "service roles", "ok", f"{len(report.roles)} service roles match the mapping"
-        )
+        return Finding("service roles", "ok", f"{len(report.roles)} roles match the mapping")
     serious = [
         d
         for d in report.drift

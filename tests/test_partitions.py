@@ -538,7 +538,7 @@ def test_partitions_get_the_role_mappings_privileges_not_the_parents(
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     log.execute(statement)  # type: ignore[arg-type]
     finally:
-        drop_roles(database, [viewer, *(f"{prefix}{service}" for service in roles.SERVICES)])
+        drop_roles(database, [viewer, *roles.load_mapping(settings).role_names])
 
 
 def test_partition_grants_in_the_role_mapping_are_applied_and_checked(
@@ -573,7 +573,7 @@ def test_partition_grants_in_the_role_mapping_are_applied_and_checked(
         drift = roles.check_roles(conn, settings).drift
         assert [(d.kind, d.target) for d in drift] == [("extra privilege", f"public.{newest}")]
     finally:
-        drop_roles(database, [f"{prefix}{service}" for service in roles.SERVICES])
+        drop_roles(database, roles.load_mapping(settings).role_names)
 
 
 def test_a_role_mapping_with_bad_partition_grants_is_refused() -> None:

@@ -122,6 +122,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "kronos_db.cli.backups",
         "Backups: pg_dump files recorded in the backups table, verified by restoring them.",
     ),
+    "bootstrap": LazyCommand(
+        "kronos_db.cli.security",
+        "Once, as a superuser: the extensions, kronos-db's own roles, ownership, the grants.",
+    ),
     "roles": LazyCommand(
         "kronos_db.cli.security",
         "Least privilege: one PostgreSQL role per Kronos service.",

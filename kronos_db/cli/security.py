@@ -81,7 +81,7 @@ def roles_check(
     if json:
         emit_json({**_report_dict(report), "in_sync": report.in_sync})
     elif report.in_sync:
-        stdout.print(f"{report.database}: the {len(report.roles)} service roles match the mapping")
+        stdout.print(f"{report.database}: the {len(report.roles)} roles match the mapping")
     else:
         stdout.print(f"{report.database}: {len(report.drift)} difference(s) from the mapping:")
         _print_drift(report.drift)
@@ -100,7 +100,7 @@ def roles_apply(
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Create the service roles and grant exactly the mapping, revoking anything beyond it.
+    """Create the mapping's roles and grant exactly the mapping, revoking anything beyond it.
 
     Idempotent: a second run changes nothing. Passwords are not set (see docs/security.md).
     Exits 6 when something could not be fixed.
@@ -115,11 +115,16 @@ def roles_apply(
         emit_json(result)
     elif not result.changes:
         if stdout.is_terminal:  # quiet for CI and cron when there is nothing to do
-            stdout.print(f"{result.database}: the service roles already match the mapping")
+            stdout.print(f"{result.database}: the roles already match the mapping")
     else:
         verb = "would change" if dry_run else "changed"
         stdout.print(f"{result.database}: {verb} {len(result.changes)} thing(s):")
         _print_drift(result.changes)
+    if result.skipped:
+        notify(
+            f"{len(result.skipped)} change(s) need CREATEROLE or a superuser, which this role "
+            "lacks: run `kronos-db bootstrap` as a superuser (roles, memberships, ownership)"
+        )
     if result.remaining:
         raise RoleDriftError(
             f"{len(result.remaining)} difference(s) remain after apply: "
@@ -142,16 +147,28 @@ def roles_show(
         emit_json(mapping)
         return
     stdout.print(f"mapping: {mapping.source} (schema {mapping.schema})", markup=False)
-    table = Table("role", "table", "privileges", "service")
-    for service in mapping.services:
-        for index, (name, privileges) in enumerate(sorted(service.tables.items())):
+    table = Table("role", "table", "privileges", "what for")
+    every: list[roles.ServiceRole | roles.ToolkitRole] = [*mapping.services, *mapping.toolkit]
+    for role in every:
+        extra = (
+            [f"member of {', '.join(role.member_of)}"]
+            if isinstance(role, roles.ToolkitRole) and role.member_of
+            else []
+        )
+        if isinstance(role, roles.ToolkitRole) and role.kind == "owner":
+            extra.append(f"owns every object of schema {mapping.schema}")
+        rows = [(name, ", ".join(p)) for name, p in sorted(role.tables.items())]
+        rows += [("", line) for line in extra] or ([] if rows else [("", "")])
+        for index, (name, privileges) in enumerate(rows):
             table.add_row(
-                service.role if index == 0 else "",
+                role.role if index == 0 else "",
                 name,
-                ", ".join(privileges),
-                service.description if index == 0 else "",
+                privileges,
+                role.description if index == 0 else "",
             )
     stdout.print(table)
+    if mapping.extensions:
+        stdout.print(f"bootstrap creates: {', '.join(mapping.extensions)}", markup=False)
     grants = "; ".join(
         f"{role}: {', '.join(privileges)}" for role, privileges in mapping.partitions.grants.items()
     )
@@ -274,7 +291,60 @@ def security_report(
     raise typer.Exit(report.exit_code)
 
 
+def bootstrap(
+    create_db: Annotated[
+        bool, typer.Option("--create-db", help="Create the database when it does not exist.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change.")] = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Once, as a superuser: the extensions, kronos-db's own roles, ownership, the grants.
+
+    Creates the owner, maintenance and monitoring roles and the service roles of the mapping,
+    the extensions only a superuser may create, and hands every object of the schema to the
+    owner. Afterwards migrate, maintain and health run without a superuser (docs/roles.md).
+    Idempotent.
+
+    Example: kronos-db bootstrap --database-url postgresql://postgres@db/kronos
+    """
+    from kronos_db import bootstrap as setup
+
+    settings = settings_for(config)
+    target = target_for(database_url, settings)
+    result = setup.bootstrap(target, settings, create_database=create_db, dry_run=dry_run)
+    if json:
+        emit_json(result)
+    else:
+        verb = "would" if dry_run else "did"
+        if result.created_database:
+            stdout.print(f"{result.database}: created the database")
+        for name in result.extensions_created:
+            stdout.print(f"{result.database}: {verb} create extension {name}", markup=False)
+        for name in result.extensions_unavailable:
+            notify(f"extension {name} is not available on this server: left out")
+        if result.public_create_revoked:
+            stdout.print(f"{result.database}: {verb} revoke CREATE on the schema from PUBLIC")
+        changes = result.applied.changes
+        if changes:
+            stdout.print(f"{result.database}: {verb} change {len(changes)} thing(s):")
+            _print_drift(changes)
+        if result.pending_table_grants:
+            notify(
+                f"{len(result.pending_table_grants)} table grant(s) wait for their tables: run "
+                "`kronos-db migrate` then `kronos-db roles apply` as the owner"
+            )
+    others = [d for d in result.applied.remaining if d.kind != "missing table"]
+    if others:
+        raise RoleDriftError(
+            f"{len(others)} difference(s) remain after bootstrap: "
+            + "; ".join(d.describe() for d in others[:5])
+        )
+
+
 def register(app: typer.Typer) -> None:
+    app.command("bootstrap", rich_help_panel="Security")(bootstrap)
     app.add_typer(roles_app, name="roles", rich_help_panel="Security")
     app.add_typer(users_app, name="users", rich_help_panel="Security")
     # `report security` sits with the other reports (kronos_db.cli.reports registers it)
