@@ -23,7 +23,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from kronos_db import redaction
 from kronos_db.config import Settings
-from kronos_db.errors import SessionRequiredError, UsageError, translate_database_error
+from kronos_db.errors import (
+    InsufficientPrivilegeError,
+    KronosError,
+    SessionRequiredError,
+    UsageError,
+    translate_database_error,
+)
 from kronos_db.resources import query
 
 URL_ENVIRONMENT = ("KRONOS_DATABASE_URL", "DATABASE_URL")
@@ -42,6 +48,8 @@ class Target:
     conninfo: str = dataclasses.field(repr=False)
     source: str
     secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    # the settings it was resolved with: a permission error names the roles mapping's fix
+    settings: Settings | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -116,7 +124,9 @@ def resolve_target(database_url: str | None, settings: Settings) -> Target:
         "connect_timeout", max(1, int(settings.database.connect_timeout.total_seconds()))
     )
     params.setdefault("application_name", settings.database.application_name)
-    return Target(conninfo=make_conninfo(**params), source=source, secrets=tuple(secrets))
+    return Target(
+        conninfo=make_conninfo(**params), source=source, secrets=tuple(secrets), settings=settings
+    )
 
 
 def connect(target: Target, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -131,8 +141,7 @@ def connect(target: Target, *, autocommit: bool = True, **kwargs: Any) -> psycop
     try:
         return psycopg.connect(target.conninfo, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
-        error = translate_database_error(exc, target=target.describe())
-        raise type(error)(target.redact(error.message)) from None
+        raise database_error(exc, target) from None
 
 
 @contextmanager
@@ -143,8 +152,35 @@ def connection(target: Target, *, autocommit: bool = True) -> Iterator[psycopg.C
         with conn:
             yield conn
     except psycopg.Error as exc:
-        error = translate_database_error(exc, target=target.describe())
-        raise type(error)(target.redact(error.message)) from exc
+        raise database_error(exc, target) from exc
+
+
+def database_error(exc: BaseException, target: Target) -> KronosError:
+    """The one translation of a database error at the connection boundary.
+
+    A permission error says what is missing and the GRANT (or ``bootstrap``) that fixes it
+    (:mod:`kronos_db.privileges`); no message carries the password.
+    """
+    error = translate_database_error(exc, target=target.describe())
+    original = getattr(exc, "orig", None) or exc
+    if isinstance(original, pg_errors.InsufficientPrivilege):
+        error = InsufficientPrivilegeError(_explain_privilege(original, target))
+    return type(error)(target.redact(error.message))
+
+
+def _explain_privilege(exc: pg_errors.InsufficientPrivilege, target: Target) -> str:
+    from kronos_db import privileges  # the roles mapping: only on this (rare) path
+
+    message = (exc.diag.message_primary or str(exc)).strip().splitlines()[0]
+    user = str(target.params.get("user") or os.environ.get("PGUSER") or "<role>")
+    fix = privileges.explain_without_connection(message, user)
+    if fix is not None:
+        return f"{message}: {fix}"
+    try:  # the failed connection may be gone or in a failed transaction: look on a fresh one
+        with psycopg.connect(target.conninfo, autocommit=True, prepare_threshold=None) as conn:
+            return privileges.explain(conn, exc, target.settings)
+    except psycopg.Error:
+        return f"{message}: `kronos-db roles check` lists what the roles of the mapping lack"
 
 
 def set_local(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> None:

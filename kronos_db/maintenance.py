@@ -33,7 +33,7 @@ import psycopg
 
 from kronos_db import db, housekeeping, logs, partitions, queue, replication
 from kronos_db.config import Settings
-from kronos_db.errors import KronosError, PartitionError, UsageError, translate_database_error
+from kronos_db.errors import KronosError, PartitionError, UsageError
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
 from kronos_db.resources import query
 
@@ -369,7 +369,7 @@ def _discard(conn: psycopg.Connection[Any] | None) -> None:
 def _failure(exc: Exception, target: db.Target) -> str:
     """One line saying why a job failed, the password never in it."""
     if isinstance(exc, psycopg.Error):
-        return target.redact(translate_database_error(exc, target=target.describe()).message)
+        return db.database_error(exc, target).message
     if isinstance(exc, KronosError):
         return target.redact(exc.message)
     where = traceback.extract_tb(exc.__traceback__)[-1]

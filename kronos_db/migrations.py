@@ -51,6 +51,7 @@ from kronos_db.durations import postgres_interval
 from kronos_db.errors import (
     ChecksumMismatchError,
     DataLossError,
+    InsufficientPrivilegeError,
     KronosError,
     LockBusyError,
     LockTimeoutError,
@@ -58,7 +59,6 @@ from kronos_db.errors import (
     NotAdoptedError,
     UnknownRevisionError,
     UnsafeMigrationError,
-    translate_database_error,
 )
 from kronos_db.migration_sql import Direction, MigrationScript, checksum, sql_path
 from kronos_db.resources import is_installed_package, query, render_with_literals, resource_root
@@ -544,8 +544,7 @@ def _translate(exc: BaseException, target: db.Target) -> KronosError:
         ):
             return UnknownRevisionError(text)
         return KronosError(f"alembic: {text}")
-    error = translate_database_error(exc, target=target.describe())
-    return type(error)(target.redact(error.message))
+    return db.database_error(exc, target)
 
 
 def validate_revision(tree: MigrationTree, revision: str) -> None:
@@ -652,6 +651,8 @@ def _migrate(
                     + ", ".join(d.describe() for d in losing)
                     + "; back it up first (kronos-db backup create), then pass --drop-data"
                 )
+        if upgrade:
+            _refuse_superuser_revisions(observer, tree, before, revision)
         run = MigrationRun(
             settings=settings, target=target, tree=tree, verify_checksums=upgrade, lease=lease
         )
@@ -670,6 +671,11 @@ def _migrate(
                 break
             except Exception as exc:
                 error = _translate(exc, target)
+                if isinstance(error, InsufficientPrivilegeError):
+                    failing = _next_revision_name(run, tree, observer)
+                    raise InsufficientPrivilegeError(
+                        f"applying {failing}: {error.message}"
+                    ) from exc
                 if not isinstance(error, LockTimeoutError) or isinstance(error, LockBusyError):
                     raise error from exc
                 blocked = watcher.describe()
@@ -760,6 +766,45 @@ def _revisions_to_run(
         set() if relative else _applied_chain(script_dir, [] if revision == "base" else [revision])
     )
     return [s for s in tree.revisions() if s.revision in applied - kept]
+
+
+_CREATE_EXTENSION = re.compile(
+    r"\bCREATE\s+EXTENSION\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(?P<name>[\w-]+)\"?", re.IGNORECASE
+)
+
+
+def _refuse_superuser_revisions(
+    conn: psycopg.Connection[Any],
+    tree: MigrationTree,
+    current: Sequence[str],
+    revision: str,
+) -> None:
+    """Refuse before anything runs if a revision creates an extension this role may not.
+
+    PostgreSQL 15 lets only a superuser create an untrusted extension (pg_stat_statements):
+    as the owner, revision 0010 would fail after 0001-0009 were applied. ``bootstrap`` creates
+    the mapping's extensions first; the revision's ``IF NOT EXISTS`` then does nothing.
+    """
+    wanted: dict[str, Script] = {}
+    for script in _revisions_to_run(tree, current, revision, upgrade=True):
+        text = MigrationScript.load(sql_path(script.path, "upgrade")).text
+        for match in _CREATE_EXTENSION.finditer(text):
+            wanted.setdefault(match.group("name").lower(), script)
+    if not wanted:
+        return
+    rows = conn.execute(
+        query("migrations", "select_extensions_creatable"), {"names": list(wanted)}
+    ).fetchall()
+    for name, installed, creatable in rows:
+        if installed or creatable:
+            continue
+        script = wanted[name]
+        raise InsufficientPrivilegeError(
+            f"revision {script.revision} ({(script.doc or '').strip()}) creates the extension "
+            f"{name}, which only a superuser may create on this server, and {conn.info.user} is "
+            "not one: run `kronos-db bootstrap` once as a superuser (it creates the roles "
+            "mapping's extensions), then migrate again; nothing was applied"
+        )
 
 
 def _refuse_sessionless_revisions(

@@ -131,11 +131,6 @@ SELECT current_setting(%(name)s::text) AS value;
 -- of its own (never behind a transaction pooler), and always restored afterwards
 SELECT set_config(%(name)s::text, %(value)s::text, false);
 
--- name: set_migration_timeouts
--- the session's timeouts for migration statements
-SELECT set_config('lock_timeout', %(lock_timeout)s::text, false),
-       set_config('statement_timeout', %(statement_timeout)s::text, false);
-
 -- name: select_present_kronos_tables
 -- which of the Kronos tables exist in the current schema, in the order given
 SELECT wanted.name
@@ -157,3 +152,17 @@ SELECT count(*) FROM {table};
 -- name: count_column_values
 -- the values of a column a downgrade would drop
 SELECT count(*) FROM {table} WHERE {column} IS NOT NULL;
+
+-- name: select_extensions_creatable
+-- of the named extensions the server offers: installed here already, or creatable by this role
+-- (a superuser; or a trusted extension and CREATE on the database)
+SELECT extension.name,
+       extension.installed_version IS NOT NULL AS installed,
+       coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+       OR (coalesce((SELECT bool_or(version.trusted)
+                       FROM pg_available_extension_versions AS version
+                      WHERE version.name = extension.name
+                        AND version.version = extension.default_version), false)
+           AND has_database_privilege(current_database(), 'CREATE')) AS creatable
+  FROM pg_available_extensions AS extension
+ WHERE extension.name = ANY(%(names)s::text[]);
