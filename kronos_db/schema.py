@@ -1,27 +1,43 @@
 """Schema drift: compare a live database with what head defines (``kronos-db check``).
 
-Head's schema is not a file that could drift itself: it is built by migrating a scratch
-database to head (a temporary database on the same server, dropped afterwards, or one given
-with ``--reference-url``). Both databases are then read as (kind, name, attribute, value) facts
-from the catalogs (``sql/queries/schema.sql``) and compared; every fact that differs is one
-difference, phrased for the DBA who has to fix it.
+Both databases are read as (kind, name, attribute, value) facts from the catalogs
+(``sql/queries/schema.sql``) and compared; every fact that differs is one difference, phrased
+for the DBA who has to fix it. Head's facts come from, in this order:
+
+* ``--reference-url``: a database migrated to head for the occasion;
+* the **snapshot** shipped with the package (``migrations/head_schema.json``): head's facts as
+  a scratch build gave them, with a fingerprint of every revision's SQL and of the facts query,
+  and the PostgreSQL major version it was taken on. It is used when all three match, so that
+  ``check`` needs nothing but catalog reads (the owner, without CREATEDB, can run it). A test
+  proves it equal to a scratch build; :func:`write_head_snapshot` (``python -m
+  kronos_db.schema``) regenerates it;
+* otherwise (a tree with revisions of its own, another major version) a **scratch build**:
+  a temporary database on the same server, migrated to head and dropped afterwards (needs
+  CREATEDB).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import re
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from kronos_db import db, migrations, partitions, roles
 from kronos_db.config import Settings
+from kronos_db.errors import InsufficientPrivilegeError
+from kronos_db.migration_sql import checksum, sql_path
 from kronos_db.resources import query
+
+SNAPSHOT_FILE = "head_schema.json"
 
 Facts = dict[tuple[str, str], dict[str, str]]
 
@@ -268,6 +284,40 @@ def _head_facts(
         migrations.upgrade(settings, reference, "heads")
         with db.connection(reference) as conn:
             return schema_facts(conn)
+    tree = migrations.MigrationTree.from_settings(settings)
+    snapshot = read_head_snapshot(tree)
+    with db.connection(target) as conn:
+        major = server_major(conn)
+        available = {row[0] for row in conn.execute(query("schema", "select_extensions_offered"))}
+    fingerprint = tree_fingerprint(tree)
+    if snapshot is not None and (snapshot.fingerprint, snapshot.server_major) == (
+        fingerprint,
+        major,
+    ):
+        # an extension the server does not offer is one head's revision skipped here too
+        return {
+            key: facts
+            for key, facts in snapshot.facts.items()
+            if key[0] != "extension" or key[1].strip('"') in available
+        }
+    why = (
+        f"the shipped snapshot of head was taken on PostgreSQL {snapshot.server_major}"
+        if snapshot is not None and snapshot.fingerprint == fingerprint
+        else "the migration tree is not the one the shipped snapshot of head describes"
+    )
+    try:
+        return build_head_facts(settings, target, notify)
+    except InsufficientPrivilegeError as exc:
+        raise InsufficientPrivilegeError(
+            f"{why}, so head's schema must be built in a scratch database, and {exc.message}; "
+            "or pass --reference-url (an empty database head may be built in)"
+        ) from exc
+
+
+def build_head_facts(
+    settings: Settings, target: db.Target, notify: Callable[[str], None] = lambda _m: None
+) -> Facts:
+    """Head's facts from a scratch database on ``target``'s server (created, then dropped)."""
     scratch = target.with_dbname(f"kronos_check_{secrets.token_hex(6)}")
     notify(f"building head's schema in the scratch database {scratch.dbname}")
     db.create_database(scratch)
@@ -277,3 +327,91 @@ def _head_facts(
             return schema_facts(conn)
     finally:
         db.drop_database(scratch)
+
+
+# --------------------------------------------------------------------------- the snapshot
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSnapshot:
+    """Head's catalog facts, and what they are valid for."""
+
+    head: str
+    fingerprint: str  # tree_fingerprint() of the tree they were built from
+    server_major: int  # PostgreSQL major version they were taken on
+    facts: Facts
+
+
+def server_major(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.info.server_version) // 10000
+
+
+def tree_fingerprint(tree: migrations.MigrationTree) -> str:
+    """SHA-256 of every revision's SQL pair and of the facts query (what it reads and leaves out):
+    what head's facts depend on."""
+    digest = hashlib.sha256(query("schema", "select_schema_facts").encode("utf-8"))
+    for script in tree.revisions():
+        for direction in ("upgrade", "downgrade"):
+            path = sql_path(script.path, direction)
+            digest.update(f"{script.revision}:{direction}:".encode())
+            digest.update(checksum(path).encode() if path.is_file() else b"-")
+    return digest.hexdigest()
+
+
+def snapshot_path(tree: migrations.MigrationTree) -> Path:
+    return tree.migrations_dir / SNAPSHOT_FILE
+
+
+def read_head_snapshot(tree: migrations.MigrationTree) -> HeadSnapshot | None:
+    path = snapshot_path(tree)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    facts: Facts = defaultdict(dict)
+    for kind, name, attribute, value in data["facts"]:
+        facts[(kind, name)][attribute] = value
+    return HeadSnapshot(data["head"], data["fingerprint"], int(data["server_major"]), dict(facts))
+
+
+def write_head_snapshot(settings: Settings, target: db.Target) -> Path:
+    """Build head in a scratch database on ``target``'s server and write the snapshot file.
+
+    One fact per line, sorted, so that a change of head reads as a diff in review.
+    """
+    tree = migrations.MigrationTree.from_settings(settings)
+    facts = build_head_facts(settings, target)
+    with db.connection(target) as conn:
+        major = server_major(conn)
+    rows = sorted(
+        [kind, name, attribute, value]
+        for (kind, name), attributes in facts.items()
+        for attribute, value in attributes.items()
+    )
+    lines = ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows)
+    header = {
+        "head": ",".join(sorted(tree.script_directory().get_heads())),
+        "fingerprint": tree_fingerprint(tree),
+        "server_major": major,
+    }
+    text = json.dumps(header, indent=1)[:-2] + ',\n "facts": [\n' + lines + "\n ]\n}\n"
+    path = snapshot_path(tree)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m kronos_db.schema [URL]``: regenerate the snapshot of head (any server role
+    that may create a database; the default is the local server as the libpq defaults say)."""
+    import sys
+
+    from kronos_db.config import load_settings
+
+    args = sys.argv[1:] if argv is None else argv
+    settings = load_settings()
+    target = db.resolve_target(args[0] if args else None, settings).with_dbname("postgres")
+    print(f"wrote {write_head_snapshot(settings, target)}")
+
+
+if __name__ == "__main__":
+    main()

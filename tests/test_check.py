@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import Database, run_cli
+from conftest import REPO, Database, run_cli
 
-from kronos_db import schema
+from kronos_db import migrations, schema
 from kronos_db.config import Settings
 
 
@@ -24,12 +25,38 @@ def test_a_freshly_migrated_database_matches_head(database: Database) -> None:
     assert "matches head" in result.stdout
 
 
-def test_the_scratch_database_is_dropped(database: Database) -> None:
+def test_check_reads_the_shipped_snapshot_and_builds_nothing(database: Database) -> None:
     result = _check(database)
-    assert result.code == 0
-    # this run's own scratch database: other runs on the shared server build theirs meanwhile
+    assert result.code == 0, result.output
+    assert "scratch" not in result.stderr
+
+
+def test_the_shipped_snapshot_is_what_a_scratch_build_gives(template_database: Database) -> None:
+    """migrations/head_schema.json = head built from nothing (the template: migrated to head by
+    a superuser on an empty database). Regenerate it with `python -m kronos_db.schema`."""
+    tree = migrations.MigrationTree(REPO)
+    snapshot = schema.read_head_snapshot(tree)
+    assert snapshot is not None, "migrations/head_schema.json is missing"
+    stale = "stale: run `python -m kronos_db.schema` and commit migrations/head_schema.json"
+    assert snapshot.fingerprint == schema.tree_fingerprint(tree), stale
+    assert snapshot.head == ",".join(tree.script_directory().get_heads()), stale
+    with template_database.connect() as conn:
+        built = schema.schema_facts(conn)
+        assert snapshot.server_major == schema.server_major(conn)
+    assert schema.compare(snapshot.facts, built) == [], stale
+    assert schema.compare(built, snapshot.facts) == [], stale
+
+
+def test_a_tree_of_its_own_is_built_in_a_scratch_database_dropped_afterwards(
+    database: Database, tree_copy: tuple[Path, Path]
+) -> None:
+    root, config = tree_copy
+    # an edited revision: the shipped snapshot no longer describes this tree's head
+    extra = root / "sql" / "migrations" / "0003_log_service.upgrade.sql"
+    extra.write_text(extra.read_text() + "\n-- a comment changes the fingerprint\n")
+    result = _check(database, "--config", str(config))
     scratch = re.search(r"scratch database (kronos_check_\w+)", result.stderr)
-    assert scratch is not None, result.stderr
+    assert scratch is not None, result.output
     with database.connect() as conn:
         left = conn.execute(
             "SELECT datname FROM pg_database WHERE datname = %s", (scratch.group(1),)

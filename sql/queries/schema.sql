@@ -250,3 +250,7 @@ SELECT 'extension', quote_ident(x.extname), 'installed', 'yes'
   FROM pg_extension AS x
  WHERE x.extname <> 'plpgsql'
 ORDER BY 1, 2, 3;
+
+-- name: select_extensions_offered
+-- the extensions this server offers (installed or not)
+SELECT name FROM pg_available_extensions;
