@@ -192,19 +192,64 @@ def ensure_lease_table(conn: psycopg.Connection[Any]) -> None:
 # --------------------------------------------------------------------------- a lease
 
 
+Source = psycopg.Connection[Any] | db.Target
+
+
+def _idle(conn: psycopg.Connection[Any]) -> bool:
+    """An autocommit connection with nothing open: each lease statement is its own transaction."""
+    return (
+        not conn.closed
+        and conn.autocommit
+        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    )
+
+
+def _conninfo(conn: psycopg.Connection[Any]) -> str:
+    """The connection string ``conn`` was opened with, password included (libpq's PQconninfo)."""
+    options = {
+        option.keyword.decode(): option.val.decode()
+        for option in conn.pgconn.info
+        if option.val is not None
+    }
+    options.pop("hostaddr", None)  # resolved from host; keep libpq's own resolution
+    return psycopg.conninfo.make_conninfo(**options)
+
+
+def _open(source: Source) -> psycopg.Connection[Any]:
+    """A connection of the lease's own, to the same database as ``source``."""
+    if isinstance(source, db.Target):
+        return db.connect(source)
+    application = source.info.parameter_status("application_name") or "kronos-db"
+    return psycopg.connect(
+        _conninfo(source), autocommit=True, prepare_threshold=None, application_name=application
+    )
+
+
 class Lease:
-    """A lease this process holds; renewed by a heartbeat until :meth:`release`."""
+    """A lease this process holds; renewed by a heartbeat until :meth:`release`.
+
+    It is taken and released on the caller's connection when that one is idle in autocommit
+    (no connection to open for a job of a few seconds); the heartbeat renews it on a connection
+    of its own, opened at the first beat, since the caller's is busy with the work by then.
+    """
 
     def __init__(
-        self, name: str, owner: str, token: int, ttl: timedelta, conn: psycopg.Connection[Any]
+        self,
+        name: str,
+        owner: str,
+        token: int,
+        ttl: timedelta,
+        source: Source,
+        own: psycopg.Connection[Any] | None,
     ) -> None:
         self.name = name
         self.owner = owner
         self.token = token
         self.ttl = ttl
         self.lost = threading.Event()
-        self._conn = conn
-        self._conn_lock = threading.Lock()
+        self._source = source
+        self._own = own
+        self._own_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._heartbeat, name=f"kronos-lease-{name}", daemon=True
@@ -218,10 +263,18 @@ class Lease:
         self._thread.start()
         return self
 
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The lease's own connection (opened, or opened again after it broke)."""
+        if self._own is None or self._own.closed or self._own.broken:
+            if self._own is not None:
+                self._own.close()
+            self._own = _open(self._source)
+        return self._own
+
     def renew(self) -> bool:
         """Push the expiry one ttl ahead; False when the lease is no longer ours."""
-        with self._conn_lock:
-            row = self._conn.execute(query("locks", "renew_lease"), self.params).fetchone()
+        with self._own_lock:
+            row = self._connection().execute(query("locks", "renew_lease"), self.params).fetchone()
         if row is None:
             self.lost.set()
         return row is not None
@@ -253,21 +306,9 @@ class Lease:
                         self.ttl.total_seconds(),
                     )
                     return
-            except psycopg.Error as exc:
-                # a pooler restart, a network blip: the next beat reconnects
+            except (psycopg.Error, KronosError) as exc:
+                # a pooler restart, a network blip: the next beat connects again
                 logger.debug("renewing the %s lease failed: %s", self.name, exc)
-                self._reconnect()
-
-    def _reconnect(self) -> None:
-        with self._conn_lock:
-            try:
-                fresh = psycopg.connect(
-                    _conninfo(self._conn), autocommit=True, prepare_threshold=None
-                )
-            except psycopg.Error:
-                return
-            self._conn.close()
-            self._conn = fresh
 
     def release(self) -> None:
         """Stop the heartbeat and free the lease at once (the row stays, as a record)."""
@@ -275,9 +316,12 @@ class Lease:
         if self._thread.is_alive():
             self._thread.join()
         try:
-            with self._conn_lock:
-                self._conn.execute(query("locks", "release_lease"), self.params)
-        except psycopg.Error as exc:
+            with self._own_lock:
+                borrowed = isinstance(self._source, psycopg.Connection) and _idle(self._source)
+                conn = self._source if self._own is None and borrowed else self._connection()
+                assert isinstance(conn, psycopg.Connection)
+                conn.execute(query("locks", "release_lease"), self.params)
+        except (psycopg.Error, KronosError) as exc:
             logger.warning(
                 "could not release the %s lock (%s): it frees itself within %gs",
                 self.name,
@@ -285,31 +329,8 @@ class Lease:
                 self.ttl.total_seconds(),
             )
         finally:
-            self._conn.close()
-
-
-def _conninfo(conn: psycopg.Connection[Any]) -> str:
-    """The connection string ``conn`` was opened with, password included (libpq's PQconninfo)."""
-    options = {
-        option.keyword.decode(): option.val.decode()
-        for option in conn.pgconn.info
-        if option.val is not None
-    }
-    options.pop("hostaddr", None)  # resolved from host; keep libpq's own resolution
-    return psycopg.conninfo.make_conninfo(**options)
-
-
-Source = psycopg.Connection[Any] | db.Target
-
-
-def _lease_connection(source: Source) -> psycopg.Connection[Any]:
-    """A connection of the lease's own: the caller's may be in a transaction, or busy."""
-    if isinstance(source, db.Target):
-        return db.connect(source)
-    application = source.info.parameter_status("application_name") or "kronos-db"
-    return psycopg.connect(
-        _conninfo(source), autocommit=True, prepare_threshold=None, application_name=application
-    )
+            if self._own is not None:
+                self._own.close()
 
 
 def holder(conn: psycopg.Connection[Any], name: str) -> LockHolder | None:
@@ -374,10 +395,18 @@ def _acquire(
 ) -> tuple[Lease | None, LockHolder | None]:
     if ttl <= timedelta(0):
         raise ValueError("a lease needs a ttl longer than 0")
+    borrowed = isinstance(source, psycopg.Connection) and _idle(source)
     try:
-        lease_conn = _lease_connection(source)
+        lease_conn = source if borrowed else _open(source)
     except psycopg.Error as exc:
         raise _database_error(source, exc) from exc
+    assert isinstance(lease_conn, psycopg.Connection)
+    own = None if borrowed else lease_conn
+
+    def close_own() -> None:
+        if own is not None:
+            own.close()
+
     try:
         # a lease is the first write of every job: on a standby, say so in one line instead of
         # PostgreSQL's "cannot execute INSERT in a read-only transaction"
@@ -392,27 +421,26 @@ def _acquire(
         while True:
             token, current = _try_take(lease_conn, name, owner, ttl)
             if token is not None:
-                return Lease(name, owner, token, ttl, lease_conn).start(), None
+                return Lease(name, owner, token, ttl, source, own).start(), None
             now = time.monotonic()
             if now >= deadline:
-                lease_conn.close()
+                close_own()
                 return None, current
             if on_wait is not None and now >= next_report:
                 on_wait(current)
                 next_report = now + report_every
             time.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
     except psycopg.Error as exc:
-        lease_conn.close()
+        close_own()
         raise _database_error(source, exc) from exc
     except BaseException:
-        lease_conn.close()
+        close_own()
         raise
 
 
 def _database_error(source: Source, exc: psycopg.Error) -> KronosError:
     if isinstance(source, db.Target):
-        error = translate_database_error(exc, target=source.describe())
-        return type(error)(source.redact(error.message))
+        return db.database_error(exc, source)
     return translate_database_error(exc)
 
 
@@ -426,9 +454,9 @@ def acquire(
 ) -> Lease | None:
     """Take the lease ``name``, polling for at most ``wait``; None when another run keeps it.
 
-    ``source`` (a connection or a target) only tells where to connect: the lease has a
-    connection of its own. ``on_wait`` is told who holds the lease when the wait starts and
-    then every ten seconds.
+    ``source`` is a connection or a target: the lease is taken on the connection when it is
+    idle in autocommit, else on one of its own (the caller's transaction is never involved).
+    ``on_wait`` is told who holds the lease when the wait starts and then every ten seconds.
     """
     return _acquire(source, name, wait=wait, ttl=ttl, on_wait=on_wait)[0]
 
