@@ -216,14 +216,19 @@ def transaction_settings(
 _SETTING_NAME = re.compile(r"^[a-z_]+$")
 
 
-def set_local_script(settings: Mapping[str, str]) -> str:
+def set_local_script(settings: Mapping[str, str], *, scope: str = "LOCAL") -> str:
     """The ``SET LOCAL`` statements of ``settings``, for a script printed for review."""
     lines = []
     for name, value in settings.items():
         if not _SETTING_NAME.match(name):
             raise ValueError(f"not a setting name: {name!r}")
-        lines.append(f"SET LOCAL {name} = {sql.quote(value)};")
+        lines.append(f"SET {scope} {name} = {sql.quote(value)};")
     return "\n".join(lines)
+
+
+def set_session_script(settings: Mapping[str, str]) -> str:
+    """``SET SESSION`` statements, for the no-transaction part of a script printed for review."""
+    return set_local_script(settings, scope="SESSION")
 
 
 PoolMode = Literal["none", "session", "transaction"]

@@ -259,8 +259,12 @@ def run_sql(revision_file: str, direction: Direction) -> None:
             context.impl.static_output(script.text.strip())
         else:
             with context.autocommit_block():
+                if settings:
+                    context.impl.static_output(db.set_session_script(settings))
                 for statement in script.statements:
                     context.impl.static_output(_offline(statement))
+                for name in settings:
+                    context.impl.static_output(f"RESET {name};")
         return
     if script.transactional:
         driver_connection = _driver_connection()
@@ -299,9 +303,10 @@ def _offline(statement: Statement) -> str:
 def _session_settings(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> Iterator[None]:
     """Session-level settings for statements that cannot run in a transaction, then restored.
 
-    The one place kronos-db sets a session setting: there is no transaction to scope it to, and
-    it is only reached on a session of its own (direct or session-pooled), never on a
-    connection a transaction pooler shares.
+    With the per-statement ``lock_timeout`` below, the only session settings kronos-db makes:
+    there is no transaction to scope them to, and they are only reached on a session of its own
+    (direct or session-pooled), never on a connection a transaction pooler shares (``migrate``
+    refuses such a revision there, up front).
     """
     previous = {}
     for name in settings:
