@@ -266,3 +266,31 @@ def retry_on_eviction(
         except AssertionError:
             if statement_evictions(conn) == before or attempt == attempts - 1:
                 raise
+
+
+def wait_for(predicate: Callable[[], object], message: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.05)
+
+
+def migration_waiting_on_a_lock(conn: psycopg.Connection[Any]) -> int | None:
+    """The backend of a kronos-db run of this database that waits for a lock, if any."""
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'kronos-db' AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def wait_until_backend_ends(conn: psycopg.Connection[Any], pid: int | None) -> None:
+    """A killed client's backend finishes its statement, finds the client gone, rolls back."""
+    wait_for(
+        lambda: (
+            conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            == (0,)
+        ),
+        "the orphaned backend to end",
+    )

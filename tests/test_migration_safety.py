@@ -14,21 +14,21 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import REPO, Database, clean_environment, run_cli
+from conftest import (
+    REPO,
+    Database,
+    clean_environment,
+    migration_waiting_on_a_lock,
+    run_cli,
+    wait_for,
+    wait_until_backend_ends,
+)
 
 from kronos_db import locks, migrations
 from kronos_db.config import Settings
 
 HEAD = migrations.MigrationTree(REPO).script_directory().get_heads()[0]
 REVISION_COUNT = len(migrations.MigrationTree(REPO).revisions())
-
-
-def _wait_for(predicate: Any, timeout: float = 20.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -49,14 +49,6 @@ def test_ten_concurrent_migrations_apply_each_revision_once(empty_database: Data
         assert conn.execute("SELECT count(*) FROM kronos_migrations").fetchone() == (
             REVISION_COUNT,
         )
-
-
-def _waiting_backend(conn: psycopg.Connection[Any]) -> int | None:
-    row = conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = 'kronos-db' AND wait_event_type = 'Lock'"
-    ).fetchone()
-    return int(row[0]) if row else None
 
 
 @pytest.mark.slow
@@ -83,11 +75,11 @@ def test_a_run_killed_half_way_leaves_the_previous_revision(empty_database: Data
             stderr=subprocess.PIPE,
         )
         try:
-            _wait_for(
-                lambda: _waiting_backend(observer) is not None,
-                message="the migration to wait on the lock",
+            wait_for(
+                lambda: migration_waiting_on_a_lock(observer) is not None,
+                "the migration to wait on the lock",
             )
-            orphan = _waiting_backend(observer)
+            orphan = migration_waiting_on_a_lock(observer)
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
         finally:
@@ -95,16 +87,7 @@ def test_a_run_killed_half_way_leaves_the_previous_revision(empty_database: Data
                 process.kill()
             process.communicate()
         blocker.rollback()
-        # the orphaned backend finishes its statement, finds its client gone, and rolls back
-        _wait_for(
-            lambda: (
-                observer.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (orphan,)
-                ).fetchone()
-                == (0,)
-            ),
-            message="the orphaned backend to end",
-        )
+        wait_until_backend_ends(observer, orphan)
         assert migrations.current_revisions(observer) == ("0004",)
         assert observer.execute("SELECT to_regclass('routes')").fetchone() == (None,)
     result = run_cli("migrate", "--database-url", empty_database.url)

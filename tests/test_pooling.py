@@ -19,7 +19,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import REPO, CliResult, Database, clean_environment, run_cli
+from conftest import (
+    REPO,
+    CliResult,
+    Database,
+    clean_environment,
+    migration_waiting_on_a_lock,
+    run_cli,
+    wait_for,
+    wait_until_backend_ends,
+)
 from topology import PgBouncer, pgbouncer
 
 from kronos_db import db, locks, maintenance, migrations
@@ -87,22 +96,6 @@ def _applied(results: list[CliResult]) -> list[str]:
     return sorted(step["revision"] for r in results for step in json.loads(r.stdout)["steps"])
 
 
-def _waiting_migration(conn: psycopg.Connection[Any]) -> int | None:
-    row = conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = 'kronos-db' AND wait_event_type = 'Lock'"
-    ).fetchone()
-    return int(row[0]) if row else None
-
-
-def _wait_for(predicate: Any, message: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.05)
-
-
 def _kill_a_blocked_migration(url: str, database: Database) -> None:
     """Start `migrate`, let it block inside revision 0009, SIGKILL it, let its backend end."""
     with database.connect() as observer, database.connect(autocommit=False) as blocker:
@@ -123,23 +116,15 @@ def _kill_a_blocked_migration(url: str, database: Database) -> None:
             stderr=subprocess.DEVNULL,
         ) as process:
             try:
-                _wait_for(lambda: _waiting_migration(observer) is not None, "0009 to block")
-                orphan = _waiting_migration(observer)
+                wait_for(lambda: migration_waiting_on_a_lock(observer) is not None, "0009 to block")
+                orphan = migration_waiting_on_a_lock(observer)
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait(10)
             finally:
                 process.kill()
         blocker.rollback()
         # the pooler drops the killed client's server connection; its transaction rolls back
-        _wait_for(
-            lambda: (
-                observer.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (orphan,)
-                ).fetchone()
-                == (0,)
-            ),
-            "the orphaned backend to end",
-        )
+        wait_until_backend_ends(observer, orphan)
         assert migrations.current_revisions(observer) == ("0008",)
         stale = locks.holder(observer, migrations.MIGRATION_LOCK)
         assert stale is not None and not stale.free, "the killed run's lease is still there"
