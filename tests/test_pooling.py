@@ -36,8 +36,9 @@ from kronos_db.config import HousekeepingSettings, Settings
 from kronos_db.reports import health
 
 NOW = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
-# 0011 runs outside a transaction (CREATE INDEX CONCURRENTLY): through a transaction pool the
-# deploys below can go as far as the revision before it
+HEAD = migrations.MigrationTree(REPO).script_directory().get_heads()[0]
+# 0008 and 0011 run outside a transaction (CREATE INDEX CONCURRENTLY): between them, 0009 and
+# 0010 are what a transaction pool may apply
 LAST_TRANSACTIONAL = "0010"
 # what kronos-db sets, and what must never stay behind on a pooled server connection
 SETTINGS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
@@ -157,6 +158,12 @@ def test_migrate_through_a_transaction_pool(
     assert sum("took over the migrations lock" in r.stderr for r in results) == 1
     with empty_database.connect() as conn:
         assert migrations.current_revisions(conn) == (LAST_TRANSACTIONAL,)
+    # the rest of the way (0011 is CONCURRENTLY again) is refused up front, then done directly
+    rest = run_cli("migrate", "--database-url", url)
+    assert rest.code == 2 and "revision 0011" in rest.stderr, rest.output
+    migrations.upgrade(Settings(), empty_database.target, "head")
+    with empty_database.connect() as conn:
+        assert migrations.current_revisions(conn) == (HEAD,)
     assert_nothing_left_behind(transaction_pool, empty_database)
 
 
