@@ -168,6 +168,29 @@ def database_error(exc: BaseException, target: Target) -> KronosError:
     return type(error)(target.redact(error.message))
 
 
+def step_error(
+    conn: psycopg.Connection[Any], exc: psycopg.Error, settings: Settings | None = None
+) -> KronosError:
+    """A failed step's error, on a connection that carries on after it (one step of many).
+
+    A permission error says what is missing and the GRANT that fixes it, looked up on ``conn``
+    when its failed transaction is over (autocommit), as :func:`database_error` does.
+    """
+    error = translate_database_error(exc)
+    if (
+        isinstance(exc, pg_errors.InsufficientPrivilege)
+        and not conn.closed
+        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    ):
+        from kronos_db import privileges
+
+        try:
+            return InsufficientPrivilegeError(privileges.explain(conn, exc, settings))
+        except psycopg.Error:
+            return error
+    return error
+
+
 def _explain_privilege(exc: pg_errors.InsufficientPrivilege, target: Target) -> str:
     from kronos_db import privileges  # the roles mapping: only on this (rare) path
 

@@ -69,7 +69,6 @@ from kronos_db.errors import (
     LockTimeoutError,
     PartitionError,
     UsageError,
-    translate_database_error,
 )
 from kronos_db.resources import query
 
@@ -1619,7 +1618,11 @@ class _Rotation:
             ):
                 extra = work(runner)
         except (KronosError, psycopg.Error) as exc:
-            error = exc if isinstance(exc, KronosError) else translate_database_error(exc)
+            error = (
+                exc
+                if isinstance(exc, KronosError)
+                else db.step_error(self.conn, exc, self.settings)
+            )
             self.notify(f"{action.describe()}: failed: {error.message}")
             return StepResult(
                 action.kind,

@@ -98,7 +98,7 @@ def _owner(conn: psycopg.Connection[Any], mapping: roles.RoleMapping | None, nam
     return f"only the owner of {name} ({owner}) and its members may do this: {fix}"
 
 
-def _schema(conn: psycopg.Connection[Any], name: str) -> str:
+def _schema(conn: psycopg.Connection[Any], mapping: roles.RoleMapping | None, name: str) -> str:
     user = conn.info.user
     missing = [
         privilege
@@ -108,10 +108,14 @@ def _schema(conn: psycopg.Connection[Any], name: str) -> str:
             {"schema": name, "privilege": privilege},
         ).fetchone()[0]  # type: ignore[index]
     ] or ["USAGE"]
+    grant = f"GRANT {', '.join(missing)} ON SCHEMA {name} TO {user}"
+    owner = mapping.owner if mapping is not None else None
+    if "CREATE" in missing and owner:
+        # what creates objects in the schema is the owner (migrations) or a member (rotation)
+        grant += f", or GRANT {owner} TO {user} (the owner role has CREATE)"
     return (
-        f"{user} lacks {', '.join(missing)} on schema {name}: GRANT {', '.join(missing)} ON "
-        f"SCHEMA {name} TO {user} ({BOOTSTRAP} grants USAGE to every role of the mapping, and "
-        "CREATE to the owner)"
+        f"{user} lacks {', '.join(missing)} on schema {name}: {grant}; {BOOTSTRAP} grants USAGE "
+        "to every role of the mapping and CREATE to the owner"
     )
 
 
@@ -155,7 +159,7 @@ def explain(
             elif match := _OWNER.search(message):
                 fix = _owner(conn, mapping, match.group("name"))
             elif match := _SCHEMA.search(message):
-                fix = _schema(conn, match.group("name"))
+                fix = _schema(conn, mapping, match.group("name"))
         except psycopg.Error:
             fix = None
     if fix is None:
