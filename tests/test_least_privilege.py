@@ -72,16 +72,21 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
             " SELECT 't', 'p', %(status)s, %(then)s FROM generate_series(1, 5)",
             {"status": status, "then": long_ago},
         )
-    conn.execute("INSERT INTO roles (name, permissions) VALUES ('user', '{}')")
+    conn.execute(
+        "INSERT INTO roles (name, permissions) VALUES ('user', '{}') ON CONFLICT DO NOTHING"
+    )
     conn.execute(
         "INSERT INTO users (username, email, password_hash, role_id)"
-        " VALUES ('u', 'u@example.org', %(hash)s, 1)",
+        " VALUES ('u', 'u@example.org', %(hash)s, 1) ON CONFLICT DO NOTHING",
         {"hash": HASH},
     )
-    conn.execute("INSERT INTO routes (path, service, method) VALUES ('/api', 'api', 'GET')")
+    conn.execute(
+        "INSERT INTO routes (path, service, method) VALUES ('/api', 'api', 'GET')"
+        " ON CONFLICT DO NOTHING"
+    )
     conn.execute(
         "INSERT INTO rate_limits (user_id, route_id, request_count, last_request)"
-        " VALUES (1, 1, 9, %(past)s)",
+        " VALUES (1, 1, 9, %(past)s) ON CONFLICT (user_id, route_id) DO NOTHING",
         {"past": past},
     )
     # a verified dump of today: health's last-backup check has nothing to say
@@ -147,11 +152,12 @@ def test_bootstrap_then_each_command_as_its_role(
     # a role short of the maintenance role's grants is told exactly the missing GRANT
     weak = f"{prefix}weak"
     with database.connect() as conn:
+        _seed(conn)  # rows to expire: an empty table asks for no privilege at all
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(weak)))
         conn.execute(
             sql.SQL(
                 "GRANT CONNECT ON DATABASE {} TO {weak}; GRANT USAGE ON SCHEMA public TO {weak};"
-                " GRANT SELECT, DELETE ON sessions TO {weak}"
+                " GRANT SELECT, UPDATE ON sessions TO {weak}"
             ).format(sql.Identifier(database.name), weak=sql.Identifier(weak))
         )
     no_lease = _as(weak, database, config, "expire", "sessions")
@@ -165,9 +171,11 @@ def test_bootstrap_then_each_command_as_its_role(
         )
     short = _as(weak, database, config, "expire", "sessions")
     assert short.code == 1, short.output
-    assert f"GRANT UPDATE ON public.sessions TO {weak}" in short.stderr
+    assert f"GRANT DELETE ON public.sessions TO {weak}" in short.stderr
     assert "maintenance role" in short.stderr
     assert len(short.stderr.strip().splitlines()) == 1
-    rotated = _as(weak, database, config, "partitions", "rotate")
-    assert rotated.code == 1
+    # a month on: partitions to create, which only the owner and its members may
+    later = (NOW + timedelta(days=30)).isoformat()
+    rotated = _as(weak, database, config, "partitions", "rotate", "--now", later)
+    assert rotated.code == 1, rotated.output
     assert f"GRANT {owner} TO {weak}" in rotated.stderr  # rotation is the owner's business
