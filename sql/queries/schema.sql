@@ -1,8 +1,10 @@
 -- Introspection for `kronos-db check`: the schema as (kind, name, attribute, value) facts.
 -- Covers every user schema; leaves out extension members (they belong to the extension),
 -- kronos_quarantine (rows `kronos-db adopt` kept aside, a table that exists only where it was
--- needed) and the partitions of a partitioned table themselves (created by rotation over time,
--- under names that change), but records each partitioned table's key and default partition, and whatever a
+-- needed), kronos-db's own bookkeeping tables (made as it runs, whatever revision the database
+-- is at: a database migrated by an older kronos-db may lack one a newer one adds) and the
+-- partitions of a partitioned table themselves (created by rotation over time, under names
+-- that change), but records each partitioned table's key and default partition, and whatever a
 -- single partition has of its own (an index, a constraint or a trigger it does not inherit).
 -- Owners and grantees are the role that migrates (the owner of alembic_version) written as
 -- `the migrating role`, so that head built by one role compares with a database run by another.
@@ -31,8 +33,10 @@ relations AS (
       JOIN namespaces AS n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
        AND NOT c.relispartition
-       -- kronos-db's quarantine is data kept aside by `adopt`, created only when needed
-       AND c.relname NOT IN ('kronos_quarantine', 'kronos_quarantine_id_seq')
+       -- kronos-db's quarantine is data kept aside by `adopt`, created only when needed; the
+       -- version, checksums, progress and leases are kronos-db's bookkeeping
+       AND c.relname NOT IN ('kronos_quarantine', 'kronos_quarantine_id_seq', 'alembic_version',
+                             'kronos_migrations', 'kronos_migrations_progress', 'kronos_leases')
        AND NOT EXISTS (SELECT 1 FROM extension_members AS e
                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid)
 ),
