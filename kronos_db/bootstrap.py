@@ -11,7 +11,7 @@ Run once per database (again after the mapping changes; it is idempotent), as a 
 * creates the ``kronos_leases`` table (kronos-db's locks) when it is missing;
 * makes every role of the mapping what it says (:func:`kronos_db.roles.apply_roles`, as a
   superuser): the owner, maintenance and monitoring roles with their memberships, the service
-  roles, CONNECT and USAGE (and the owner's CREATE on the schema), and every object of the schema
+  roles, CONNECT and USAGE, and the schema and every object in it
   handed to the owner. Table privileges of tables that do not exist yet (a database before its
   first ``migrate``) are left for ``roles apply``, which the owner can run.
 

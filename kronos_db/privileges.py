@@ -115,7 +115,7 @@ def _schema(conn: psycopg.Connection[Any], mapping: roles.RoleMapping | None, na
         grant += f", or GRANT {owner} TO {user} (the owner role has CREATE)"
     return (
         f"{user} lacks {', '.join(missing)} on schema {name}: {grant}; {BOOTSTRAP} grants USAGE "
-        "to every role of the mapping and CREATE to the owner"
+        "to every role of the mapping and makes the owner role own the schema"
     )
 
 

@@ -53,6 +53,7 @@ _OBJECT_KINDS: dict[str, sql.SQL] = {
         "PROCEDURE",
         "TYPE",
         "DOMAIN",
+        "SCHEMA",
     )
 }
 ROLES_LOCK = "roles"
@@ -659,6 +660,25 @@ def _membership_fixes(
     return fixes
 
 
+def _object_identifier(row: Mapping[str, Any]) -> sql.Composable:
+    if row["object_kind"] == "SCHEMA":
+        return sql.Identifier(row["object_name"])
+    if row["signature"]:
+        # a function is named with its argument types, as regprocedure spells them
+        return sql.SQL(row["signature"])
+    return sql.Identifier(row["schema_name"], row["object_name"])
+
+
+def _owned_elsewhere(rows: list[dict[str, Any]], schema: str) -> str:
+    """``schema public and 41 of its objects (e.g. public.users)``, as the rows say."""
+    objects = [row for row in rows if row["object_kind"] != "SCHEMA"]
+    parts = [f"schema {schema}"] if len(objects) < len(rows) else []
+    if objects:
+        example = _object_identifier(objects[0]).as_string()
+        parts.append(f"{len(objects)} of its object(s) (e.g. {example})")
+    return " and ".join(parts)
+
+
 def _ownership_fixes(
     conn: psycopg.Connection[Any],
     mapping: RoleMapping,
@@ -666,7 +686,11 @@ def _ownership_fixes(
     params: Mapping[str, Any],
     database: str,
 ) -> list[_Fix]:
-    """The owner owns every object of the schema; every other role owns nothing."""
+    """The owner owns the schema and every object in it; every other role owns nothing.
+
+    Owning the schema (rather than a grant of CREATE on it) is what makes head's privileges
+    and the live ones agree: the owner's rights on it are the owner's, as on a scratch build.
+    """
     fixes = []
     owner = mapping.owner
     heir = sql.Identifier(owner) if owner else sql.SQL("CURRENT_USER")
@@ -694,12 +718,7 @@ def _ownership_fixes(
         owners = sorted({row["owner_name"] for row in foreign})
         statements = [
             sql.SQL("ALTER {} {} OWNER TO {}").format(
-                _OBJECT_KINDS[row["object_kind"]],
-                # a function is named with its argument types, as regprocedure spells them
-                sql.SQL(row["signature"])
-                if row["signature"]
-                else sql.Identifier(row["schema_name"], row["object_name"]),
-                sql.Identifier(owner),
+                _OBJECT_KINDS[row["object_kind"]], _object_identifier(row), sql.Identifier(owner)
             )
             for row in foreign
         ]
@@ -709,9 +728,8 @@ def _ownership_fixes(
                     owner,
                     "not the owner",
                     mapping.schema,
-                    f"{len(foreign)} object(s) of schema {mapping.schema} belong to "
-                    f"{', '.join(owners)} (e.g. {foreign[0]['schema_name']}."
-                    f"{foreign[0]['object_name']}), not to {owner}",
+                    f"{_owned_elsewhere(foreign, mapping.schema)} belong to "
+                    f"{', '.join(owners)}, not to {owner}",
                 ),
                 sql.SQL("; ").join(statements),
                 "SUPERUSER",

@@ -45,6 +45,11 @@ def prefix(empty_database: Database) -> Iterator[str]:
     with empty_database.connect() as cleanup:
         for role in names:
             if cleanup.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                # what it owns (the schema public too, once it owned it) back to the superuser,
+                # then its privileges dropped
+                cleanup.execute(
+                    sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role))
+                )
                 cleanup.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         for role in names:
             cleanup.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -48,6 +48,11 @@ def drop_mapping_roles(urls: list[str], settings: Settings, *others: str) -> Non
         with psycopg.connect(url, autocommit=True) as cleanup:
             for name in names:
                 if cleanup.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+                    # what it owns (the schema public too, once it owned it) back to the superuser,
+                    # then its privileges dropped
+                    cleanup.execute(
+                        sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name))
+                    )
                     cleanup.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
     with psycopg.connect(urls[0], autocommit=True) as cleanup:
         for name in names:

@@ -129,9 +129,10 @@ SELECT rolsuper AS superuser,
  WHERE rolname = current_user
 
 -- name: select_objects_not_owned_by
--- the schema's objects (relations, partitions included; functions; types) that another role
--- than %(owner)s owns, extension members and column-owned sequences (they follow their table)
--- left out: kind (as ALTER … OWNER TO spells it), schema, name, function signature, owner
+-- the schema itself and its objects (relations, partitions included; functions; types) that
+-- another role than %(owner)s owns, extension members and column-owned sequences (they follow
+-- their table) left out: kind (as ALTER … OWNER TO spells it), schema, name, function
+-- signature, owner
 WITH extension_members AS (
     SELECT classid, objid FROM pg_depend WHERE deptype = 'e'
 ),
@@ -175,6 +176,10 @@ objects AS (
        AND (t.typtype IN ('e', 'd', 'r', 'm')
             OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))
        AND ('pg_type'::regclass, t.oid) NOT IN (SELECT classid, objid FROM extension_members)
+    UNION ALL
+    SELECT 'SCHEMA', n.nspname, n.nspname, NULL::text, pg_get_userbyid(n.nspowner)
+      FROM pg_namespace AS n
+     WHERE n.nspname = %(schema)s::text
 )
 SELECT object_kind, schema_name, object_name, signature, owner_name
   FROM objects
