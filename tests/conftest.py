@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -294,3 +294,21 @@ def wait_until_backend_ends(conn: psycopg.Connection[Any], pid: int | None) -> N
         ),
         "the orphaned backend to end",
     )
+
+
+def drop_roles(urls: Sequence[str], names: Sequence[str]) -> None:
+    """Drop a test's own roles (cluster-wide: only those it created, never a shared one).
+
+    In each database first: what they own back to the superuser (the schema public too, once
+    the mapping's owner owned it), then their privileges dropped; then the roles.
+    """
+    for url in urls:
+        with psycopg.connect(url, autocommit=True) as cleanup:
+            for name in names:
+                if cleanup.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+                    role = sql.Identifier(name)
+                    cleanup.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
+                    cleanup.execute(sql.SQL("DROP OWNED BY {}").format(role))
+    with psycopg.connect(urls[0], autocommit=True) as cleanup:
+        for name in names:
+            cleanup.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CliResult, Database, run_cli, unique_name, url_for
+from conftest import CliResult, Database, drop_roles, run_cli, unique_name, url_for
 from psycopg import sql
 
 from kronos_db import migrations, roles
@@ -41,18 +41,7 @@ def prefix(empty_database: Database) -> Iterator[str]:
     name = unique_name("klp").replace("_", "") + "_"
     yield name
     settings = Settings(security=SecuritySettings(role_prefix=name))
-    names = [*roles.load_mapping(settings).role_names, f"{name}weak"]
-    with empty_database.connect() as cleanup:
-        for role in names:
-            if cleanup.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-                # what it owns (the schema public too, once it owned it) back to the superuser,
-                # then its privileges dropped
-                cleanup.execute(
-                    sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role))
-                )
-                cleanup.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        for role in names:
-            cleanup.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    drop_roles([empty_database.url], [*roles.load_mapping(settings).role_names, f"{name}weak"])
 
 
 def _as(user: str, database: Database, config: Path, *args: str) -> CliResult:

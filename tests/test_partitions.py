@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import conftest
 import psycopg
 import pytest
 from conftest import REPO, Database, unique_name, url_for
@@ -70,16 +71,7 @@ def default_rows(conn: psycopg.Connection[Any]) -> int:
 
 def drop_roles(database: Database, names: list[str]) -> None:
     """Drop the test's own roles (cluster-wide: only those it created, never a shared one)."""
-    with database.connect() as cleanup:
-        for name in names:
-            if cleanup.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
-                # what it owns (the schema public too, once it owned it) back to the superuser,
-                # then its privileges dropped
-                cleanup.execute(
-                    sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name))
-                )
-                cleanup.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-                cleanup.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    conftest.drop_roles([database.url], names)
 
 
 @pytest.fixture(params=["native", "partman"])

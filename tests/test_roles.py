@@ -10,9 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import _janitor, unique_name, url_for
+from conftest import _janitor, drop_roles, unique_name, url_for
 from psycopg import errors as pg_errors
-from psycopg import sql
 
 from kronos_db import roles
 from kronos_db.config import SecuritySettings, Settings
@@ -41,22 +40,9 @@ def applied(
     drop_mapping_roles([database.url], role_settings)
 
 
-def drop_mapping_roles(urls: list[str], settings: Settings, *others: str) -> None:
-    """Drop this test's roles (a unique prefix: never another run's), after what they own."""
-    names = (*roles.load_mapping(settings).role_names, *others)
-    for url in urls:
-        with psycopg.connect(url, autocommit=True) as cleanup:
-            for name in names:
-                if cleanup.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
-                    # what it owns (the schema public too, once it owned it) back to the superuser,
-                    # then its privileges dropped
-                    cleanup.execute(
-                        sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name))
-                    )
-                    cleanup.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-    with psycopg.connect(urls[0], autocommit=True) as cleanup:
-        for name in names:
-            cleanup.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+def drop_mapping_roles(urls: list[str], settings: Settings) -> None:
+    """Drop this test's roles (a unique prefix: never another run's)."""
+    drop_roles(urls, roles.load_mapping(settings).role_names)
 
 
 def as_role(database: Any, role: str) -> psycopg.Connection[Any]:
