@@ -32,7 +32,7 @@ import psycopg
 from psycopg import ClientCursor
 
 from kronos_db import db, migrations
-from kronos_db.config import HealthSettings, Settings
+from kronos_db.config import Settings
 from kronos_db.reports.health import health_report
 
 SERVER = os.environ.get("KRONOS_BENCH_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -118,11 +118,7 @@ def main() -> None:
             RecordingCursor.recorded = []
             with psycopg.connect(url, autocommit=True, cursor_factory=RecordingCursor) as conn:
                 library_times.append(
-                    timed(
-                        lambda conn=conn: health_report(
-                            conn, HealthSettings(), now=datetime.now(UTC)
-                        )
-                    )
+                    timed(lambda conn=conn: health_report(conn, Settings(), now=datetime.now(UTC)))
                 )
         statements = list(RecordingCursor.recorded)
 

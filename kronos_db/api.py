@@ -43,7 +43,8 @@ from kronos_db.config import load_settings as _load_settings
 if TYPE_CHECKING:
     import psycopg
 
-    from kronos_db.backups import Backup, BackupHealth, VerifyResult
+    from kronos_db.backups import Backup, VerifyResult
+    from kronos_db.checks import Outcome
     from kronos_db.db import Target
     from kronos_db.housekeeping import JobResult
     from kronos_db.maintenance import MaintenanceReport
@@ -314,9 +315,7 @@ def health(
 
     return _on_connection(
         source,
-        lambda conn: health_checks.health_report(
-            conn, settings.health, now=now, only=only, skip=skip
-        ),
+        lambda conn: health_checks.health_report(conn, settings, now=now, only=only, skip=skip),
     )
 
 
@@ -353,11 +352,12 @@ def list_backups(
     return _on_connection(source, lambda conn: backups.list_backups(conn, kind=kind, limit=limit))
 
 
-def backup_status(source: Source, settings: Settings, *, now: datetime) -> BackupHealth:
-    """Whether a recent backup passed verification (``kronos-db backup status``)."""
+def backup_status(source: Source, settings: Settings, *, now: datetime) -> Outcome:
+    """Whether a recent backup passed verification and its file still matches its record
+    (``kronos-db backup status``; health's last_backup gives the same answer)."""
     from kronos_db import backups
 
-    return _on_connection(source, lambda conn: backups.backup_health(conn, settings, now=now))
+    return _on_connection(source, lambda conn: backups.backup_status(conn, settings, now=now))
 
 
 __all__ = [

@@ -38,7 +38,20 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from kronos_db import db, locks, logs, replication
-from kronos_db.config import Settings
+from kronos_db.checks import (
+    DEFAULT_LIMITS,
+    Context,
+    Finding,
+    Limits,
+    Metric,
+    Outcome,
+    Status,
+    Threshold,
+    data_hint,
+    fetch,
+    worst,
+)
+from kronos_db.config import Settings, describe
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
     BackupError,
@@ -49,6 +62,7 @@ from kronos_db.errors import (
     translate_database_error,
 )
 from kronos_db.resources import query
+from kronos_db.units import human_seconds
 
 Kind = Literal["pg_dump", "partition_archive", "unknown"]
 KINDS: tuple[str, ...] = ("pg_dump", "partition_archive", "unknown")
@@ -943,54 +957,200 @@ def prune_backups(
         )
 
 
-# --------------------------------------------------------------------------- health
+# --------------------------------------------------------------------------- status
+
+# a file changed after this much past its recording was touched by something else
+_CTIME_SLACK = timedelta(seconds=2)
+FileState = Literal["ok", "missing", "resized", "changed", "unreadable", "unreachable"]
 
 
 @dataclasses.dataclass(frozen=True)
-class BackupHealth:
-    """Monitoring view: is there a recent dump that is known to restore?"""
+class DumpFile:
+    """What the file of a recorded dump looks like now."""
 
-    severity: Literal["ok", "warning", "critical"]
-    summary: str
-    newest: Backup | None
-    newest_verified: Backup | None
-    verified_age_seconds: float | None
+    backup: Backup
+    state: FileState
+    detail: str
 
     @property
-    def exit_code(self) -> int:
-        return {"ok": 0, "warning": 1, "critical": 2}[self.severity]
+    def usable(self) -> bool:
+        return self.state == "ok"
+
+    @property
+    def known(self) -> bool:
+        """False: this host cannot tell (the directory is not here, or not readable)."""
+        return self.state not in ("unreadable", "unreachable")
 
 
-def backup_health(
+def check_dump_file(backup: Backup) -> DumpFile:
+    """The dump's file, checked cheaply on every call: it exists and has its recorded size;
+    its SHA-256 is computed again only when the file's ctime says it changed after it was
+    recorded or last verified (content cannot change without the ctime moving)."""
+    path = Path(backup.file_path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            return DumpFile(
+                backup, "unreachable", f"{path.parent} is not on this host: cannot check {path}"
+            )
+        return DumpFile(backup, "missing", f"{path} no longer exists")
+    except PermissionError:
+        return DumpFile(backup, "unreadable", f"{path}: permission denied")
+    if backup.size_bytes is not None and stat.st_size != backup.size_bytes:
+        return DumpFile(
+            backup,
+            "resized",
+            f"{path} holds {stat.st_size:,} bytes, {backup.size_bytes:,} were recorded",
+        )
+    recorded = max(
+        moment
+        for moment in (backup.finished_at, backup.created_at, backup.verified_at)
+        if moment is not None
+    )
+    changed_at = datetime.fromtimestamp(stat.st_ctime, tz=recorded.tzinfo)
+    if backup.sha256 is not None and changed_at > recorded + _CTIME_SLACK:
+        try:
+            digest = file_digest(path)
+        except PermissionError:
+            return DumpFile(backup, "unreadable", f"{path}: permission denied")
+        if digest.sha256 != backup.sha256:
+            return DumpFile(
+                backup,
+                "changed",
+                f"{path} was changed on {changed_at:%Y-%m-%d %H:%M %Z}: its SHA-256 no longer "
+                "matches the recorded one",
+            )
+    return DumpFile(backup, "ok", f"{path} matches its record")
+
+
+def backup_thresholds(
+    settings: Settings,
+    *,
+    warning_age: timedelta | None = None,
+    critical_age: timedelta | None = None,
+) -> tuple[Threshold, ...]:
+    """``[backups] warning_age`` and ``critical_age``, or the command's own levels: one given
+    alone takes the other along when they would cross (``--critical 1d`` with the default
+    warning of 26h warns from 1d too)."""
+    threshold = Threshold.from_settings(settings, "backups.warning_age", "backups.critical_age")
+    if warning_age is None and critical_age is None:
+        return (threshold,)
+    warning = warning_age.total_seconds() if warning_age is not None else threshold.warning
+    critical = critical_age.total_seconds() if critical_age is not None else threshold.critical
+    if warning is not None and critical is not None and critical < warning:
+        if warning_age is None:
+            warning = critical
+        elif critical_age is None:
+            critical = warning
+    return (
+        Threshold(
+            warning,
+            critical,
+            keys=("--warning", "--critical"),
+            spelled=(
+                describe(timedelta(seconds=warning)) if warning is not None else "",
+                describe(timedelta(seconds=critical)) if critical is not None else "",
+            ),
+        ),
+    )
+
+
+def backup_status(
     conn: psycopg.Connection[Any],
     settings: Settings,
     *,
     now: datetime,
+    limits: Limits = DEFAULT_LIMITS,
     warning_age: timedelta | None = None,
     critical_age: timedelta | None = None,
-) -> BackupHealth:
-    """OK when the newest dump that passed verification is recent, WARNING/CRITICAL otherwise.
+) -> Outcome:
+    """Is there a recent dump that is known to restore? The one answer ``backup status`` and
+    health's last_backup give.
 
-    Only a *verified* dump counts: an unverified file is a hope, not a backup. The newest dump
-    having failed verification is at least a WARNING.
+    Only a dump that passed verification *and whose file still matches its record* counts:
+    an unverified file is a hope, not a backup, and a verified file deleted or changed since
+    is no backup either. The files are checked on every call, cheaply (size, and the SHA-256
+    only of a file changed since it was recorded: :func:`check_dump_file`). The newest dump
+    having failed verification, or its file being gone or changed, is at least a WARNING;
+    a file this host cannot see makes the verdict UNKNOWN rather than a guess.
     """
-    warning_age = warning_age if warning_age is not None else settings.backups.warning_age
-    critical_age = critical_age if critical_age is not None else settings.backups.critical_age
-    dumps = list_backups(conn, kind="pg_dump")
+    (threshold,) = backup_thresholds(settings, warning_age=warning_age, critical_age=critical_age)
+    dumps = fetch(
+        conn,
+        query("backups", "select_backups"),
+        {"kind": "pg_dump", "include_pruned": False, "limit": 1000},
+        Backup,
+        limits,
+        privilege_hint=data_hint("backups"),
+    )
     newest = dumps[0] if dumps else None
-    verified = next((b for b in dumps if b.verify_result == "passed"), None)
-    if verified is None:
-        detail = f"; newest dump is backup {newest.id}, not verified" if newest else ""
-        return BackupHealth("critical", f"no verified backup{detail}", newest, None, None)
-    age = now - verified.created_at
-    hours = age.total_seconds() / 3600
-    summary = f"newest verified backup is {verified.id}, {hours:.1f}h old"
-    severity: Literal["ok", "warning", "critical"] = "ok"
-    if age >= critical_age:
-        severity = "critical"
-    elif age >= warning_age:
-        severity = "warning"
+    checked: list[DumpFile] = []
+    verified: DumpFile | None = None
+    for dump in dumps:
+        if dump is not newest and dump.verify_result != "passed":
+            continue
+        state = check_dump_file(dump)
+        checked.append(state)
+        if dump.verify_result == "passed" and state.usable:
+            verified = state
+            break
+        if dump.verify_result == "passed" and not state.known:
+            break  # this host cannot tell whether it is usable: an older one says nothing
+    age = (now - verified.backup.created_at).total_seconds() if verified else None
+    metric = Metric("backup_age", age, "seconds", threshold)
+    statuses = [metric.grade()]
+    parts: list[str] = []
+    findings: list[Finding] = []
+    if verified is not None:
+        parts.append(
+            f"newest usable verified backup is {verified.backup.id}, "
+            f"{human_seconds(age or 0)} old ({verified.backup.file_path})"
+        )
+    elif any(not state.known and state.backup.verify_result == "passed" for state in checked):
+        pass  # its verified dump may well be usable: this host cannot tell (UNKNOWN below)
+    else:
+        statuses.append(Status.CRITICAL)
+        parts.append(
+            "no usable verified backup"
+            + (
+                f" (newest dump is backup {newest.id}, not verified)"
+                if newest and newest.verify_result is None
+                else ""
+            )
+        )
+    for state in checked:
+        if state.usable:
+            continue
+        statuses.append(Status.WARNING if state.known else Status.UNKNOWN)
+        what = "unusable" if state.known else "cannot be checked from here"
+        parts.append(f"backup {state.backup.id} {what}: {state.detail}")
+        findings.append(Finding(f"backup {state.backup.id}", f"{what}: {state.detail}"))
     if newest is not None and newest.verify_result == "failed":
-        summary += f"; newest backup {newest.id} FAILED verification: {newest.verify_message}"
-        severity = "critical" if severity == "critical" else "warning"
-    return BackupHealth(severity, summary, newest, verified, age.total_seconds())
+        statuses.append(Status.WARNING)
+        parts.append(f"newest backup {newest.id} FAILED verification: {newest.verify_message}")
+        findings.append(
+            Finding(f"backup {newest.id}", f"failed verification: {newest.verify_message}")
+        )
+    status = worst(statuses)
+    hint = ""
+    if any(not state.known for state in checked):
+        hint = "run this check where [backups] directory is mounted (and readable)"
+    elif status is not Status.OK:
+        hint = (
+            "is the backup job running? `kronos-db backup create` then `kronos-db backup "
+            "verify ID` (see docs/backups.md)"
+        )
+    return Outcome(
+        status,
+        "; ".join(parts),
+        (metric,),
+        tuple(findings),
+        hint,
+        tuple(state.backup for state in checked),
+    )
+
+
+def check_backups(ctx: Context) -> Outcome:
+    """health's last_backup: the backups module's answer, as ``backup status`` gives it."""
+    return backup_status(ctx.conn, ctx.settings, now=ctx.now, limits=ctx.limits)

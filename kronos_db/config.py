@@ -314,11 +314,13 @@ class BackupSettings:
     )
     warning_age: timedelta = setting(
         timedelta(hours=26),
-        "`backup status` is WARNING when the newest verified dump is older than this.",
+        "`backup status` and health's last_backup are WARNING when the newest usable verified "
+        "dump is older than this.",
     )
     critical_age: timedelta = setting(
         timedelta(hours=50),
-        "`backup status` is CRITICAL when the newest verified dump is older than this.",
+        "`backup status` and health's last_backup are CRITICAL when the newest usable verified "
+        "dump is older than this.",
     )
 
 
@@ -516,7 +518,15 @@ class HealthSettings:
         timedelta(seconds=5), "A statement whose mean time exceeds this is CRITICAL."
     )
     slow_query_minimum_calls: int = setting(
-        1, "Statements called fewer times than this are not judged slow.", minimum=1
+        10,
+        "Statements called fewer times than this (since the newest snapshot, when there is "
+        "one) are not judged slow: a one-off bulk statement is no alarm.",
+        minimum=1,
+    )
+    slow_query_include_utility: bool = setting(
+        False,
+        "Judge utility statements too (VACUUM, CREATE INDEX, COPY, DO blocks…): they are "
+        "slow by nature.",
     )
     unused_index_minimum_bytes: int = setting(
         1024 * 1024, "Unused indexes smaller than this are listed but not a WARNING.", minimum=0
@@ -541,11 +551,23 @@ class HealthSettings:
     queue_pending_critical: int = setting(
         100_000, "Pending messages in one topic for CRITICAL.", minimum=0
     )
-    backup_age_warning: timedelta = setting(
-        timedelta(hours=26), "Last backup older than this (or none recorded): WARNING."
+    prepared_transaction_warning: timedelta = setting(
+        timedelta(seconds=30),
+        "A prepared transaction (two-phase commit) older than this: WARNING. It holds its "
+        "locks and the xmin horizon, with no session to end, until committed or rolled back.",
     )
-    backup_age_critical: timedelta = setting(
-        timedelta(hours=50), "Last backup older than this: CRITICAL."
+    prepared_transaction_critical: timedelta = setting(
+        timedelta(minutes=5), "A prepared transaction older than this: CRITICAL."
+    )
+    unmaintained_table_warning: int = setting(
+        100 * 1024 * 1024,
+        "A table at least this large (bytes) never vacuumed or never analyzed: WARNING.",
+        minimum=0,
+    )
+    unmaintained_table_critical: int = setting(
+        10 * 1024 * 1024 * 1024,
+        "A table at least this large never vacuumed or never analyzed: CRITICAL.",
+        minimum=0,
     )
     replication_lag_warning: timedelta = setting(
         timedelta(minutes=1),
@@ -640,6 +662,24 @@ class Settings:
 
 
 SectionT = TypeVar("SectionT")
+
+
+# settings that were removed, and what replaced them: a file still setting one is told where its
+# value belongs instead of being graded with a default it did not ask for
+RETIRED_KEYS: dict[str, str] = {
+    "health.backup_age_warning": "backup freshness has one answer, the backups module's: set "
+    "backups.warning_age",
+    "health.backup_age_critical": "backup freshness has one answer, the backups module's: set "
+    "backups.critical_age",
+    "health.partition_ahead_warning": "partition coverage has one answer, the partitions "
+    "module's: set partitions.coverage_warning (partitions ready ahead)",
+    "health.partition_ahead_critical": "partition coverage has one answer, the partitions "
+    "module's: set partitions.coverage_critical (partitions ready ahead)",
+    "health.logs_default_warning": "rows in the default partition are judged by the partitions "
+    "module (any row: WARNING)",
+    "health.logs_default_critical": "rows in the default partition are judged by the partitions "
+    "module (any row: WARNING)",
+}
 
 
 def section_types() -> dict[str, type[Any]]:
@@ -869,6 +909,9 @@ def load_settings(
             raise ConfigError(f"{path}: {section_name}: expected a table [{section_name}]")
         known = {f.name for f in dataclasses.fields(sections[section_name])}
         for key, value in table.items():
+            retired = RETIRED_KEYS.get(f"{section_name}.{key}")
+            if retired is not None:
+                raise ConfigError(f"{path}: {section_name}.{key} is no longer a setting: {retired}")
             if key not in known:
                 raise ConfigError(
                     f"{path}: unknown key {section_name}.{key} (known: {', '.join(sorted(known))})"

@@ -35,6 +35,18 @@ from psycopg.rows import dict_row
 
 from kronos_db import batching, db, logs, replication
 from kronos_db.batching import BatchPolicy, ProgressCallback, Totals
+from kronos_db.checks import (
+    Context,
+    Finding,
+    Limits,
+    Metric,
+    Outcome,
+    Status,
+    Threshold,
+    data_hint,
+    fetch,
+    health_threshold,
+)
 from kronos_db.config import HousekeepingSettings, Settings
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import ReplicationLagError, UsageError
@@ -370,13 +382,77 @@ def reset_rate_limits(
     return run_job(conn, "reset-ratelimits", now, options, work, count)
 
 
+# ----------------------------------------------------------------------------- check
+
+EXPIRED_COUNT_CAP = 10_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpiredRows:
+    table_name: str
+    expired_rows: int  # counted up to EXPIRED_COUNT_CAP
+    oldest_expiry: datetime | None
+
+
+def expired_rows(
+    conn: psycopg.Connection[Any], limits: Limits, *, now: datetime
+) -> list[ExpiredRows]:
+    """Sessions and cache rows past their expiry, still waiting for the expiry jobs."""
+    return fetch(
+        conn,
+        query("housekeeping", "select_expired_rows"),
+        {"now": now, "cap": EXPIRED_COUNT_CAP},
+        ExpiredRows,
+        limits,
+        privilege_hint=data_hint("sessions, cache"),
+    )
+
+
+def expired_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    return (health_threshold(settings, "expired_rows"),)
+
+
+def check_expired_rows(ctx: Context) -> Outcome:
+    """Are the expiry jobs keeping up? Expired rows still waiting to be deleted."""
+    (threshold,) = expired_thresholds(ctx.settings)
+    rows = expired_rows(ctx.conn, ctx.limits, now=ctx.now)
+    top = max(rows, key=lambda row: row.expired_rows, default=None)
+    metric = Metric("expired_rows", float(top.expired_rows if top else 0), "count", threshold)
+    status = metric.grade()
+    shown = ", ".join(f"{row.table_name} {row.expired_rows:,}" for row in rows)
+    return Outcome(
+        status,
+        f"expired rows waiting to be deleted: {shown}",
+        (metric,),
+        tuple(
+            Finding(
+                f"table {row.table_name}",
+                f"{row.expired_rows:,} expired row(s), the oldest expired "
+                f"{row.oldest_expiry:%Y-%m-%d %H:%M %Z}",
+            )
+            for row in rows
+            if row.expired_rows and row.oldest_expiry is not None
+        )
+        if status is not Status.OK
+        else (),
+        ""
+        if status is Status.OK
+        else "is the expiry job running? `kronos-db expire sessions` / `expire cache` (or "
+        "`kronos-db maintain`) from cron",
+        tuple(rows),
+    )
+
+
 __all__ = [
     "DEFAULT_OPTIONS",
     "BatchOptions",
+    "ExpiredRows",
     "JobResult",
     "ProgressCallback",
+    "check_expired_rows",
     "expire_cache",
     "expire_sessions",
+    "expired_rows",
     "job_options",
     "job_settings",
     "job_timeouts",

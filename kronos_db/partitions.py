@@ -61,6 +61,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from kronos_db import backups, batching, db, locks, logs, replication, roles
+from kronos_db.checks import ANY, Context, Finding, Metric, Outcome, Status, Threshold, worst
 from kronos_db.config import PartitionSettings, Settings, require_lock_timeout
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import (
@@ -68,6 +69,7 @@ from kronos_db.errors import (
     KronosError,
     LockTimeoutError,
     PartitionError,
+    ReportUnavailableError,
     UsageError,
 )
 from kronos_db.resources import query
@@ -75,7 +77,6 @@ from kronos_db.resources import query
 logger = logging.getLogger(__name__)
 
 Interval = Literal["hourly", "daily", "weekly", "monthly"]
-Level = Literal["OK", "WARNING", "CRITICAL"]
 Notify = Callable[[str], None]
 T = TypeVar("T")
 
@@ -868,8 +869,9 @@ def _relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> b
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    level: Level
+    level: Status
     message: str
+    fix: str = ""  # SQL that settles it, when there is one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -897,14 +899,16 @@ class PartitionStatus:
     strays: tuple[Stray, ...]
     plan: tuple[Action, ...]
     warnings: tuple[str, ...]
-    level: Level
+    level: Status
     problems: tuple[str, ...]
     hint: str = ""
+    # the SQL that settles a problem, per problem ("" when a command does it)
+    fixes: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
-        """0/1/2 for OK/WARNING/CRITICAL (monitoring-plugin convention)."""
-        return {"OK": 0, "WARNING": 1, "CRITICAL": 2}[self.level]
+        """0/1/2/3 for OK/WARNING/CRITICAL/UNKNOWN (monitoring-plugin convention)."""
+        return int(self.level)
 
     @property
     def pending_retirements(self) -> tuple[Action, ...]:
@@ -956,7 +960,9 @@ def partition_status(
     ``level`` is CRITICAL when ``now`` is not covered or fewer than ``coverage_critical``
     partitions are ready ahead; WARNING when fewer than ``coverage_warning`` are, when rows
     wait in the default partition, when a stray table may hold log rows, when a retirement
-    (an archive, a drop) was left unfinished, or when an older kronos-db left its guard.
+    (an archive, a drop) was left unfinished, or when an older kronos-db left its guard;
+    UNKNOWN when nothing else is wrong but this role cannot read the default partition and the
+    planner's estimate says 0 (which proves nothing).
     """
     if isinstance(conn, db.Target):
         with db.connection(conn) as opened:
@@ -985,36 +991,46 @@ def partition_status(
             default_rows = next((p.row_estimate for p in partitions if p.is_default), 0)
         columns = _columns(conn, parent)
     covered_until, ahead = coverage(partitions, now)
+    coverage_threshold = coverage_thresholds(settings)[0]
 
     problems: list[Problem] = []
     if covered_until is None:
         problems.append(
             Problem(
-                "CRITICAL",
+                Status.CRITICAL,
                 f"no partition covers now ({_iso(now)}): rows go to the default partition",
             )
         )
-    elif ahead < options.coverage_critical:
+    elif coverage_threshold.reached(ahead, coverage_threshold.critical):
         problems.append(
             Problem(
-                "CRITICAL",
+                Status.CRITICAL,
                 f"only {ahead} partition(s) ready ahead (critical under "
                 f"{options.coverage_critical}), coverage ends {_iso(covered_until)}",
             )
         )
-    elif ahead < options.coverage_warning:
+    elif coverage_threshold.reached(ahead, coverage_threshold.warning):
         problems.append(
             Problem(
-                "WARNING",
+                Status.WARNING,
                 f"only {ahead} partition(s) ready ahead (warning under "
                 f"{options.coverage_warning}), coverage ends {_iso(covered_until)}",
+            )
+        )
+    if not exact and not default_rows and parent.default_partition is not None:
+        problems.append(
+            Problem(
+                Status.UNKNOWN,
+                f"cannot count the rows waiting in the default partition "
+                f"{parent.default_partition}: this role cannot read it, and the planner's "
+                "estimate of 0 proves nothing",
             )
         )
     if default_rows:
         estimate = "" if exact else " (planner estimate: this role cannot read it)"
         problems.append(
             Problem(
-                "WARNING",
+                Status.WARNING,
                 f"{default_rows} row(s) wait in the default partition "
                 f"{parent.default_partition}{estimate}: `kronos-db partitions rotate` moves "
                 "them into partitions"
@@ -1034,21 +1050,34 @@ def partition_status(
             else f"it cannot be adopted ({stray.reason}); keep its rows with: "
             + keep_rows_commands(parent, stray.name, columns)
         )
-        problems.append(Problem("WARNING", f"{stray.describe(parent)}: {remedy}"))
+        problems.append(
+            Problem(
+                Status.WARNING,
+                f"{stray.describe(parent)}: {remedy}",
+                "" if stray.adoptable else keep_rows_commands(parent, stray.name, columns) + ";",
+            )
+        )
     pending = [a for a in plan.actions if a.kind in ("finalize", "resume", "unguard")]
     if pending:
         problems.append(
             Problem(
-                "WARNING",
+                Status.WARNING,
                 f"{len(pending)} unfinished step(s) of an earlier rotation: "
                 + "; ".join(a.describe() for a in pending),
             )
         )
-    level: Level = "OK"
-    if any(p.level == "CRITICAL" for p in problems):
-        level = "CRITICAL"
-    elif problems:
-        level = "WARNING"
+    level = worst([p.level for p in problems])
+    hint = ""
+    if level is Status.UNKNOWN:
+        hint = (
+            f"GRANT SELECT ON {parent.schema}.{parent.default_partition} TO <role> (or "
+            "GRANT pg_read_all_data TO <role>): pg_monitor alone cannot count its rows"
+        )
+    elif level is not Status.OK:
+        hint = (
+            "run `kronos-db partitions rotate` (cron), then "
+            "`kronos-db partitions status` for the details"
+        )
     return PartitionStatus(
         table=parent.qualified,
         backend=policy.backend,
@@ -1068,11 +1097,78 @@ def partition_status(
         warnings=plan.warnings,
         level=level,
         problems=tuple(p.message for p in problems),
-        hint=""
-        if level == "OK"
-        else "run `kronos-db partitions rotate` (cron), then "
-        "`kronos-db partitions status` for the details",
+        hint=hint,
+        fixes=tuple(p.fix for p in problems),
     )
+
+
+def coverage_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    """Partitions ready ahead of now: fewer than ``coverage_warning`` / ``coverage_critical``."""
+    return (
+        Threshold.from_settings(
+            settings,
+            "partitions.coverage_warning",
+            "partitions.coverage_critical",
+            direction="below",
+        ),
+    )
+
+
+def status_outcome(status: PartitionStatus, settings: Settings) -> Outcome:
+    """The status as a monitoring answer: what ``partitions status`` prints first and what
+    health's log_partitions check reports (one computation, one verdict)."""
+    covered = (
+        f"covered until {_iso(status.covered_until)}, {status.partitions_ahead} partition(s) ahead"
+        if status.covered_until
+        else "now is not covered"
+    )
+    unknown_rows = not status.default_rows_exact and not status.default_rows
+    metrics = (
+        Metric(
+            "partitions_ahead",
+            float(status.partitions_ahead),
+            "count",
+            coverage_thresholds(settings)[0],
+        ),
+        Metric(
+            "default_partition_rows",
+            None if unknown_rows else float(status.default_rows),
+            "count",
+            ANY,
+        ),
+    )
+    return Outcome(
+        status.level,
+        "; ".join(status.problems) if status.problems else covered,
+        metrics,
+        tuple(
+            Finding(f"table {status.table}", problem, fix)
+            for problem, fix in zip(
+                status.problems, status.fixes or ("",) * len(status.problems), strict=True
+            )
+        ),
+        status.hint,
+        (status,),
+    )
+
+
+def check_partitions(ctx: Context) -> Outcome:
+    """health's log_partitions: the partitions module's verdict, under health's timeouts."""
+    try:
+        status = partition_status(
+            ctx.conn,
+            ctx.settings,
+            ctx.now,
+            statement_timeout=ctx.limits.statement_timeout,
+            lock_timeout=ctx.limits.lock_timeout,
+        )
+    except ReportUnavailableError:
+        raise
+    except KronosError as exc:
+        raise ReportUnavailableError(
+            exc.message, hint="is the database migrated (kronos-db migrate)?"
+        ) from None
+    return status_outcome(status, ctx.settings)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,20 @@ from psycopg.rows import class_row
 
 from kronos_db import batching
 from kronos_db.batching import Totals
+from kronos_db.checks import (
+    Context,
+    Finding,
+    Limits,
+    Metric,
+    Outcome,
+    Status,
+    Threshold,
+    data_hint,
+    fetch,
+    health_threshold,
+    worst,
+)
+from kronos_db.config import Settings
 from kronos_db.errors import UsageError
 from kronos_db.housekeeping import (
     DEFAULT_OPTIONS,
@@ -38,6 +52,7 @@ from kronos_db.housekeeping import (
     run_job,
 )
 from kronos_db.resources import query
+from kronos_db.units import human_seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,4 +160,82 @@ def purge_processed(
     return run_job(conn, "purge-processed", now, options, work, count)
 
 
-__all__ = ["QueueStat", "purge_processed", "requeue_stuck", "stats"]
+# ----------------------------------------------------------------------------- check
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingTopic:
+    topic: str
+    pending: int
+    oldest_created_at: datetime | None
+
+
+def pending_messages(conn: psycopg.Connection[Any], limits: Limits) -> list[PendingTopic]:
+    """Pending messages per topic, with the oldest one's creation time."""
+    return fetch(
+        conn,
+        query("queue", "select_pending_messages"),
+        {},
+        PendingTopic,
+        limits,
+        privilege_hint=data_hint("message_queue"),
+    )
+
+
+def queue_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    return (health_threshold(settings, "queue_age"), health_threshold(settings, "queue_pending"))
+
+
+def check_message_queue(ctx: Context) -> Outcome:
+    """Are the consumers keeping up? The oldest pending message's age, the largest backlog."""
+    age_threshold, pending_threshold = queue_thresholds(ctx.settings)
+    topics = pending_messages(ctx.conn, ctx.limits)
+    oldest = min((row.oldest_created_at for row in topics if row.oldest_created_at), default=None)
+    age = max((ctx.now - oldest).total_seconds(), 0.0) if oldest else 0.0
+    largest = max(topics, key=lambda row: row.pending, default=None)
+    metrics = (
+        Metric("message_queue_age", age, "seconds", age_threshold),
+        Metric(
+            "message_queue_pending",
+            float(largest.pending if largest else 0),
+            "count",
+            pending_threshold,
+        ),
+    )
+    if largest is None:
+        return Outcome(Status.OK, "no pending message", metrics)
+    status = worst([metric.grade() for metric in metrics])
+    total = sum(row.pending for row in topics)
+    return Outcome(
+        status,
+        f"{total:,} pending message(s) in {len(topics)} topic(s); oldest "
+        f"{human_seconds(age)} old; largest backlog {largest.topic} ({largest.pending:,})",
+        metrics,
+        tuple(
+            Finding(
+                f"topic {row.topic}",
+                f"{row.pending:,} pending, the oldest "
+                + (
+                    f"{human_seconds((ctx.now - row.oldest_created_at).total_seconds())} old"
+                    if row.oldest_created_at
+                    else "of unknown age"
+                ),
+            )
+            for row in topics
+        )
+        if status is not Status.OK
+        else (),
+        "" if status is Status.OK else "are the consumers of these topics running?",
+        tuple(topics),
+    )
+
+
+__all__ = [
+    "PendingTopic",
+    "QueueStat",
+    "check_message_queue",
+    "pending_messages",
+    "purge_processed",
+    "requeue_stuck",
+    "stats",
+]

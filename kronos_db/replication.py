@@ -17,10 +17,11 @@
 
 ``health`` grades these (:func:`check_replication_lag`, :func:`check_replication_slots`,
 :func:`check_wal_archiving`, registered in :mod:`kronos_db.reports.health`) and ``report
-replication`` shows them: their queries run through :mod:`kronos_db.reports.runner` (a short
-transaction of their own, ``statement_timeout`` and ``lock_timeout`` set LOCAL). The guard and
-the pacer ask one cheap question in one round trip on the job's own connection, before every
-job and every batch. What a role may not see is said, with the GRANT that fixes it.
+replication`` shows them: their queries run through the guarded runner of
+:mod:`kronos_db.checks` (a short transaction of their own, ``statement_timeout`` and
+``lock_timeout`` set LOCAL). The guard and the pacer ask one cheap question in one round trip
+on the job's own connection, before every job and every batch. What a role may not see is
+said, with the GRANT that fixes it.
 """
 
 from __future__ import annotations
@@ -29,28 +30,38 @@ import dataclasses
 import logging
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
 
 from kronos_db import db
-from kronos_db.config import ReplicationSettings
+from kronos_db.checks import (
+    DEFAULT_LIMITS,
+    Context,
+    Finding,
+    Limits,
+    Metric,
+    Outcome,
+    Status,
+    Threshold,
+    fetch,
+    fetch_one,
+    health_threshold,
+    quote_literal,
+    worst,
+)
+from kronos_db.config import ReplicationSettings, Settings
 from kronos_db.errors import (
     InsufficientPrivilegeError,
     ReplicationLagError,
     ReportUnavailableError,
     StandbyError,
 )
-from kronos_db.reports.runner import Limits, fetch, fetch_one
 from kronos_db.resources import query
-
-if TYPE_CHECKING:
-    from kronos_db.reports.health import Context, Outcome
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LIMITS = Limits()
 MONITOR_HINT = (
     "the role may not see the replication details: GRANT pg_monitor TO <role> "
     "(or pg_read_all_stats)"
@@ -496,8 +507,15 @@ def pacer(conn: psycopg.Connection[Any], settings: ReplicationSettings, job: str
 
 
 # ----------------------------------------------------------------------------- health checks
-# Registered in kronos_db.reports.health's CHECKS; thresholds in [health]. The health module
-# imports this one, so its types are imported when a check runs.
+# Registered in kronos_db.reports.health's CHECKS; thresholds in [health].
+
+
+def lag_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    """Replay lag in bytes, and in time."""
+    return (
+        health_threshold(settings, "replication_lag_bytes"),
+        health_threshold(settings, "replication_lag"),
+    )
 
 
 def check_replication_lag(ctx: Context) -> Outcome:
@@ -508,101 +526,107 @@ def check_replication_lag(ctx: Context) -> Outcome:
     return _primary_lag(ctx, standbys(ctx.conn, ctx.limits))
 
 
-def _primary_lag(ctx: Context, rows: list[Standby]) -> Outcome:
-    from kronos_db.reports.health import Outcome, Status, grade, worst
+def _lag_metrics(
+    settings: Settings, lag_bytes: float | None, lag_seconds: float | None
+) -> tuple[Metric, ...]:
+    bytes_threshold, time_threshold = lag_thresholds(settings)
+    return (
+        Metric("replication_lag_bytes", lag_bytes, "bytes", bytes_threshold),
+        Metric("replication_lag_seconds", lag_seconds, "seconds", time_threshold),
+    )
 
-    t = ctx.thresholds
+
+def _primary_lag(ctx: Context, rows: list[Standby]) -> Outcome:
     if not rows:
-        return Outcome(Status.OK, "no standby streams from this server", 0.0)
+        return Outcome(
+            Status.OK, "no standby streams from this server", _lag_metrics(ctx.settings, 0, 0)
+        )
     hidden = [row for row in rows if not row.visible]
     if hidden and len(hidden) == len(rows):
         return Outcome(
             Status.UNKNOWN,
             f"{len(rows)} standby(s) connected, their lag is not visible to this role",
-            None,
-            tuple(rows),
-            MONITOR_HINT,
+            _lag_metrics(ctx.settings, None, None),
+            hint=MONITOR_HINT,
+            data=tuple(rows),
         )
     graded = []
     for row in rows:
         if not row.visible or row.state == "backup":
             continue  # a pg_basebackup is not a standby
-        status = worst(
-            [
-                grade(
-                    row.replay_lag_bytes,
-                    t.replication_lag_bytes_warning,
-                    t.replication_lag_bytes_critical,
-                ),
-                grade(
-                    row.replay_lag_seconds,
-                    t.replication_lag_warning.total_seconds(),
-                    t.replication_lag_critical.total_seconds(),
-                ),
-            ]
-        )
+        metrics = _lag_metrics(ctx.settings, row.replay_lag_bytes, row.replay_lag_seconds)
+        status = worst([metric.grade() for metric in metrics])
         if row.state not in ("streaming", "catchup"):
             status = worst([status, Status.WARNING])
         graded.append((status, row))
     if not graded:
-        return Outcome(Status.OK, "no standby streams from this server", 0.0, tuple(rows))
+        return Outcome(
+            Status.OK,
+            "no standby streams from this server",
+            _lag_metrics(ctx.settings, 0, 0),
+            data=tuple(rows),
+        )
     top = max((row for _, row in graded), key=lambda row: row.replay_lag_bytes or 0)
+    slowest = max(row.replay_lag_seconds or 0.0 for _, row in graded)
     overall = worst([status for status, _ in graded])
+    ordered = sorted(graded, key=lambda item: -(item[1].replay_lag_bytes or 0))
     parts = [
         f"{row.name} ({row.state}{', ' + row.sync_state if row.sync_state else ''}): "
         f"replay {size(row.replay_lag_bytes)} behind"
         + (f", {_seconds(row.replay_lag_seconds)}" if row.replay_lag_seconds else "")
-        for _, row in sorted(graded, key=lambda item: -(item[1].replay_lag_bytes or 0))[:3]
+        for _, row in ordered[:3]
     ]
     note = f"; {len(hidden)} more not visible to this role" if hidden else ""
     return Outcome(
         overall,
         f"{len(graded)} standby(s): " + "; ".join(parts) + note,
-        float(top.replay_lag_bytes or 0),
-        tuple(rows),
+        _lag_metrics(ctx.settings, float(top.replay_lag_bytes or 0), slowest),
+        tuple(
+            Finding(
+                f"standby {row.name} ({row.client_address})",
+                f"{row.state}: replay {size(row.replay_lag_bytes)} behind"
+                + (f", {_seconds(row.replay_lag_seconds)}" if row.replay_lag_seconds else ""),
+            )
+            for status, row in ordered
+            if status is not Status.OK
+        ),
         (MONITOR_HINT if hidden else "")
         if overall is Status.OK
         else "see `kronos-db report replication`; on the standby: is replay paused "
         "(pg_get_wal_replay_pause_state()), is its disk or CPU saturated, does a query "
         "conflict with replay (max_standby_streaming_delay)?",
+        tuple(rows),
     )
 
 
 def _standby_lag(ctx: Context, replay: StandbyReplay, role: ServerRole) -> Outcome:
-    from kronos_db.reports.health import Outcome, Status, grade, worst
-
-    t = ctx.thresholds
     if not replay.receiver_visible:
         return Outcome(
             Status.UNKNOWN,
             "this server is a standby; its WAL receiver is not visible to this role",
-            None,
-            (replay,),
-            MONITOR_HINT,
+            _lag_metrics(ctx.settings, None, None),
+            hint=MONITOR_HINT,
+            data=(replay,),
         )
     delay = replay.replay_delay_seconds
-    statuses = [
-        grade(
-            replay.replay_lag_bytes,
-            t.replication_lag_bytes_warning,
-            t.replication_lag_bytes_critical,
-        ),
-        grade(
-            delay,
-            t.replication_lag_warning.total_seconds(),
-            t.replication_lag_critical.total_seconds(),
-        ),
-    ]
+    metrics = _lag_metrics(ctx.settings, float(replay.replay_lag_bytes or 0), delay)
+    statuses = [metric.grade() for metric in metrics]
     where = f" from {role.upstream}" if role.upstream else ""
     parts = [
         f"standby{where}: replay {size(replay.replay_lag_bytes or 0)} behind what it received"
         + (f", {_seconds(delay)} behind the primary" if delay else "")
     ]
     hints = []
+    findings = []
     if replay.paused:
         statuses.append(Status.WARNING)
         parts.append(f"replay is {replay.pause_state}")
         hints.append("SELECT pg_wal_replay_resume() on the standby when the pause is over")
+        findings.append(
+            Finding(
+                "this standby", f"replay is {replay.pause_state}", "SELECT pg_wal_replay_resume();"
+            )
+        )
     if not replay.streaming:
         statuses.append(Status.CRITICAL)
         state = replay.receiver_status or "not running"
@@ -615,27 +639,35 @@ def _standby_lag(ctx: Context, replay: StandbyReplay, role: ServerRole) -> Outco
     return Outcome(
         overall,
         "; ".join(parts),
-        float(replay.replay_lag_bytes or 0),
-        (replay,),
+        metrics,
+        tuple(findings),
         "; ".join(hints)
         if hints
         else ""
         if overall is Status.OK
         else "is the standby's disk or CPU saturated, or a query conflicting with replay?",
+        (replay,),
     )
 
 
-def check_replication_slots(ctx: Context) -> Outcome:
-    """Every slot's retained WAL (active or not), its wal_status and what is left of it."""
-    from kronos_db.reports.health import Outcome, Status, grade, worst
+def slot_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    return (health_threshold(settings, "slot_retained"),)
 
-    t = ctx.thresholds
+
+def check_replication_slots(ctx: Context) -> Outcome:
+    """Every slot's retained WAL (active or not), its wal_status and what is left of it.
+
+    An inactive slot that holds no xmin (a dead standby without hot_standby_feedback) is
+    invisible to the xmin horizon but keeps WAL until the disk is full: judged here."""
+    (threshold,) = slot_thresholds(ctx.settings)
     rows = slots(ctx.conn, ctx.limits)
     if not rows:
-        return Outcome(Status.OK, "no replication slot", 0.0)
+        return Outcome(
+            Status.OK, "no replication slot", (Metric("replication_slots", 0, "bytes", threshold),)
+        )
     flagged: list[tuple[Status, Slot, str]] = []
     for row in rows:
-        status = grade(row.retained_bytes, t.slot_retained_warning, t.slot_retained_critical)
+        status = threshold.grade(row.retained_bytes)
         why = f"retains {size(row.retained_bytes)} of WAL"
         if row.wal_status in ("unreserved", "lost"):
             status = Status.CRITICAL
@@ -644,33 +676,49 @@ def check_replication_slots(ctx: Context) -> Outcome:
                 if row.wal_status == "lost"
                 else ", beyond max_slot_wal_keep_size: the next checkpoint removes it"
             )
-        elif row.safe_wal_size is not None and row.safe_wal_size < t.slot_retained_warning:
+        elif (
+            row.safe_wal_size is not None
+            and threshold.warning is not None
+            and row.safe_wal_size < threshold.warning
+        ):
             status = worst([status, Status.WARNING])
             why += f", {size(row.safe_wal_size)} left before max_slot_wal_keep_size drops it"
         if status is not Status.OK:
             flagged.append((status, row, why))
     largest = max(rows, key=lambda row: row.retained_bytes or 0)
+    metric = Metric("replication_slots", float(largest.retained_bytes or 0), "bytes", threshold)
     inactive = [row for row in rows if not row.active]
     if not flagged:
         return Outcome(
             Status.OK,
             f"{len(rows)} slot(s), {len(inactive)} inactive; the most WAL retained: "
             f"{size(largest.retained_bytes or 0)} ({largest.slot_name})",
-            float(largest.retained_bytes or 0),
-            tuple(rows),
+            (metric,),
+            data=tuple(rows),
         )
     flagged.sort(key=lambda item: -(item[1].retained_bytes or 0))
-    parts = [
-        f"{'inactive ' if not row.active else ''}{row.slot_type} slot {row.slot_name} {why}"
-        + (f" (holds xmin age {row.xmin_age:,})" if row.xmin_age else "")
-        for _, row, why in flagged[:3]
-    ]
+
+    def described(row: Slot, why: str) -> str:
+        return (
+            f"{'inactive ' if not row.active else ''}{row.slot_type} slot {row.slot_name} {why}"
+            + (f" (holds xmin age {row.xmin_age:,})" if row.xmin_age else "")
+        )
+
     unused = [row.slot_name for _, row, _ in flagged if not row.active]
     return Outcome(
         worst([status for status, _, _ in flagged]),
-        "; ".join(parts),
-        float(largest.retained_bytes or 0),
-        tuple(row for _, row, _ in flagged),
+        "; ".join(described(row, why) for _, row, why in flagged[:3]),
+        (metric,),
+        tuple(
+            Finding(
+                f"{row.slot_type} slot {row.slot_name}",
+                described(row, why) + (f"; wal_status {row.wal_status}" if row.wal_status else ""),
+                ""
+                if row.active
+                else f"SELECT pg_drop_replication_slot({quote_literal(row.slot_name)});",
+            )
+            for _, row, why in flagged
+        ),
         (
             f"an inactive slot keeps WAL until the disk is full: bring its consumer back or "
             f"SELECT pg_drop_replication_slot('{unused[0]}'); set max_slot_wal_keep_size "
@@ -678,20 +726,29 @@ def check_replication_slots(ctx: Context) -> Outcome:
         )
         if unused
         else "the slot's consumer is behind: see `kronos-db report replication`",
+        tuple(row for _, row, _ in flagged),
     )
+
+
+def archive_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    return (health_threshold(settings, "archive_ready"),)
 
 
 def check_wal_archiving(ctx: Context) -> Outcome:
     """WAL archiving failures (``pg_stat_archiver``) and segments waiting to be archived."""
-    from kronos_db.reports.health import Outcome, Status, grade, worst
-
-    t = ctx.thresholds
+    (threshold,) = archive_thresholds(ctx.settings)
     stats = archiver(ctx.conn, ctx.limits)
     if not stats.enabled:
-        return Outcome(Status.OK, f"WAL archiving is off (archive_mode = {stats.archive_mode})")
+        return Outcome(
+            Status.OK,
+            f"WAL archiving is off (archive_mode = {stats.archive_mode})",
+            (Metric("wal_archiving", 0, "count", threshold),),
+        )
     ready = stats.ready
-    statuses = [grade(ready, t.archive_ready_warning, t.archive_ready_critical)]
+    metric = Metric("wal_archiving", None if ready is None else float(ready), "count", threshold)
+    statuses = [metric.grade()]
     parts = []
+    findings = []
     if stats.failing:
         statuses.append(Status.CRITICAL)
         since = (
@@ -699,11 +756,13 @@ def check_wal_archiving(ctx: Context) -> Outcome:
             if stats.last_archived_time
             else ""
         )
-        parts.append(
+        failure = (
             f"archiving fails: {stats.failed_count:,} failure(s), the last on "
             f"{stats.last_failed_wal} at {stats.last_failed_time:%Y-%m-%d %H:%M:%S %Z}; "
             f"nothing archived{since}"
         )
+        parts.append(failure)
+        findings.append(Finding("archive_command", failure))
     else:
         last = (
             f"last {stats.last_archived_wal} at {stats.last_archived_time:%Y-%m-%d %H:%M:%S %Z}"
@@ -726,6 +785,4 @@ def check_wal_archiving(ctx: Context) -> Outcome:
         hint = "the archive_command is slower than the WAL written: see the server log"
     elif ready is None:
         hint = "GRANT pg_monitor TO <role> to see the segments waiting"
-    return Outcome(
-        status, "; ".join(parts), None if ready is None else float(ready), (stats,), hint
-    )
+    return Outcome(status, "; ".join(parts), (metric,), tuple(findings), hint, (stats,))

@@ -244,12 +244,12 @@ def cli() -> Any:
 
 def statement_evictions(conn: psycopg.Connection[Any]) -> int:
     """How many times pg_stat_statements has evicted entries since its last reset."""
-    from kronos_db.reports import queries
-    from kronos_db.reports.runner import Limits
+    from kronos_db.checks import Limits
+    from kronos_db.reports import statements
 
     limits = Limits(statement_timeout=timedelta(seconds=5), lock_timeout=timedelta(seconds=1))
-    extension = queries.require_statements(conn, limits)  # in whatever schema it is now
-    return queries.statements_info(conn, extension, limits).dealloc or 0
+    extension = statements.require_statements(conn, limits)  # in whatever schema it is now
+    return statements.statements_info(conn, extension, limits).dealloc or 0
 
 
 def retry_on_eviction(

@@ -195,6 +195,25 @@ def _configure(data: Path, port: int, socket_dir: Path) -> None:
         handle.write(SETTINGS.format(port=port, socket_dir=socket_dir))
 
 
+def _initdb(server: Server, socket_dir: Path) -> Server:
+    """A new data directory for ``server``, trusting local connections, with ``SETTINGS``."""
+    _run(
+        [
+            str(BIN / "initdb"),
+            "-D",
+            str(server.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        ]
+    )
+    _configure(server.data, server.port, socket_dir)
+    return server
+
+
 def _wait_streaming(primary: Server, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,32 +224,24 @@ def _wait_streaming(primary: Server, timeout: float = 60) -> None:
     raise RuntimeError("the standby never started streaming")
 
 
-@contextlib.contextmanager
-def streaming_pair() -> Iterator[StreamingPair]:
-    """Build, start and always tear down a primary and its streaming standby."""
+def _directory(prefix: str) -> Path:
+    """A temporary directory the ``postgres`` user owns (skip when PostgreSQL is missing)."""
     if not (BIN / "pg_basebackup").exists():
         pytest.skip("PostgreSQL 15's server programs are not installed: run .ci/run")
-    directory = Path(tempfile.mkdtemp(prefix="kronos-standby-"))
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         postgres = pwd.getpwnam("postgres")
         os.chown(directory, postgres.pw_uid, postgres.pw_gid)
+    return directory
+
+
+@contextlib.contextmanager
+def streaming_pair() -> Iterator[StreamingPair]:
+    """Build, start and always tear down a primary and its streaming standby."""
+    directory = _directory("kronos-standby-")
     started: list[Server] = []
     try:
-        primary = Server("primary", directory / "primary", free_port())
-        _run(
-            [
-                str(BIN / "initdb"),
-                "-D",
-                str(primary.data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            ]
-        )
-        _configure(primary.data, primary.port, directory)
+        primary = _initdb(Server("primary", directory / "primary", free_port()), directory)
         primary.start()
         started.append(primary)
         standby = Server("standby", directory / "standby", free_port())
@@ -263,4 +274,23 @@ def streaming_pair() -> Iterator[StreamingPair]:
     finally:
         for server in reversed(started):
             server.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def standalone_server(extra_settings: str = "") -> Iterator[Server]:
+    """Build, start and always tear down one server of its own (initdb in a temporary
+    directory, a free port) with ``SETTINGS`` plus ``extra_settings``: for a situation that
+    needs a setting the shared server must not be restarted for (prepared transactions need
+    max_prepared_transactions > 0; a slot needs wal_level = replica; archiving, archive_mode)."""
+    directory = _directory("kronos-server-")
+    server = Server("server", directory / "server", free_port())
+    try:
+        _initdb(server, directory)
+        with (server.data / "postgresql.conf").open("a", encoding="utf-8") as handle:
+            handle.write(extra_settings + "\n")
+        server.start()
+        yield server
+    finally:
+        server.stop("immediate")
         shutil.rmtree(directory, ignore_errors=True)

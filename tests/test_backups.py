@@ -14,6 +14,7 @@ import pytest
 from psycopg import errors as pg_errors
 
 from kronos_db import backups, db, locks
+from kronos_db.checks import Status
 from kronos_db.config import BackupSettings, Settings
 from kronos_db.errors import BackupError, UsageError
 
@@ -330,7 +331,7 @@ def test_status_is_critical_without_a_verified_backup_and_ages(
     common = ("--config", str(config_file), "--database-url", database.url)
     empty = cli("backup", "status", "--now", NOW.isoformat(), *common)
     assert empty.code == 2
-    assert "BACKUP CRITICAL: no verified backup" in empty.stdout
+    assert empty.stdout.startswith("BACKUP CRITICAL: no usable verified backup")
     backup = backups.create_backup(database.target, backup_settings, now=NOW)
     assert backup is not None
     assert cli("backup", "status", "--now", NOW.isoformat(), *common).code == 2  # unverified
@@ -350,14 +351,15 @@ def test_status_is_critical_without_a_verified_backup_and_ages(
     )
     assert old.code == 2
     bad = cli("backup", "status", "--warning", "soon", *common)
-    assert bad.code == 2
+    assert bad.code == 3  # a monitoring command that cannot run is UNKNOWN
+    assert bad.stdout.startswith("BACKUP UNKNOWN: --warning: invalid duration")
     # a newer dump that fails verification is a warning even while the old one is fresh
     newer = backups.create_backup(database.target, backup_settings, now=NOW + timedelta(hours=1))
     assert newer is not None
     Path(newer.file_path).unlink()
     assert not backups.verify_backup(database.target, backup_settings, newer.id, now=NOW).passed
-    health = backups.backup_health(conn, backup_settings, now=NOW + timedelta(hours=2))
-    assert health.severity == "warning"
+    health = backups.backup_status(conn, backup_settings, now=NOW + timedelta(hours=2))
+    assert health.status is Status.WARNING
     assert f"newest backup {newer.id} FAILED verification" in health.summary
 
 

@@ -23,6 +23,7 @@ from partition_workload import Workload, kill_then_finish
 from psycopg import sql
 
 from kronos_db import backups, partitions, partman
+from kronos_db.checks import Status
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.partitions import floor_time, partition_name
 
@@ -90,7 +91,7 @@ def test_rescue_of_the_current_range_under_load_and_kills(database: Database, ba
         assert total == planned + load.acknowledged
         assert strays(conn) == []
         status = partitions.partition_status(conn, Settings(), clock())
-        assert status.level == "OK", status.problems
+        assert status.level is Status.OK, status.problems
 
 
 def partitions_of(conn: psycopg.Connection[Any]) -> list[str]:

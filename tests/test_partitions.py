@@ -24,6 +24,7 @@ from conftest import REPO, Database, unique_name, url_for
 from psycopg import sql
 
 from kronos_db import backups, locks, partitions, partman, roles
+from kronos_db.checks import Status
 from kronos_db.config import PartitionSettings, SecuritySettings, Settings
 from kronos_db.errors import ConfigError
 from kronos_db.partitions import add_intervals, floor_time, partition_name
@@ -207,7 +208,7 @@ def test_detach_keeps_the_retired_partition_as_a_plain_table(
 
 def test_the_library_also_takes_a_target(database: Database) -> None:
     status = partitions.partition_status(database.target, Settings(), TODAY + timedelta(hours=1))
-    assert status.level == "OK"
+    assert status.level is Status.OK
     result = partitions.rotate(database.target, Settings(), TODAY + timedelta(days=1, hours=1))
     assert [step.kind for step in result.steps] == ["create"]
 
@@ -294,7 +295,7 @@ def test_a_guard_left_by_an_older_version_is_dropped_first(
     insert(conn, TODAY - timedelta(days=40))
     now = TODAY + timedelta(days=1, hours=1)
     status = partitions.partition_status(conn, Settings(), now)
-    assert status.level == "WARNING"
+    assert status.level is Status.WARNING
     assert any("logs_default_kronos_attach_guard" in p for p in status.problems), status.problems
     result = partitions.rotate(conn, Settings(), now)
     assert not result.failed, result.failed
@@ -387,7 +388,7 @@ def test_an_interrupted_concurrent_detach_is_finalized(
     assert pending == (True,)
     now = TODAY + timedelta(days=1, hours=1)
     status = partitions.partition_status(conn, Settings(), now)
-    assert status.level == "WARNING"
+    assert status.level is Status.WARNING
     assert "interrupted concurrent detach" in status.problems[0]
     result = partitions.rotate(conn, Settings(), now)
     first = result.steps[0]
@@ -406,17 +407,21 @@ def test_status_levels_follow_coverage_and_default_rows(
 ) -> None:
     settings = Settings()
     ok = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
-    assert (ok.level, ok.exit_code, ok.partitions_ahead) == ("OK", 0, 7)
+    assert (ok.level, ok.exit_code, ok.partitions_ahead) == (Status.OK, 0, 7)
     assert ok.covered_until == TODAY + timedelta(days=8)
     assert ok.backend == backend
     warning = partitions.partition_status(conn, settings, TODAY + timedelta(days=5, hours=1))
-    assert (warning.level, warning.partitions_ahead) == ("WARNING", 2)
+    assert (warning.level, warning.partitions_ahead) == (Status.WARNING, 2)
     critical = partitions.partition_status(conn, settings, TODAY + timedelta(days=9))
-    assert (critical.level, critical.exit_code, critical.covered_until) == ("CRITICAL", 2, None)
+    assert (critical.level, critical.exit_code, critical.covered_until) == (
+        Status.CRITICAL,
+        2,
+        None,
+    )
     assert [a.kind for a in critical.plan].count("create") == 8
     insert(conn, TODAY + timedelta(days=20))
     stray = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
-    assert (stray.level, stray.default_rows) == ("WARNING", 1)
+    assert (stray.level, stray.default_rows) == (Status.WARNING, 1)
 
 
 def test_cli_status_json_and_exit_codes(database: Database, cli: Any) -> None:
@@ -426,14 +431,16 @@ def test_cli_status_json_and_exit_codes(database: Database, cli: Any) -> None:
     import json
 
     data = json.loads(result.stdout)
-    assert data["level"] == "CRITICAL"
-    assert data["default_partition"] == "logs_default"
+    assert data["status"] == "CRITICAL"
+    assert data["data"]["level"] == "CRITICAL"
+    assert data["data"]["default_partition"] == "logs_default"
     result = cli("partitions", "status", "--database-url", database.url)
     assert result.code == 0, result.output
+    assert result.stdout.startswith("PARTITIONS OK: covered until ")
     assert "logs_default" in result.stdout
     missing = cli("partitions", "status", "--database-url", database.url + "_missing")
     assert missing.code == 3
-    assert "UNKNOWN" in missing.stderr
+    assert missing.stdout.startswith("PARTITIONS UNKNOWN: ")
     bad = cli("partitions", "rotate", "--interval", "yearly", "--database-url", database.url)
     assert bad.code == 2
     assert "Traceback" not in bad.output
@@ -717,7 +724,7 @@ def test_a_stray_left_by_an_older_version_is_adopted_with_its_rows(
     assert total_rows(conn) == 40  # 60 rows nobody sees
     now = TODAY + timedelta(hours=1)
     status = partitions.partition_status(conn, Settings(), now)
-    assert status.level == "WARNING"
+    assert status.level is Status.WARNING
     assert [(s.name, s.rows, s.adoptable) for s in status.strays] == [(name, 60, True)]
     assert any(
         f"stray table public.{name} holds 60 row(s) that public.logs does not show: "
@@ -732,7 +739,7 @@ def test_a_stray_left_by_an_older_version_is_adopted_with_its_rows(
     assert total_rows(conn) == 100
     assert default_rows(conn) == 0
     assert name in names(conn)
-    assert partitions.partition_status(conn, Settings(), now).level == "OK"
+    assert partitions.partition_status(conn, Settings(), now).level is Status.OK
     assert partitions.rotate(conn, Settings(), now).steps == ()
 
 
@@ -751,7 +758,7 @@ def test_a_stray_that_cannot_be_adopted_is_reported_with_sql_that_keeps_its_rows
         (day,),
     )
     status = partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
-    assert status.level == "WARNING"
+    assert status.level is Status.WARNING
     (problem,) = [p for p in status.problems if "stray table" in p]
     assert "cannot be adopted (its columns differ from public.logs's)" in problem
     assert "drop" not in problem.lower()
@@ -767,7 +774,7 @@ def test_a_stray_that_cannot_be_adopted_is_reported_with_sql_that_keeps_its_rows
     assert not result.failed, result.failed
     assert conn.execute(f"SELECT count(*) FROM {name}").fetchone() == (5,)
     status = partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
-    assert status.level == "OK", status.problems  # the emptied stray hides nothing
+    assert status.level is Status.OK, status.problems  # the emptied stray hides nothing
 
 
 def test_an_archive_recorded_before_a_crash_is_not_recorded_again(

@@ -261,7 +261,7 @@ def test_maintenance_through_a_transaction_pool(
         assert [o.error for o in report.jobs if o.status != "ok"] == []
         assert {o.job: o.rows for o in report.jobs if o.job in expected} == expected
         with db.connection(target) as conn:
-            checks = health.health_report(conn, Settings().health, now=NOW).checks
+            checks = health.health_report(conn, Settings(), now=NOW).checks
         assert not [c for c in checks if "prepared statement" in c.summary], checks
     for command in (("expire", "sessions"), ("queue", "stats"), ("ratelimits", "reset")):
         result = run_cli(*command, "--database-url", url)

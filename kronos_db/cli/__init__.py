@@ -333,6 +333,50 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+# the monitoring commands and the service name their plugin output starts with: a bad option
+# or argument is UNKNOWN (exit 3, on stdout) for them, as the Monitoring Plugins guidelines ask,
+# not 2 (which Nagios would read as CRITICAL)
+MONITORING_SERVICES = {
+    ("health",): "KRONOS",
+    ("partitions", "status"): "PARTITIONS",
+    ("backup", "status"): "BACKUP",
+    ("report", "security"): "SECURITY",
+}
+_ROOT_OPTIONS_WITH_VALUE = frozenset({"--log-format"})
+
+
+def _monitoring_service(argv: list[str]) -> str | None:
+    """The plugin service name when ``argv`` runs a monitoring command, else None."""
+    words: list[str] = []
+    skip = False
+    for argument in argv:
+        if skip:
+            skip = False
+            continue
+        if argument in _ROOT_OPTIONS_WITH_VALUE:
+            skip = True
+            continue
+        if argument.startswith("-"):
+            continue
+        words.append(argument)
+    for command, service in MONITORING_SERVICES.items():
+        if tuple(words[: len(command)]) == command:
+            return service
+    return None
+
+
+def _monitoring_usage_error(service: str, message: str) -> None:
+    """A monitoring command's bad input: UNKNOWN on stdout (and stderr for a person), exit 3."""
+    message = redact(message)
+    if _json_requested(sys.argv[1:]):
+        emit_json({"schema_version": 1, "status": "UNKNOWN", "exit_code": 3, "error": message})
+    else:
+        sys.stdout.write(f"{service} UNKNOWN: {' '.join(message.split())}\n".replace("|", "¦"))
+        sys.stdout.flush()
+    error(message, exit_code=3)
+    sys.exit(3)
+
+
 def _signal_code(name: str) -> int:
     """128 + the signal's number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
     return 128 + int(getattr(signal, name, signal.SIGINT))
@@ -365,7 +409,11 @@ def _main() -> None:
             typer.echo(exc.format_message(), err=True)
             sys.exit(ExitCode.USAGE)
         hint = f" (see '{context.command_path} --help')" if context is not None else ""
-        _fail(exc.format_message().replace("\n", " ") + hint, getattr(exc, "exit_code", 2))
+        message = exc.format_message().replace("\n", " ") + hint
+        service = _monitoring_service(sys.argv[1:])
+        if service is not None:
+            _monitoring_usage_error(service, message)
+        _fail(message, getattr(exc, "exit_code", 2))
     except KronosError as exc:
         _fail(exc.message, exc.exit_code)
     except KeyboardInterrupt:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kronos_db import backups, db
+from kronos_db.checks import Context, Limits, answer_check
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
@@ -24,7 +25,10 @@ from kronos_db.cli.common import (
     stdout,
     target_for,
 )
-from kronos_db.errors import BackupVerificationError
+from kronos_db.cli.monitoring import OutputFormat, fail_unknown, write
+from kronos_db.durations import parse_duration
+from kronos_db.errors import BackupVerificationError, KronosError, UsageError
+from kronos_db.reports import formats
 
 app = typer.Typer(
     help="Backups: pg_dump files recorded in the backups table, verified by restoring them.",
@@ -337,33 +341,67 @@ def status(
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Monitoring check: is there a recent backup that passed verification?
+    """Monitoring check: is there a recent backup that passed verification and whose file
+    still matches its record? (health's last_backup gives the same answer.)
 
-    Exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (cannot connect).
+    The files are checked on every run, cheaply: size, and the SHA-256 of a file changed since
+    it was recorded. Output: the Nagios plugin line with performance data (or --json, the
+    document of docs/health.schema.json). Exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    (the check could not run: no connection, a bad option or configuration, a file this host
+    cannot see).
 
     Example: kronos-db backup status --warning 26h --critical 50h
     """
-    warning_age = duration_option(warning)
-    critical_age = duration_option(critical)
-    settings = settings_for(config)
-    target = target_for(database_url, settings)
-    with db.connection(target) as conn:
-        health = backups.backup_health(
-            conn, settings, now=parse_now(now), warning_age=warning_age, critical_age=critical_age
+    moment = parse_now(now)
+    chosen = OutputFormat.json if json else OutputFormat.text
+    database = ""
+    try:
+        warning_age = _monitoring_duration(warning, "--warning")
+        critical_age = _monitoring_duration(critical, "--critical")
+        settings = settings_for(config)
+        target = target_for(database_url, settings)
+        database = target.dbname
+        backups.backup_thresholds(settings, warning_age=warning_age, critical_age=critical_age)[
+            0
+        ].validate()
+        with db.connection(target) as conn:
+            result = answer_check(
+                "last_backup",
+                "Kronos: last backup",
+                lambda ctx: backups.backup_status(
+                    ctx.conn,
+                    ctx.settings,
+                    now=ctx.now,
+                    limits=ctx.limits,
+                    warning_age=warning_age,
+                    critical_age=critical_age,
+                ),
+                Context(conn, settings, moment, Limits.from_settings(settings)),
+            )
+    except KronosError as exc:
+        fail_unknown(
+            "BACKUP",
+            "backup status",
+            exc.message,
+            output_format=chosen,
+            database=database,
+            now=moment,
         )
-    if json:
-        emit_json(
-            {
-                "severity": health.severity,
-                "summary": health.summary,
-                "newest_id": health.newest.id if health.newest else None,
-                "newest_verified_id": health.newest_verified.id if health.newest_verified else None,
-                "verified_age_seconds": health.verified_age_seconds,
-            }
-        )
+    if chosen is OutputFormat.json:
+        emit_json(formats.health_document("backup status", database, moment, (result,)))
     else:
-        stdout.print(f"BACKUP {health.severity.upper()}: {health.summary}", markup=False)
-    raise typer.Exit(health.exit_code)
+        write(formats.nagios_output("BACKUP", (result,)))
+    raise typer.Exit(int(result.status))
+
+
+def _monitoring_duration(value: str | None, option: str) -> timedelta | None:
+    """A duration option of a monitoring command: a bad one is UNKNOWN (exit 3), not 2."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def register(root: typer.Typer) -> None:

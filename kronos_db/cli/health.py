@@ -7,12 +7,9 @@ module and what that runs; Rich only to draw the table on a terminal.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -27,23 +24,16 @@ from kronos_db.cli.common import (
     notify,
     parse_now,
     settings_for,
-    stderr,
     stdout,
     target_for,
 )
+from kronos_db.cli.monitoring import OutputFormat, fail_unknown, write
 from kronos_db.config import Settings
 from kronos_db.durations import format_duration
 from kronos_db.errors import KronosError
-from kronos_db.reports import health
+from kronos_db.reports import formats, health
 
 logger = logging.getLogger(__name__)
-
-
-class HealthFormat(enum.StrEnum):
-    text = "text"
-    json = "json"
-    prometheus = "prometheus"
-
 
 _STYLE = {
     health.Status.OK: "green",
@@ -53,23 +43,15 @@ _STYLE = {
 }
 
 
-def _health_json(report: health.HealthReport) -> dict[str, Any]:
-    return {
-        "database": report.database,
-        "checked_at": report.checked_at,
-        "status": report.status.name,
-        "exit_code": int(report.status),
-        "checks": [
-            {**dataclasses.asdict(result), "status": result.status.name} for result in report.checks
-        ],
-    }
-
-
 def health_command(
     output_format: Annotated[
-        HealthFormat,
-        typer.Option("--format", help="text, json or prometheus (text exposition format)."),
-    ] = HealthFormat.text,
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="text (the Nagios plugin output), json (docs/health.schema.json) or "
+            "prometheus (text exposition, also OpenMetrics).",
+        ),
+    ] = OutputFormat.text,
     html_file: Annotated[
         Path | None,
         typer.Option(
@@ -107,24 +89,31 @@ def health_command(
     Example: kronos-db health --format prometheus > /var/lib/node_exporter/kronos.prom
     """
     moment = parse_now(now)
+    chosen = OutputFormat.json if json else output_format
+    database = ""
     try:
         settings = settings_for(config)
-        with db.connection(target_for(database_url, settings)) as conn:
+        target = target_for(database_url, settings)
+        database = target.dbname
+        with db.connection(target) as conn:
             report = health.health_report(
                 conn,
-                settings.health,
+                settings,
                 now=moment,
                 only=only or (),
                 skip=skip or (),
                 with_charts=html_file is not None,
-                partitions=settings.partitions,
             )
     except KronosError as exc:
-        # a monitoring plugin that cannot check says UNKNOWN, whatever went wrong
-        stderr.print(f"kronos-db: UNKNOWN: {exc.message}", markup=False)
-        if json or output_format is HealthFormat.json:
-            emit_json({"status": "UNKNOWN", "exit_code": 3, "error": exc.message, "checks": []})
-        raise typer.Exit(int(health.Status.UNKNOWN)) from None
+        # a monitoring plugin that cannot check says UNKNOWN, on stdout, whatever went wrong
+        fail_unknown(
+            "KRONOS",
+            "health",
+            exc.message,
+            output_format=chosen,
+            database=database,
+            now=moment,
+        )
     _log_checks(report, settings)
     if html_file is not None:
         from kronos_db.reports.html import render_html
@@ -132,16 +121,23 @@ def health_command(
         try:
             html_file.write_text(render_html(report), encoding="utf-8")
         except OSError as exc:
-            stderr.print(
-                f"kronos-db: UNKNOWN: cannot write {html_file}: {exc.strerror}", markup=False
+            fail_unknown(
+                "KRONOS",
+                "health",
+                f"cannot write {html_file}: {exc.strerror}",
+                output_format=chosen,
+                database=database,
+                now=moment,
             )
-            raise typer.Exit(int(health.Status.UNKNOWN)) from None
         notify(f"HTML report written to {html_file}")
-    if json or output_format is HealthFormat.json:
-        emit_json(_health_json(report))
-    elif output_format is HealthFormat.prometheus:
-        sys.stdout.write(health.prometheus_text(report))
-        sys.stdout.flush()
+    if chosen is OutputFormat.json:
+        emit_json(
+            formats.health_document(
+                "health", report.database, report.checked_at, report.checks, status=report.status
+            )
+        )
+    elif chosen is OutputFormat.prometheus:
+        write(formats.prometheus_text(report.database, report.checks))
     else:
         _print_health(report)
     raise typer.Exit(int(report.status))
@@ -169,20 +165,14 @@ def _log_checks(report: health.HealthReport, settings: Settings) -> None:
 
 def _print_health(report: health.HealthReport) -> None:
     counts = {s: sum(1 for r in report.checks if r.status is s) for s in health.Status}
-    # the first line is what Nagios shows: status and a summary
-    problems = [r for r in report.checks if r.status is not health.Status.OK]
-    first = "; ".join(f"{r.name}: {r.summary}" for r in problems[:3]) or "all checks OK"
-    stdout.print(f"KRONOS {report.status.name} - {first}", markup=False, highlight=False)
     if not is_terminal():
-        # Nagios' long output and mail from cron: one line per check, never wrapped
-        for result in report.checks:
-            hint = f" (hint: {result.hint})" if result.hint else ""
-            stdout.print(
-                f"{result.status.name:<8} {result.name}: {result.summary}{hint}",
-                markup=False,
-                highlight=False,
-            )
+        # Nagios: the first line with the performance data, then one line per check
+        write(formats.nagios_output("KRONOS", report.checks, status=report.status))
         return
+    first = formats.nagios_output(
+        "KRONOS", report.checks, status=report.status, long_output=False
+    ).split(" | ")[0]
+    stdout.print(first, markup=False, highlight=False)
     from rich.table import Table
     from rich.text import Text
 
@@ -194,7 +184,7 @@ def _print_health(report: health.HealthReport) -> None:
         title=f"{report.database}: " + ", ".join(f"{n} {s.name}" for s, n in counts.items() if n),
         title_justify="left",
     )
-    for result in report.checks:
+    for result in formats.worst_first(report.checks):
         finding = Text(result.summary)
         if result.hint:
             finding.append(f"\nhint: {result.hint}", style="dim")
@@ -202,7 +192,7 @@ def _print_health(report: health.HealthReport) -> None:
             Text(result.status.name, style=_STYLE[result.status]),
             Text(result.name),
             finding,
-            Text(f"{result.warning} / {result.critical}"),
+            Text(formats.levels_text(result)),
         )
     stdout.print(table)
 

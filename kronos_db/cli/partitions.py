@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
 from kronos_db import db, partitions
+from kronos_db.checks import CheckResult
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
@@ -23,15 +25,16 @@ from kronos_db.cli.common import (
     stdout,
     target_for,
 )
+from kronos_db.cli.monitoring import OutputFormat, fail_unknown, write
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError
+from kronos_db.reports import formats
 
 app = typer.Typer(
     help="Keep the logs table's partitions created ahead and retire old ones.",
     no_args_is_help=True,
 )
 
-UNKNOWN = 3
 
 IntervalOption = Annotated[
     str | None,
@@ -178,27 +181,49 @@ def status(
     2 CRITICAL (now not covered, or coverage under coverage_critical), 3 UNKNOWN (the check
     itself failed).
 
+    Output: the Nagios plugin line with performance data first, then the partitions (or
+    --json: the document of docs/health.schema.json, the details under "data").
+
     Example: kronos-db partitions status --json
     """
-    settings = _settings(
-        config,
-        interval=interval,
-        premake=premake,
-        retention=retention,
-        retention_action=retention_action,
-        backend=backend,
-    )
     moment = parse_now(now)
-    target = target_for(database_url, settings)
+    chosen = OutputFormat.json if json else OutputFormat.text
+    database = ""
+    started = time.monotonic()
     try:
+        settings = _settings(
+            config,
+            interval=interval,
+            premake=premake,
+            retention=retention,
+            retention_action=retention_action,
+            backend=backend,
+        )
+        partitions.coverage_thresholds(settings)[0].validate()
+        target = target_for(database_url, settings)
+        database = target.dbname
         with db.connection(target) as conn:
             result = partitions.partition_status(conn, settings, moment)
     except KronosError as exc:
-        notify(f"UNKNOWN: {exc.message}")
-        raise typer.Exit(UNKNOWN) from None
+        fail_unknown(
+            "PARTITIONS",
+            "partitions status",
+            exc.message,
+            output_format=chosen,
+            database=database,
+            now=moment,
+        )
+    check = CheckResult.of(
+        "log_partitions",
+        "Kronos: logs partitions",
+        partitions.status_outcome(result, settings),
+        time.monotonic() - started,
+    )
     if json:
-        emit_json({**_plain(result), "exit_code": result.exit_code})
+        document = formats.health_document("partitions status", database, moment, (check,))
+        emit_json({**document, "data": {**_plain(result), "level": result.level.name}})
         raise typer.Exit(result.exit_code)
+    write(formats.nagios_output("PARTITIONS", (check,)))
     from rich.table import Table
 
     table = Table("partition", "from (UTC)", "to (UTC)", "rows≈", "size")
@@ -231,24 +256,22 @@ def status(
     stdout.print(
         f"table: {result.table} ({result.backend} backend, {result.interval}, "
         f"premake {result.premake}, retention "
-        f"{_retention(result)} then {result.retention_action})"
+        f"{_retention(result)} then {result.retention_action})",
+        markup=False,
     )
     stdout.print(
         f"coverage: until {_when(result.covered_until)} UTC, "
-        f"{result.partitions_ahead} partition(s) ahead"
+        f"{result.partitions_ahead} partition(s) ahead",
+        markup=False,
     )
     if result.plan:
         stdout.print("next rotation:")
         for action in result.plan:
-            stdout.print(f"  · {action.describe()}")
+            stdout.print(f"  · {action.describe()}", markup=False)
     else:
         stdout.print("next rotation: nothing to do")
     for warning in result.warnings:
         notify(f"warning: {warning}")
-    stdout.print(
-        f"{result.level}" + (": " + "; ".join(result.problems) if result.problems else ""),
-        markup=False,
-    )
     raise typer.Exit(result.exit_code)
 
 

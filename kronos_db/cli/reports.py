@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kronos_db import db
+from kronos_db.checks import Limits
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
@@ -53,7 +54,6 @@ from kronos_db.reports import (
 from kronos_db.reports import (
     settings as settings_report,
 )
-from kronos_db.reports.runner import Limits
 
 app = typer.Typer(
     help="DBA reports: slow queries, indexes, bloat, vacuum, locks, space, replication, Kronos.",
@@ -74,7 +74,7 @@ def _connect(
     settings = settings_for(config)
     target = target_for(database_url, settings)
     with db.connection(target) as conn:
-        yield conn, settings, Limits.from_settings(settings.health)
+        yield conn, settings, Limits.from_settings(settings)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -748,33 +748,39 @@ def kronos_command(
 ) -> None:
     """Kronos checks: log partitions ahead, logs_default rows, expired rows, queue, backups.
 
+    The same answers as health's log_partitions, expired_rows, message_queue and last_backup
+    (each computed once, by the module that owns it).
+
     Example: kronos-db report kronos
     """
+    from kronos_db import partitions
+    from kronos_db.reports import formats
+
     moment = parse_now(now)
-    with _connect(database_url, config) as (conn, _settings, limits):
-        report = kronos.kronos_report(conn, limits, now=moment)
+    with _connect(database_url, config) as (conn, settings, _limits):
+        results = kronos.kronos_report(conn, settings, now=moment)
+        database = str(conn.info.dbname)
     if json:
-        emit_json(report)
+        emit_json(formats.health_document("report kronos", database, moment, results))
         return
-    for problem in report.unavailable:
-        notify(f"unavailable: {problem}")
-    coverage = report.partitions
-    if coverage is not None:
-        ahead = (
-            f"until {when(coverage.covered_until)} "
-            f"({seconds(coverage.ahead.total_seconds())} ahead)"
-            if coverage.covers_now
-            else "NOT covering the current time"
-        )
-        stdout.print(
-            f"logs: {coverage.partitions} partitions, {ahead}; "
-            f"{coverage.default_rows or 0:,} row(s) in {coverage.default_partition or '-'}"
-            f"{'' if coverage.default_rows_exact else ' (estimate)'}; "
-            f"{len(coverage.gaps)} gap(s)"
-        )
+    for result in results:
+        stdout.print(f"{result.status.name} {result.name}: {result.summary}", markup=False)
+        if result.hint and result.status.name != "OK":
+            stdout.print(f"  hint: {result.hint}", markup=False)
+        for row in result.data:
+            if isinstance(row, partitions.PartitionStatus):
+                ranged = sum(1 for p in row.partitions if not p.is_default)
+                stdout.print(
+                    f"logs: {ranged} partitions, covered until {when(row.covered_until)} "
+                    f"({row.partitions_ahead} ahead); {row.default_rows:,} row(s) in "
+                    f"{row.default_partition or '-'}"
+                    f"{'' if row.default_rows_exact else ' (estimate)'}",
+                    markup=False,
+                )
+    by_name = {result.name: result for result in results}
     render_table(
         "Expired rows waiting to be deleted",
-        report.expired,
+        by_name["expired_rows"].data,
         [
             ("table", _field("table_name")),
             ("expired", _field("expired_rows", number)),
@@ -783,7 +789,7 @@ def kronos_command(
     )
     render_table(
         "Pending messages",
-        report.pending,
+        by_name["message_queue"].data,
         [
             ("topic", _field("topic")),
             ("pending", _field("pending", number)),
@@ -798,17 +804,6 @@ def kronos_command(
         ],
         empty="no pending message",
     )
-    if report.backup is not None:
-        backup = report.backup
-        stdout.print(
-            "last backup: "
-            + (
-                f"{when(backup.created_at)} ({backup.file_path}), "
-                f"{seconds((moment - backup.created_at).total_seconds())} ago"
-                if backup.created_at
-                else "none recorded"
-            )
-        )
 
 
 def _lag(size_bytes: int | None, lag_seconds: float | None) -> str:

@@ -8,7 +8,17 @@ from typing import Any
 
 import psycopg
 
-from kronos_db.reports.runner import Limits, fetch, fetch_one
+from kronos_db.checks import (
+    Context,
+    Limits,
+    Metric,
+    Outcome,
+    Threshold,
+    fetch,
+    fetch_one,
+    health_threshold,
+)
+from kronos_db.config import Settings
 from kronos_db.resources import query
 
 
@@ -53,3 +63,30 @@ def connections_report(
         limits,
     )
     return ConnectionsReport(connection_usage(conn, limits), tuple(groups))
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def connection_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    return (health_threshold(settings, "connections"),)
+
+
+def check_connections(ctx: Context) -> Outcome:
+    """Client connections in use, % of the slots left once the reserved ones are set aside
+    (server-wide: a full max_connections stops every database)."""
+    usage = connection_usage(ctx.conn, ctx.limits)
+    (threshold,) = connection_thresholds(ctx.settings)
+    metric = Metric("connections", usage.used_percent, "percent", threshold)
+    status = metric.grade()
+    return Outcome(
+        status,
+        f"{usage.used} of {usage.max_connections - usage.reserved} client "
+        f"connections in use ({usage.used_percent:.0f}%)",
+        (metric,),
+        hint=""
+        if status.name == "OK"
+        else "see `kronos-db report connections`: which "
+        "application holds them? a pooler (PgBouncer) in front of the services",
+        data=(usage,),
+    )

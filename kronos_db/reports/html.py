@@ -1,19 +1,24 @@
 """The health report as one self-contained HTML page (inline CSS, inline SVG charts, no script,
 nothing fetched): a DBA can open it, attach it to a mail, or archive it.
 
-Every value is escaped with :func:`html.escape`: query texts and names come from the database.
+What it shows is what a person reads, never a program's internals: figures in their units
+(sizes, ages, percentages), each finding with the SQL that fixes it (``DROP INDEX
+CONCURRENTLY``, ``VACUUM``, ``pg_terminate_backend``) ready to copy, and a statement's full
+text folded under its first words (``<details>``: open it to read it all). Every value is
+escaped with :func:`html.escape`: query texts and names come from the database.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import html
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from typing import Any
 
-from kronos_db.durations import human_duration
-from kronos_db.reports.health import CheckResult, HealthReport, Status
+from kronos_db.checks import CheckResult, Finding, Status
+from kronos_db.reports.formats import levels_text, worst_first
+from kronos_db.reports.health import HealthReport
+from kronos_db.reports.queries import shorten_query
+from kronos_db.units import human_seconds, human_size, human_value
 
 _COLOURS = {
     Status.OK: "#2e7d32",
@@ -37,6 +42,13 @@ th { background: #f6f6f6; }
 .overall { font-size: 1.1rem; }
 .scroll { overflow-x: auto; margin-bottom: 1rem; }
 code { font-size: .8rem; white-space: pre-wrap; word-break: break-all; }
+pre.fix-sql { background: #f3f6fb; border-left: 3px solid #3f6fb5; padding: .4rem .6rem;
+              margin: .25rem 0; white-space: pre-wrap; word-break: break-word;
+              user-select: all; }
+details.query summary { cursor: pointer; color: #333; }
+details.query pre { white-space: pre-wrap; word-break: break-word; background: #fafafa;
+                    padding: .4rem; }
+.figures { color: #444; font-size: .85rem; }
 svg text { font-family: system-ui, sans-serif; font-size: 12px; }
 """
 
@@ -50,14 +62,6 @@ def _badge(status: Status) -> str:
         f'<span class="status status-{status.name.lower()}" '
         f'style="background:{_COLOURS[status]}">{status.name}</span>'
     )
-
-
-def _size(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(size) < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
 
 
 def bar_chart(title: str, bars: Sequence[tuple[str, float, str]], *, chart_id: str) -> str:
@@ -88,40 +92,50 @@ def bar_chart(title: str, bars: Sequence[tuple[str, float, str]], *, chart_id: s
     return "".join(parts)
 
 
-def _details_table(rows: Sequence[Any]) -> str:
-    rows = [row for row in rows if dataclasses.is_dataclass(row)]
-    if not rows:
+def _query(text: str) -> str:
+    """A statement folded under its first words; the whole of it when opened."""
+    if not text:
         return ""
-    # one table per row type (a check may mix, e.g. databases and tables)
-    out = []
-    kinds: dict[type[Any], list[Any]] = {}
-    for row in rows:
-        kinds.setdefault(type(row), []).append(row)
-    for kind, items in kinds.items():
-        names = [field.name for field in dataclasses.fields(kind)]
-        head = "".join(f"<th>{_e(name)}</th>" for name in names)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{_cell(getattr(item, name))}</td>" for name in names) + "</tr>"
-            for item in items[:50]
-        )
-        out.append(
-            f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>"
-        )
-    return "".join(out)
+    return (
+        f'<details class="query"><summary><code>{_e(shorten_query(text, 100))}</code>'
+        f"</summary><pre><code>{_e(text)}</code></pre></details>"
+    )
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, timedelta):
-        return _e(human_duration(value))
-    if isinstance(value, datetime):
-        return _e(f"{value:%Y-%m-%d %H:%M:%S %Z}")
-    if isinstance(value, float):
-        return _e(f"{value:,.2f}")
-    if isinstance(value, tuple):
-        return _e(", ".join(map(str, value)))
-    text = _e(value)
-    return f"<code>{text}</code>" if len(text) > 60 else text
+def _fix(sql_text: str) -> str:
+    if not sql_text:
+        return ""
+    return (
+        '<pre class="fix-sql" title="the SQL that fixes it: copy it">'
+        f"<code>{_e(sql_text)}</code></pre>"
+    )
+
+
+def _findings_table(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(finding.subject)}</td><td>{_e(finding.detail)}{_query(finding.query)}</td>"
+        f"<td>{_fix(finding.fix)}</td></tr>"
+        for finding in findings[:50]
+    )
+    more = (
+        f'<p class="meta">and {len(findings) - 50} more (see --json)</p>'
+        if len(findings) > 50
+        else ""
+    )
+    return (
+        '<div class="scroll"><table class="findings"><thead><tr><th>What</th><th>Finding</th>'
+        f"<th>Fix (SQL to copy)</th></tr></thead><tbody>{rows}</tbody></table></div>{more}"
+    )
+
+
+def _figures(result: CheckResult) -> str:
+    shown = [
+        f"{metric.name.replace('_', ' ')}: {human_value(metric.value, metric.unit)}"
+        for metric in result.metrics
+    ]
+    return f'<div class="figures">{_e("; ".join(shown))}</div>' if shown else ""
 
 
 def _check_row(result: CheckResult) -> str:
@@ -129,33 +143,44 @@ def _check_row(result: CheckResult) -> str:
     return (
         f'<tr class="check check-{result.status.name.lower()}" data-check="{_e(result.name)}">'
         f"<td>{_badge(result.status)}</td><td>{_e(result.title)}<br><small>"
-        f"{_e(result.name)}</small></td><td>{_e(result.summary)}{hint}</td>"
-        f"<td>{_e(result.warning)} / {_e(result.critical)}</td></tr>"
+        f"{_e(result.name)}</small></td><td>{_e(result.summary)}{_figures(result)}{hint}</td>"
+        f"<td>{_e(levels_text(result))}</td></tr>"
     )
 
 
 def render_html(report: HealthReport) -> str:
     counts = {status: sum(1 for r in report.checks if r.status is status) for status in Status}
     summary = ", ".join(f"{count} {status.name}" for status, count in counts.items() if count)
-    checks = "".join(_check_row(result) for result in report.checks)
+    ordered = worst_first(report.checks)
+    checks = "".join(_check_row(result) for result in ordered)
     tables_chart = bar_chart(
         "Largest tables (total size)",
         [
-            (f"{t.schema_name}.{t.table_name}", float(t.total_bytes), _size(t.total_bytes))
+            (f"{t.schema_name}.{t.table_name}", float(t.total_bytes), human_size(t.total_bytes))
             for t in report.largest_tables
         ],
         chart_id="chart-largest-tables",
     )
     queries_chart = bar_chart(
         "Slowest queries (total time)",
-        [(q.query, q.total_ms, f"{q.total_ms:,.0f} ms") for q in report.slowest_queries],
+        [
+            (shorten_query(q.query, 60), q.total_ms, human_seconds(q.total_ms / 1000))
+            for q in report.slowest_queries
+        ],
         chart_id="chart-slowest-queries",
+    )
+    slowest = "".join(
+        f"<li>{_e(human_seconds(q.total_ms / 1000))} in {q.calls:,} calls "
+        f"({_e(human_seconds(q.mean_ms / 1000))} each){_query(q.query)}</li>"
+        for q in report.slowest_queries
     )
     findings = (
         "".join(
             f'<section class="finding" id="finding-{_e(r.name)}"><h3>{_badge(r.status)} '
-            f"{_e(r.title)}</h3><p>{_e(r.summary)}</p>{_details_table(r.details)}</section>"
-            for r in report.checks
+            f"{_e(r.title)}</h3><p>{_e(r.summary)}</p>"
+            + (f'<p class="hint">{_e(r.hint)}</p>' if r.hint else "")
+            + f"{_findings_table(r.findings)}</section>"
+            for r in ordered
             if r.status is not Status.OK
         )
         or "<p>Nothing to report: every check is OK.</p>"
@@ -174,6 +199,8 @@ def render_html(report: HealthReport) -> str:
 <p class="meta">Checked at {_e(f"{report.checked_at:%Y-%m-%d %H:%M:%S %Z}")} ·
 {_e(summary)}</p>
 <p class="overall" id="overall-status">Overall: {_badge(report.status)}</p>
+<h2>Findings</h2>
+{findings}
 <h2>Checks</h2>
 <table id="checks">
 <thead><tr><th>Status</th><th>Check</th><th>Finding</th><th>Warning / critical</th></tr></thead>
@@ -182,8 +209,7 @@ def render_html(report: HealthReport) -> str:
 <h2>Charts</h2>
 <div>{tables_chart}</div>
 <div>{queries_chart}</div>
-<h2>Findings</h2>
-{findings}
+<ol class="slowest">{slowest}</ol>
 </body>
 </html>
 """

@@ -15,59 +15,26 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
 
+from kronos_db.checks import (
+    Context,
+    Finding,
+    Limits,
+    Metric,
+    Outcome,
+    Status,
+    Threshold,
+    fetch,
+    guarded,
+    health_threshold,
+)
+from kronos_db.config import Settings
 from kronos_db.errors import ReportUnavailableError
-from kronos_db.reports.runner import Limits, fetch, fetch_one, guarded
-from kronos_db.resources import query
+from kronos_db.reports import snapshots, statements
+from kronos_db.units import human_seconds
 
 Order = Literal["total", "mean", "calls", "io"]
 ORDERS: tuple[Order, ...] = ("total", "mean", "calls", "io")
-
-ENABLE_HINT = (
-    "add pg_stat_statements to shared_preload_libraries (restart the server), then run "
-    "CREATE EXTENSION pg_stat_statements in this database (kronos-db migrate does it when "
-    "the server offers the extension)"
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class StatementsExtension:
-    schema_name: str | None
-    version: str | None
-    preloaded: bool
-    available: bool
-
-    @property
-    def installed(self) -> bool:
-        return self.schema_name is not None
-
-    @property
-    def version_tuple(self) -> tuple[int, ...]:
-        return tuple(int(part) for part in re.findall(r"\d+", self.version or "0"))
-
-    def relation(self, name: str) -> sql.Identifier:
-        assert self.schema_name is not None
-        return sql.Identifier(self.schema_name, name)
-
-    def placeholders(self) -> dict[str, sql.Composable]:
-        """The identifiers and columns of this version, for the {placeholders} of the SQL."""
-        version = self.version_tuple
-        renamed_times = version >= (1, 8)
-        renamed_io = version >= (1, 11)
-        return {
-            "statements": self.relation("pg_stat_statements"),
-            "info": self.relation("pg_stat_statements_info"),
-            "reset": self.relation("pg_stat_statements_reset"),
-            "toplevel": sql.SQL("statement.toplevel") if version >= (1, 9) else sql.SQL("true"),
-            "total_time": sql.Identifier("total_exec_time" if renamed_times else "total_time"),
-            "mean_time": sql.Identifier("mean_exec_time" if renamed_times else "mean_time"),
-            "stddev_time": sql.Identifier("stddev_exec_time" if renamed_times else "stddev_time"),
-            "read_time": sql.Identifier("shared_blk_read_time" if renamed_io else "blk_read_time"),
-            "write_time": sql.Identifier(
-                "shared_blk_write_time" if renamed_io else "blk_write_time"
-            ),
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +66,6 @@ class SlowQueriesReport:
     queries: tuple[SlowQuery, ...]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Info:
-    stats_reset: datetime | None
-    dealloc: int | None
-
-
 _LEADING_COMMENTS = re.compile(r"\A(?:\s*--[^\n]*(?:\n|\Z)|\s*/\*.*?\*/)+", re.DOTALL)
 _PARAMETER_LIST = re.compile(r"\$\d+(?:\s*,\s*\$\d+){3,}")
 
@@ -120,48 +81,6 @@ def shorten_query(text: str, width: int = 300) -> str:
     return text
 
 
-def statements_extension(conn: psycopg.Connection[Any], limits: Limits) -> StatementsExtension:
-    return fetch_one(
-        conn,
-        query("reports_queries", "select_statements_extension"),
-        {},
-        StatementsExtension,
-        limits,
-    )
-
-
-def require_statements(conn: psycopg.Connection[Any], limits: Limits) -> StatementsExtension:
-    """The extension, or ReportUnavailableError saying plainly how to enable it."""
-    extension = statements_extension(conn, limits)
-    if not extension.available:
-        raise ReportUnavailableError(
-            "pg_stat_statements is not available on this server", hint=ENABLE_HINT
-        )
-    if not extension.installed:
-        raise ReportUnavailableError(
-            "pg_stat_statements is not installed in this database", hint=ENABLE_HINT
-        )
-    if not extension.preloaded:
-        raise ReportUnavailableError(
-            "pg_stat_statements is installed but not in shared_preload_libraries: "
-            "it records nothing",
-            hint=ENABLE_HINT,
-        )
-    return extension
-
-
-def _compose(extension: StatementsExtension, name: str) -> sql.Composed:
-    return sql.SQL(query("reports_queries", name)).format(**extension.placeholders())
-
-
-def statements_info(
-    conn: psycopg.Connection[Any], extension: StatementsExtension, limits: Limits
-) -> _Info:
-    if extension.version_tuple < (1, 9):
-        return _Info(None, None)
-    return fetch_one(conn, _compose(extension, "select_statements_info"), {}, _Info, limits)
-
-
 def slow_queries(
     conn: psycopg.Connection[Any],
     *,
@@ -173,18 +92,23 @@ def slow_queries(
     since: timedelta | None = None,
     all_databases: bool = False,
     query_width: int = 300,
+    include_utility: bool = True,
+    toplevel_only: bool = False,
+    since_last_snapshot: bool = False,
 ) -> SlowQueriesReport:
     """The statements that cost the most, since the last reset or over a window ``since``.
 
     A window needs a snapshot (``report snapshot``) taken at or before ``now - since``; when
-    only a newer one exists the window starts at it, and a note says so.
+    only a newer one exists the window starts at it, and a note says so. With
+    ``since_last_snapshot`` the window starts at the newest snapshot when there is one (the
+    totals since the reset otherwise). ``include_utility`` False leaves out utility
+    statements (VACUUM, DDL, COPY, DO blocks…); ``toplevel_only`` the statements run inside a
+    function or DO block.
     """
-    from kronos_db.reports import snapshots
-
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}")
-    extension = require_statements(conn, limits)
-    info = statements_info(conn, extension, limits)
+    extension = statements.require_statements(conn, limits)
+    info = statements.statements_info(conn, extension, limits)
     notes: list[str] = []
     if info.dealloc:
         notes.append(
@@ -196,10 +120,24 @@ def slow_queries(
         "limit": limit,
         "minimum_calls": minimum_calls,
         "all_databases": all_databases,
+        "include_utility": include_utility,
+        "toplevel_only": toplevel_only,
     }
     window_start: datetime | None = None
+    if since is None and since_last_snapshot and not all_databases:
+        try:
+            latest = snapshots.snapshot_before(conn, now, limits)
+        except ReportUnavailableError:
+            latest = None
+            notes.append(
+                "the snapshots are not readable by this role (GRANT SELECT ON "
+                "kronos_stat_snapshots, kronos_statement_snapshots TO <role>): totals since "
+                "the last reset are judged"
+            )
+        if latest is not None and latest.taken_at <= now:
+            since = now - latest.taken_at
     if since is None:
-        statement = _compose(extension, "select_slow_queries")
+        statement = statements.compose(extension, "select_slow_queries")
     else:
         if all_databases:
             raise ReportUnavailableError(
@@ -223,7 +161,7 @@ def slow_queries(
                 "after the snapshot: figures start at the reset"
             )
         params["snapshot_id"] = snapshot.id
-        statement = _compose(extension, "select_slow_queries_since")
+        statement = statements.compose(extension, "select_slow_queries_since")
     rows = fetch(conn, statement, params, SlowQuery, limits)
     shortened = tuple(
         dataclasses.replace(row, query=shorten_query(row.query, query_width)) for row in rows
@@ -241,11 +179,79 @@ def slow_queries(
 
 def reset_statements(conn: psycopg.Connection[Any], limits: Limits) -> None:
     """Reset pg_stat_statements for this database (only when asked: never as a side effect)."""
-    extension = require_statements(conn, limits)
+    extension = statements.require_statements(conn, limits)
     with guarded(
         conn,
         limits,
         privilege_hint="resetting needs a superuser or "
         "GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) TO <role>",
     ):
-        conn.execute(_compose(extension, "reset_statements"), {})
+        conn.execute(statements.compose(extension, "reset_statements"), {})
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def slow_query_thresholds(settings: Settings) -> tuple[Threshold, ...]:
+    return (health_threshold(settings, "slow_query"),)
+
+
+def check_slow_queries(ctx: Context) -> Outcome:
+    """The highest mean time among this database's statements, judged without false alarms:
+    utility statements (VACUUM, DDL, a DO block…) and statements run inside a function are left
+    out, a statement needs ``slow_query_minimum_calls`` calls, and when a snapshot exists
+    (``report snapshot``) only what ran since the newest one counts, so that a one-off slow
+    statement stops counting once a snapshot was taken after it."""
+    (threshold,) = slow_query_thresholds(ctx.settings)
+    health = ctx.settings.health
+    report = slow_queries(
+        ctx.conn,
+        now=ctx.now,
+        limits=ctx.limits,
+        order="mean",
+        limit=10,
+        minimum_calls=health.slow_query_minimum_calls,
+        query_width=0,
+        include_utility=health.slow_query_include_utility,
+        toplevel_only=True,
+        since_last_snapshot=True,
+    )
+    since = (
+        f" since the snapshot of {report.window_start:%Y-%m-%d %H:%M %Z}"
+        if report.window_start
+        else ""
+    )
+    top = report.queries[0].mean_ms / 1000 if report.queries else 0.0
+    metric = Metric("slow_queries", top, "seconds", threshold)
+    slow = [row for row in report.queries if threshold.grade(row.mean_ms / 1000) is not Status.OK]
+    if not slow:
+        return Outcome(
+            Status.OK,
+            f"no statement slower than {human_seconds(threshold.warning or 0)} on average"
+            f"{since} ({health.slow_query_minimum_calls}+ calls)",
+            (metric,),
+        )
+    return Outcome(
+        metric.grade(),
+        f"{len(slow)} statement(s) slower than {human_seconds(threshold.warning or 0)} on "
+        f"average{since}; slowest {human_seconds(top)} over {slow[0].calls:,} calls: "
+        f"{shorten_query(slow[0].query, 80)}",
+        (metric,),
+        tuple(
+            Finding(
+                f"statement {row.queryid} ({row.role_name})",
+                f"{human_seconds(row.mean_ms / 1000)} on average over {row.calls:,} calls, "
+                f"{human_seconds(row.total_ms / 1000)} in all",
+                query=row.query,
+            )
+            for row in slow
+        ),
+        "; ".join(
+            [
+                "see `kronos-db report slow-queries --order mean` and EXPLAIN (ANALYZE, "
+                "BUFFERS) them",
+                *report.notes,
+            ]
+        ),
+        tuple(slow),
+    )

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from kronos_db.reports.runner import Limits, fetch
+from kronos_db.checks import ANY, Context, Finding, Limits, Metric, Outcome, Status, fetch, worst
 from kronos_db.resources import query
 
 Severity = Literal["ok", "info", "warning", "critical"]
@@ -137,3 +137,30 @@ def setting_findings(conn: psycopg.Connection[Any], limits: Limits) -> list[Sett
         shown = f"{current.setting}{current.unit and ' ' + current.unit}"
         findings.append(SettingFinding(current.name, shown, severity, advice))
     return findings
+
+
+# ----------------------------------------------------------------------------- check
+
+_STATUS = {"critical": Status.CRITICAL, "warning": Status.WARNING}
+
+
+def check_settings(ctx: Context) -> Outcome:
+    """Dangerous server settings (fixed rules); suggestions stay OK."""
+    findings = setting_findings(ctx.conn, ctx.limits)
+    flagged = [f for f in findings if f.severity in _STATUS]
+    metric = Metric("settings", float(len(flagged)), "count", ANY)
+    if not flagged:
+        info = sum(1 for f in findings if f.severity == "info")
+        return Outcome(
+            Status.OK,
+            f"no dangerous setting ({info} suggestion(s) in `kronos-db report settings`)",
+            (metric,),
+            data=tuple(findings),
+        )
+    return Outcome(
+        worst([_STATUS[f.severity] for f in flagged]),
+        "; ".join(f.advice for f in flagged),
+        (metric,),
+        tuple(Finding(f"setting {f.name} = {f.value}", f.advice) for f in flagged),
+        data=tuple(flagged),
+    )

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from kronos_db.checks import Limits, fetch, guarded
 from kronos_db.errors import ReportUnavailableError
 from kronos_db.locks import try_advisory_lock
-from kronos_db.reports import queries as statements
-from kronos_db.reports.runner import Limits, fetch, guarded
+from kronos_db.reports import statements
 from kronos_db.resources import query
 
 SNAPSHOT_LOCK = "report-snapshot"

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from kronos_db.reports.runner import Limits, fetch, fetch_one
+from kronos_db.checks import Limits, fetch, fetch_one
 from kronos_db.resources import query
 
 

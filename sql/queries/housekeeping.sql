@@ -70,3 +70,17 @@ SELECT count(*)::bigint AS rows
   FROM rate_limits
  WHERE last_request < %(window_start)s::timestamptz
    AND request_count IS DISTINCT FROM 0;
+
+-- name: select_expired_rows
+-- (health's expired_rows check: are the expiry jobs keeping up?)
+-- sessions and cache rows whose expiry has passed and that are still waiting to be deleted,
+-- counted up to a cap, with the oldest expiry (both served by the expires_at indexes)
+SELECT 'sessions' AS table_name,
+       (SELECT count(*) FROM (SELECT 1 FROM sessions WHERE expires_at < %(now)s::timestamptz
+                               LIMIT %(cap)s::bigint) AS capped)::bigint AS expired_rows,
+       (SELECT min(expires_at) FROM sessions WHERE expires_at < %(now)s::timestamptz) AS oldest_expiry
+UNION ALL
+SELECT 'cache',
+       (SELECT count(*) FROM (SELECT 1 FROM cache WHERE expires_at < %(now)s::timestamptz
+                               LIMIT %(cap)s::bigint) AS capped)::bigint,
+       (SELECT min(expires_at) FROM cache WHERE expires_at < %(now)s::timestamptz);

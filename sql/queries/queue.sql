@@ -133,3 +133,15 @@ SELECT count(*)::bigint AS rows
   FROM message_queue
  WHERE status = 'processed'
    AND status_changed_at < %(processed_before)s::timestamptz;
+
+-- name: select_pending_messages
+-- (health's message_queue check: are the consumers keeping up?)
+-- pending messages per topic and the oldest one's creation time (the partial index on
+-- pending messages by topic and age serves it)
+SELECT topic::text,
+       count(*)::bigint AS pending,
+       min(created_at) AS oldest_created_at
+  FROM message_queue
+ WHERE status = 'pending'
+ GROUP BY topic
+ ORDER BY min(created_at) NULLS LAST, topic;

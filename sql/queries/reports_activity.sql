@@ -65,3 +65,40 @@ SELECT activity.pid,
    AND (%(all_databases)s::boolean OR activity.datname = current_database())
    AND %(now)s::timestamptz - activity.state_change >= %(threshold)s::interval
  ORDER BY idle_seconds DESC, activity.pid;
+
+-- name: select_prepared_transactions
+-- prepared transactions (PREPARE TRANSACTION) of every database, oldest first: how long ago
+-- they were prepared, and the locks they still hold (no session owns them: they block DDL,
+-- VACUUM and the xmin horizon until COMMIT PREPARED or ROLLBACK PREPARED, even across a
+-- restart). pg_locks shows their locks with no pid, under the virtual transaction of the lock
+-- on their transaction ID; those on this database's tables are named. pg_blocking_pids()
+-- shows such a holder as pid 0, so a session waiting on one is not in select_blocking_chains.
+WITH prepared AS (
+    SELECT prepared.*,
+           (SELECT holder.virtualtransaction
+              FROM pg_locks AS holder
+             WHERE holder.locktype = 'transactionid'
+               AND holder.transactionid = prepared.transaction
+               AND holder.pid IS NULL
+             LIMIT 1) AS virtualtransaction
+      FROM pg_prepared_xacts AS prepared
+)
+SELECT prepared.gid,
+       prepared.owner::text AS role_name,
+       prepared.database::text AS database_name,
+       prepared.prepared AS prepared_at,
+       extract(epoch FROM %(now)s::timestamptz - prepared.prepared)::float8 AS seconds,
+       age(prepared.transaction)::bigint AS xid_age,
+       (SELECT count(*)
+          FROM pg_locks AS lock
+         WHERE lock.pid IS NULL
+           AND lock.virtualtransaction = prepared.virtualtransaction)::bigint AS locks,
+       coalesce((SELECT string_agg(DISTINCT lock.relation::regclass::text || ' ' || lock.mode, ', ')
+                   FROM pg_locks AS lock
+                  WHERE lock.pid IS NULL
+                    AND lock.virtualtransaction = prepared.virtualtransaction
+                    AND lock.relation IS NOT NULL
+                    AND lock.database = (SELECT oid FROM pg_database
+                                          WHERE datname = current_database())), '') AS relations
+  FROM prepared
+ ORDER BY prepared.prepared, prepared.gid;

@@ -132,6 +132,9 @@ SELECT namespace.nspname::text AS schema_name,
        array_to_string(ARRAY(SELECT attname FROM pg_attribute
                               WHERE attrelid = fk.conrelid AND attnum = ANY (fk.conkey)
                               ORDER BY array_position(fk.conkey, attnum)), ', ') AS columns,
+       array_to_string(ARRAY(SELECT quote_ident(attname) FROM pg_attribute
+                              WHERE attrelid = fk.conrelid AND attnum = ANY (fk.conkey)
+                              ORDER BY array_position(fk.conkey, attnum)), ', ') AS quoted_columns,
        fk.confrelid::regclass::text AS referenced_table,
        pg_total_relation_size(fk.conrelid) AS table_bytes
   FROM pg_constraint AS fk

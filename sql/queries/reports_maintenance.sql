@@ -173,7 +173,9 @@ SELECT estimates.schema_name::text,
             THEN greatest(100 * (estimates.pages - estimates.expected_pages) / estimates.pages, 0) ELSE 0 END::float8 AS bloat_percent,
        estimates.fillfactor::integer,
        concat_ws('; ',
-           CASE WHEN estimates.statistics_missing THEN 'column statistics missing (never analyzed, or not readable by this role)' END,
+           CASE WHEN NOT has_table_privilege(estimates.table_oid, 'SELECT')
+                THEN 'column statistics not readable by this role (pg_stats shows them only to a role that may read the table)'
+                WHEN estimates.statistics_missing THEN 'column statistics missing (never analyzed)' END,
            CASE WHEN estimates.reltuples < 0 THEN 'never vacuumed or analyzed' END,
            CASE WHEN stat.n_mod_since_analyze > greatest(estimates.reltuples, 0) * 0.2 + 1000
                 THEN 'statistics stale: ' || stat.n_mod_since_analyze || ' rows modified since the last ANALYZE' END
@@ -264,7 +266,9 @@ SELECT estimates.schema_name::text,
        greatest(100 * (estimates.relpages - estimates.expected_pages) / estimates.relpages, 0)::float8 AS bloat_percent,
        estimates.fillfactor::integer,
        concat_ws('; ',
-           CASE WHEN estimates.statistics_missing THEN 'column statistics missing (never analyzed, or not readable by this role)' END,
+           CASE WHEN NOT has_table_privilege(estimates.table_oid, 'SELECT')
+                THEN 'column statistics not readable by this role (pg_stats shows them only to a role that may read the table)'
+                WHEN estimates.statistics_missing THEN 'column statistics missing (never analyzed)' END,
            CASE WHEN estimates.reltuples < 0 THEN 'never vacuumed or analyzed' END,
            CASE WHEN stat.n_mod_since_analyze > greatest(estimates.reltuples, 0) * 0.2 + 1000
                 THEN 'statistics stale: ' || stat.n_mod_since_analyze || ' rows modified since the last ANALYZE' END
@@ -272,3 +276,26 @@ SELECT estimates.schema_name::text,
   FROM estimates
   LEFT JOIN pg_stat_user_tables AS stat ON stat.relid = estimates.table_oid
  ORDER BY 5 DESC, 1, 2;
+
+-- name: select_unmaintained_tables
+-- tables (and materialized views) of at least a size that were never vacuumed or never
+-- analyzed (by hand or by autovacuum) since the statistics were reset: no visibility map (no
+-- index-only scans, a whole-table freeze ahead), or no statistics (the planner guesses).
+-- A standby runs no VACUUM: nothing is listed there.
+SELECT stat.schemaname::text AS schema_name,
+       stat.relname::text AS table_name,
+       pg_table_size(stat.relid) AS bytes,
+       stat.n_live_tup AS live_tuples,
+       stat.last_vacuum IS NULL AND stat.last_autovacuum IS NULL AS never_vacuumed,
+       stat.last_analyze IS NULL AND stat.last_autoanalyze IS NULL AS never_analyzed,
+       (SELECT database.stats_reset FROM pg_stat_database AS database
+         WHERE database.datname = current_database()) AS statistics_reset
+  FROM pg_stat_user_tables AS stat
+  JOIN pg_class AS table_class ON table_class.oid = stat.relid
+ WHERE table_class.relkind IN ('r', 'm')
+   AND NOT pg_is_in_recovery()
+   AND ((stat.last_vacuum IS NULL AND stat.last_autovacuum IS NULL)
+        OR (stat.last_analyze IS NULL AND stat.last_autoanalyze IS NULL))
+   AND pg_table_size(stat.relid) >= %(minimum_bytes)s::bigint
+ ORDER BY pg_table_size(stat.relid) DESC, 1, 2
+ LIMIT 50;

@@ -2,6 +2,12 @@
 -- columns changed names across versions (total_time → total_exec_time in 1.8, toplevel in 1.9,
 -- blk_read_time → shared_blk_read_time in 1.11): queries holding {placeholders} are composed
 -- with psycopg.sql identifiers chosen by kronos_db.reports.queries from the installed version.
+--
+-- A utility statement (VACUUM, CREATE INDEX, COPY, a DO block, EXPLAIN…) is anything that is not
+-- SELECT/INSERT/UPDATE/DELETE/MERGE/WITH/VALUES/TABLE once its leading comments are skipped:
+-- pg_stat_statements 1.10 has no column saying so. With include_utility false they are left
+-- out; with toplevel_only the statements run inside a function or DO block are too (the
+-- calling statement's time holds theirs).
 
 -- name: select_statements_extension
 -- where pg_stat_statements is installed in this database (schema, version), if it is
@@ -31,7 +37,9 @@ WITH statements AS (
            statement.shared_blks_hit,
            statement.shared_blks_read,
            (statement.{read_time} + statement.{write_time})::float8 AS io_ms,
-           statement.query
+           statement.query,
+           regexp_replace(statement.query, '^(\s|/\*([^*]|\*+[^*/])*\*+/|--[^\n]*(\n|$))*', '')
+               !~* '^(select|insert|update|delete|merge|with|values|table)\M|^\(' AS is_utility
       FROM {statements} AS statement
      WHERE (%(all_databases)s::boolean
             OR statement.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()))
@@ -53,6 +61,8 @@ SELECT coalesce(pg_get_userbyid(userid)::text, userid::text) AS role_name,
        coalesce(query, '') AS query
   FROM statements
  WHERE calls >= %(minimum_calls)s::bigint
+   AND (%(include_utility)s::boolean OR NOT is_utility)
+   AND (NOT %(toplevel_only)s::boolean OR toplevel)
  ORDER BY CASE %(order)s::text
               WHEN 'total' THEN total_ms
               WHEN 'mean' THEN mean_ms
@@ -74,7 +84,9 @@ WITH current_statements AS (
            statement.shared_blks_hit,
            statement.shared_blks_read,
            (statement.{read_time} + statement.{write_time})::float8 AS io_ms,
-           statement.query
+           statement.query,
+           regexp_replace(statement.query, '^(\s|/\*([^*]|\*+[^*/])*\*+/|--[^\n]*(\n|$))*', '')
+               !~* '^(select|insert|update|delete|merge|with|values|table)\M|^\(' AS is_utility
       FROM {statements} AS statement
      WHERE statement.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ),
@@ -100,7 +112,8 @@ differences AS (
                 THEN current_statements.shared_blks_read
                 ELSE current_statements.shared_blks_read - before.shared_blks_read END AS shared_blks_read,
            current_statements.io_ms,
-           current_statements.query
+           current_statements.query,
+           current_statements.is_utility
       FROM current_statements
       LEFT JOIN kronos_statement_snapshots AS before
              ON before.snapshot_id = %(snapshot_id)s::bigint
@@ -125,6 +138,8 @@ SELECT coalesce(pg_get_userbyid(userid)::text, userid::text) AS role_name,
        coalesce(query, '') AS query
   FROM differences
  WHERE calls >= greatest(%(minimum_calls)s::bigint, 1)
+   AND (%(include_utility)s::boolean OR NOT is_utility)
+   AND (NOT %(toplevel_only)s::boolean OR toplevel)
  ORDER BY CASE %(order)s::text
               WHEN 'total' THEN total_ms
               WHEN 'mean' THEN total_ms / calls
