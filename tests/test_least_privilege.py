@@ -6,7 +6,10 @@ to this run, and is dropped at the end.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -83,12 +86,15 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
         " VALUES (1, 1, 9, %(past)s) ON CONFLICT (user_id, route_id) DO NOTHING",
         {"past": past},
     )
-    # a verified dump of today: health's last-backup check has nothing to say
+    # a verified dump of today: health's last-backup check has nothing to say (it checks the
+    # file on every run: a real one, with its size and SHA-256)
+    dump = Path(tempfile.gettempdir()) / f"kronos-least-privilege-{os.getpid()}.dump"
+    dump.write_bytes(b"x")
     conn.execute(
         "INSERT INTO backups (file_path, kind, created_at, size_bytes, sha256, row_counts,"
-        " verified_at, verify_result) VALUES ('/b/k.dump', 'pg_dump', %(now)s, 1, %(sha)s,"
+        " verified_at, verify_result) VALUES (%(path)s, 'pg_dump', %(now)s, 1, %(sha)s,"
         " '{}', %(now)s, 'passed')",
-        {"now": NOW, "sha": "0" * 64},
+        {"path": str(dump), "now": NOW, "sha": hashlib.sha256(b"x").hexdigest()},
     )
 
 
