@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from kronos_db import db, housekeeping, logs, partitions, queue, replication
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError, PartitionError, UsageError
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
-from kronos_db.resources import query
 
 JobRunner = Callable[
     [psycopg.Connection[Any], datetime, Settings, BatchOptions, ProgressCallback | None],
@@ -347,14 +347,15 @@ def _standby(
 
 
 def _reset_session(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any] | None:
-    """The session made new again for the next job (settings, locks…), or None to reconnect.
+    """The connection, fit for the next job, or None to reconnect.
 
-    Not DISCARD ALL: it would also drop the statements psycopg prepared and still uses.
+    Every job sets its timeouts with ``SET LOCAL`` and holds its lease in ``kronos_leases``, so a
+    finished job leaves nothing in the session to undo. What can be left is a transaction a job
+    did not end: then the next job gets a new connection. Nothing session-wide is reset here:
+    behind a transaction pooler, ``RESET ALL`` or ``pg_advisory_unlock_all()`` would act on
+    whatever server connection the pooler lends, and could release a service's own locks.
     """
-    try:
-        conn.execute(query("housekeeping", "reset_session_settings"))
-        conn.execute(query("housekeeping", "release_session_locks"))
-    except psycopg.Error:  # a job left a transaction open, or the connection broke
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
         _discard(conn)
         return None
     return conn

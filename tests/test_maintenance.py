@@ -84,36 +84,34 @@ def test_a_failing_job_does_not_stop_the_others(
 
 
 def test_jobs_share_a_connection_until_one_fails(database: Any) -> None:
-    seen: list[tuple[int, str, bool]] = []
+    seen: list[int] = []
 
     def spy(conn: psycopg.Connection[Any], *_args: Any) -> JobResult:
-        row = conn.execute(
-            "SELECT pg_backend_pid(), current_setting('lock_timeout'),"
-            " EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-            " AND pid = pg_backend_pid())"
-        ).fetchone()
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
-        seen.append(row)
+        seen.append(row[0])
         return JobResult("spy", 0, 0, 0.0, NOW)
 
-    def dirty(conn: psycopg.Connection[Any], *_args: Any) -> JobResult:
-        # a job that leaves a setting and a lock behind must not hand them to the next one
-        conn.execute("SET lock_timeout = '1234ms'")
-        conn.execute("SELECT pg_advisory_lock(4711)")
-        return JobResult("dirty", 0, 0, 0.0, NOW)
+    def unfinished(conn: psycopg.Connection[Any], *_args: Any) -> JobResult:
+        # a job that does not end its transaction must not hand it to the next one
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        return JobResult("unfinished", 0, 0, 0.0, NOW)
 
     jobs = [
         maintenance.MaintenanceJob("spy1", "", spy),
-        maintenance.MaintenanceJob("dirty", "", dirty),
         maintenance.MaintenanceJob("spy2", "", spy),
-        maintenance.MaintenanceJob("boom", "", _boom),
+        maintenance.MaintenanceJob("unfinished", "", unfinished),
         maintenance.MaintenanceJob("spy3", "", spy),
+        maintenance.MaintenanceJob("boom", "", _boom),
+        maintenance.MaintenanceJob("spy4", "", spy),
     ]
     report = maintenance.run_maintenance(database.target, Settings(), NOW, jobs=jobs)
     assert report.failed == ("boom",)
-    (first, _, _), (second, timeout, locked), (third, _, _) = seen
-    assert first == second != third  # a fresh connection after the failure
-    assert (timeout, locked) == ("0", False)
+    first, second, third, fourth = seen
+    assert first == second  # jobs that end cleanly share the connection
+    assert second != third  # a fresh one after a transaction left open
+    assert third != fourth  # and after a failure
 
 
 def test_a_table_locked_by_ddl_fails_that_job_only(

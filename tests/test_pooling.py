@@ -275,6 +275,38 @@ def test_maintenance_through_a_transaction_pool(
     assert_nothing_left_behind(transaction_pool, database)
 
 
+def test_maintenance_leaves_a_services_session_lock_alone(database: Database) -> None:
+    """Through a one-connection transaction pool, maintain shares a service's server connection.
+
+    A service that (wrongly, but it happens) holds a session-level advisory lock behind the
+    pooler keeps it on that server connection; nothing kronos-db sends between its jobs may
+    release it or reset that session.
+    """
+    with database.connect() as conn:
+        _users_and_routes(conn)
+        expected = _seed(conn)
+    with pgbouncer("transaction", pool_size=1) as bouncer:
+        url = bouncer.url(database.name)
+        with bouncer.connect(database.name) as service:
+            service.execute("SELECT pg_advisory_lock(4242)")
+            holder = service.execute("SELECT pg_backend_pid()").fetchone()
+            report = maintenance.run_maintenance(
+                db.resolve_target(url, Settings()),
+                Settings(housekeeping=HousekeepingSettings(batch_size=3)),
+                NOW,
+            )
+            assert [o.error for o in report.jobs if o.status != "ok"] == []
+            assert {o.job: o.rows for o in report.jobs if o.job in expected} == expected
+            with database.connect() as observer:
+                held = observer.execute(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242"
+                    " AND granted"
+                ).fetchone()
+            assert held == holder, "maintain released the service's lock"
+            # the jobs ran on the service's server connection: the pool has only that one
+            assert service.execute("SELECT pg_backend_pid()").fetchone() == holder
+
+
 def test_migrate_and_maintain_through_a_session_pool(
     session_pool: PgBouncer, empty_database: Database
 ) -> None:

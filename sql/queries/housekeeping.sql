@@ -5,14 +5,6 @@
 -- predicate, so a row changed after the statement's snapshot is re-checked on its newest
 -- version. The clock is always a parameter (%(now)s and the cut-offs computed from it).
 
--- name: reset_session_settings
--- back to the session's defaults after a job, before the next job reuses the connection
-RESET ALL;
-
--- name: release_session_locks
--- releases any session-level advisory lock a job still held (each job releases its own)
-SELECT pg_advisory_unlock_all();
-
 -- name: count_expired_sessions
 -- how many sessions are past expires_at (what a run would delete, locked rows included)
 SELECT count(*)::bigint AS rows
