@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -124,27 +123,47 @@ def test_lock_timeout_gives_up_quickly_and_names_the_blocker(empty_database: Dat
         assert migrations.current_revisions(conn) == ("0004",)
 
 
+def _lock_wait_started(conn: psycopg.Connection[Any]) -> Any:
+    """When the kronos-db statement now waiting for a lock started, if one waits."""
+    row = conn.execute(
+        "SELECT query_start FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'kronos-db' AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return row[0] if row else None
+
+
 def test_retries_wait_out_a_short_blocker(empty_database: Database) -> None:
     migrations.upgrade(Settings(), empty_database.target, "0004")
-    blocker = empty_database.connect(autocommit=False)
-    blocker.execute("LOCK TABLE users IN EXCLUSIVE MODE")
-    release = threading.Timer(2.0, blocker.rollback)
-    release.start()
-    try:
-        result = run_cli(
-            "migrate",
-            "--lock-timeout",
-            "500ms",
-            "--retries",
-            "6",
-            "--database-url",
-            empty_database.url,
-        )
-    finally:
-        release.join()
-        blocker.close()
-    assert result.code == 0, result.output
-    assert "retry 1/6" in result.stderr
+    argv = [sys.executable, "-m", "kronos_db", "migrate", "--lock-timeout", "500ms"]
+    argv += ["--retries", "6", "--database-url", empty_database.url]
+    with (
+        empty_database.connect() as observer,
+        empty_database.connect(autocommit=False) as blocker,
+    ):
+        blocker.execute("LOCK TABLE users IN EXCLUSIVE MODE")
+        with subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=clean_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process:
+            try:
+                # the blocker goes away only once a first attempt gave up and a second waits,
+                # however slowly the machine starts the process
+                wait_for(lambda: _lock_wait_started(observer), "a first attempt to wait")
+                first = _lock_wait_started(observer)
+                wait_for(
+                    lambda: (_lock_wait_started(observer) or first) > first,
+                    "a second attempt to wait",
+                )
+                blocker.rollback()
+                _, stderr = process.communicate(timeout=120)
+            finally:
+                process.kill()
+    assert process.returncode == 0, stderr
+    assert "retry 1/6" in stderr
     with empty_database.connect() as conn:
         assert migrations.current_revisions(conn) == (HEAD,)
 
