@@ -99,6 +99,14 @@ def test_replay_paused_under_wal_traffic_goes_warning_then_critical(pair: Stream
                 lambda: (replication.standbys(primary)[0].replay_lag_bytes or 0) > 64 * MB,
                 "the primary to see the lag",
             )
+            # the standby judges by what it has received: the primary may be ahead of that
+            wait_for(
+                lambda: (
+                    (replication.standby_replay(standby, datetime.now(UTC)).replay_lag_bytes or 0)
+                    > 64 * MB
+                ),
+                "the standby to receive what it does not replay",
+            )
             on_primary = checks(primary)["replication_lag"]
             assert on_primary.status is health.Status.WARNING, on_primary
             assert "replica1 (streaming, async): replay" in on_primary.summary
@@ -286,7 +294,13 @@ def test_writers_on_the_standby_fail_with_one_line(kronos_pair: StreamingPair) -
     assert snapshot.code == 3, snapshot.output
     assert "the report-snapshot lock needs the primary" in snapshot.stderr
     # read-only commands run on the standby
-    for args in (("status",), ("queue", "stats"), ("backup", "list"), ("partitions", "status")):
+    for args in (
+        ("status",),
+        ("check",),
+        ("queue", "stats"),
+        ("backup", "list"),
+        ("partitions", "status"),
+    ):
         result = run_cli(*args, "--database-url", standby_url)
         assert result.code == 0, (args, result.output)
 
