@@ -401,8 +401,10 @@ def check(
 ) -> None:
     """Compare the live schema with what head defines; exit 6 listing each difference.
 
-    Head's schema is built by migrating a temporary database on the same server (dropped
-    afterwards), so the connecting role needs CREATEDB, or pass --reference-url.
+    Head's schema comes from the snapshot shipped with kronos-db, so check reads catalogs only
+    (as the owner, or on a standby). A migration tree with revisions of its own, or another
+    PostgreSQL major version, builds it in a temporary database on the same server instead
+    (dropped afterwards; needs CREATEDB), or in the one --reference-url names.
 
     Example: kronos-db check
     """
