@@ -13,6 +13,7 @@ Roles are cluster-wide, privileges are per database: ``apply`` covers the connec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tomllib
 from collections.abc import Callable, Mapping
@@ -794,15 +795,22 @@ def apply_roles(
     Refuses (``UsageError``) when the mapping names a table the database lacks, unless
     ``missing_tables="leave"`` (``bootstrap`` before the first ``migrate``): then those grants
     are left for a later ``roles apply``. Takes the ``roles`` lease (waiting up to
-    ``[migrations] lock_wait``) and runs under ``[migrations] lock_timeout``. What the connected
-    role may not do (create roles and memberships without CREATEROLE, hand objects over without
-    being a superuser) is left undone and listed in ``skipped``; ``remaining`` lists every
-    difference still there afterwards (for example a privilege granted by a third role, which
-    only that role can revoke).
+    ``[migrations] lock_wait``; a dry run takes none) and runs under ``[migrations]
+    lock_timeout``. What the connected role may not do (create roles and memberships without
+    CREATEROLE, hand objects over without being a superuser) is left undone and listed in
+    ``skipped``; ``remaining`` lists every difference still there afterwards (for example a
+    privilege granted by a third role, which only that role can revoke).
     """
     mapping = mapping or load_mapping(settings)
     database = str(conn.info.dbname)
-    with locks.advisory_lock(conn, ROLES_LOCK, wait=settings.migrations.lock_wait):
+    # a dry run only reads: it takes no lease, so it writes nothing (not even the lease table)
+    # and runs on a standby too
+    lease = (
+        contextlib.nullcontext()
+        if dry_run
+        else locks.advisory_lock(conn, ROLES_LOCK, wait=settings.migrations.lock_wait)
+    )
+    with lease:
         # The lease is per database, roles are per cluster: an apply in another database may
         # create the same role between our plan and our CREATE ROLE. The transaction then
         # rolls back whole, and a fresh plan sees the role.

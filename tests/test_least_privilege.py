@@ -106,6 +106,16 @@ def test_bootstrap_then_each_command_as_its_role(
     owner, maintenance, monitoring = (f"{prefix}{k}" for k in roles.TOOLKIT_ROLES)
     database = empty_database
 
+    # a dry run says what it would do and writes nothing: no role, no table, no lease
+    rehearsal = _as("postgres", database, config, "bootstrap", "--dry-run")
+    assert rehearsal.code == 0, rehearsal.output
+    assert f"{owner}: missing privilege" in rehearsal.stdout + rehearsal.stderr
+    with database.connect() as conn:
+        assert conn.execute("SELECT to_regclass('kronos_leases')").fetchone() == (None,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname = %s", (owner,)
+        ).fetchone() == (0,)
+
     boot = _as("postgres", database, config, "bootstrap")
     assert boot.code == 0, boot.output
     assert "roles apply" in boot.stderr  # the table grants wait for the tables
