@@ -9,7 +9,11 @@ the connection. Every contender below is a child process started the same way (n
 the environment without any ``KRONOS_*`` variable, a scratch working directory); its CPU is the
 child's own user + system time (``os.wait4``), its wall time from fork to exit. The contenders
 run interleaved, ``--runs`` rounds of one run each (the order rotates from round to round),
-after one warm-up round; the figures are medians over the rounds, ratios of medians.
+after one warm-up round; the figures are medians over the rounds, ratios of medians. The
+Python children keep their bytecode in a scratch ``PYTHONPYCACHEPREFIX`` written by the warm-up
+round, as an installed package has it (pip byte-compiles on install), even where the caller
+sets PYTHONDONTWRITEBYTECODE (this machine's shells do: every module would be compiled from
+source at every start).
 
 Two scratch databases, migrated to head and dropped afterwards:
 
@@ -123,13 +127,23 @@ class Contender:
         return statistics.median(self.cpu)
 
 
-def clean_environment() -> dict[str, str]:
-    """This process's environment without KRONOS_* and libpq's PG* (the URL says it all)."""
-    return {
+def clean_environment(pycache: str = "") -> dict[str, str]:
+    """This process's environment without KRONOS_* and libpq's PG* (the URL says it all).
+
+    With ``pycache``, Python writes and reads its bytecode there, whatever
+    PYTHONDONTWRITEBYTECODE says: an installed kronos-db has its modules byte-compiled (pip
+    does it on install), a checkout run with PYTHONDONTWRITEBYTECODE=1 would compile every
+    module from source at every start (~100 ms for health), which no deployment pays.
+    """
+    environment = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("KRONOS_", "PG")) and name not in {"COMP_WORDS", "COMP_CWORD"}
+        if not name.startswith(("KRONOS_", "PG", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"))
+        and name not in {"COMP_WORDS", "COMP_CWORD"}
     }
+    if pycache:
+        environment["PYTHONPYCACHEPREFIX"] = pycache
+    return environment
 
 
 def add_partitions(url: str, wanted: int) -> int:
@@ -195,8 +209,8 @@ def cpu_busy() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def contenders(cron_url: str, health_url: str, health_sql: Path) -> list[Contender]:
-    env = clean_environment()
+def contenders(cron_url: str, health_url: str, health_sql: Path, pycache: str) -> list[Contender]:
+    env = clean_environment(pycache)
     psql = shutil.which("psql") or "psql"
     kronos = [SCRIPT]
     floor = (
@@ -254,8 +268,8 @@ def contenders(cron_url: str, health_url: str, health_sql: Path) -> list[Contend
     ]
 
 
-def fill_env(items: Sequence[Contender]) -> None:
-    base = clean_environment()
+def fill_env(items: Sequence[Contender], pycache: str) -> None:
+    base = clean_environment(pycache)
     for item in items:
         if not item.env:
             item.env = base
@@ -345,8 +359,10 @@ def main() -> None:
         partitions = add_partitions(health_url, args.partitions)
         health_sql = Path(workdir) / "health.sql"
         statements = capture_health_sql(health_url, health_sql)
-        items = contenders(cron_url, health_url, health_sql)
-        fill_env(items)
+        # the warm-up round writes every module's bytecode there, as an install would have
+        pycache = str(Path(workdir) / "pycache")
+        items = contenders(cron_url, health_url, health_sql, pycache)
+        fill_env(items, pycache)
         load_before = os.getloadavg()
         busy_before = cpu_busy()
         print(
