@@ -23,7 +23,7 @@ from psycopg.rows import class_row
 
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.errors import UsageError
-from kronos_db.partitions import (
+from kronos_db.partitions.executor import (
     Action,
     Interval,
     Policy,
