@@ -37,8 +37,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kronos_db import db, migrations, partitions, partman
+from kronos_db import db, migrations, partman
 from kronos_db.config import PartitionSettings, Settings
+from kronos_db.partitions.naming import floor_time, partition_name
+from kronos_db.partitions.rotation import RotationResult, rotate
 
 DAY = timedelta(days=1)
 FLAT_INDEXES = (
@@ -98,18 +100,18 @@ def flat_twin(conn: psycopg.Connection[Any]) -> None:
 
 
 def retire_one_day(server: str, rows: int) -> Row:
-    today = partitions.floor_time(datetime.now(UTC), "daily")
+    today = floor_time(datetime.now(UTC), "daily")
     day = today - timedelta(days=40)
     retire_at = day + timedelta(days=31, hours=1)
     with fresh_database(server) as url, psycopg.connect(url, autocommit=True) as conn:
         setup = policy(retention=timedelta(0))
-        partitions.rotate(conn, setup, day)  # the day's partition (and 7 ahead)
-        partitions.rotate(conn, setup, retire_at)  # what retire_at's premake wants: not timed
+        rotate(conn, setup, day)  # the day's partition (and 7 ahead)
+        rotate(conn, setup, retire_at)  # what retire_at's premake wants: not timed
         fill(conn, "logs", day, rows)
         flat_twin(conn)
         conn.execute(
             sql.SQL("INSERT INTO logs_flat SELECT * FROM {}").format(
-                sql.Identifier(partitions.partition_name("logs", day, "daily"))
+                sql.Identifier(partition_name("logs", day, "daily"))
             )
         )
         for statement in FLAT_INDEXES:
@@ -119,10 +121,10 @@ def retire_one_day(server: str, rows: int) -> Row:
         conn.execute("CHECKPOINT")
 
         started = time.perf_counter()
-        result = partitions.rotate(conn, policy(retention=timedelta(days=30)), retire_at)
+        result = rotate(conn, policy(retention=timedelta(days=30)), retire_at)
         kronos = time.perf_counter() - started
         retired = [s.partition for s in result.steps if s.kind == "retire" and s.ok]
-        assert retired == [partitions.partition_name("logs", day, "daily")], result.steps
+        assert retired == [partition_name("logs", day, "daily")], result.steps
 
         conn.execute("CHECKPOINT")
         started = time.perf_counter()
@@ -142,18 +144,18 @@ def prepare_sixty_days(conn: psycopg.Connection[Any], today: datetime) -> None:
     ).fetchall():
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
     start = today - timedelta(days=60)
-    partitions.rotate(conn, policy(premake=59, retention=timedelta(0)), start)
+    rotate(conn, policy(premake=59, retention=timedelta(0)), start)
 
 
 def create_and_retire(server: str) -> Row:
     now = datetime.now(UTC)
-    today = partitions.floor_time(now, "daily")
+    today = floor_time(now, "daily")
     settings = policy(premake=29, retention=timedelta(days=30))
 
     with fresh_database(server) as url, psycopg.connect(url, autocommit=True) as conn:
         prepare_sixty_days(conn, today)
         started = time.perf_counter()
-        result = partitions.rotate(conn, settings, now)
+        result = rotate(conn, settings, now)
         kronos = time.perf_counter() - started
         kinds = [s.kind for s in result.steps if s.ok]
         assert (kinds.count("create"), kinds.count("retire")) == (30, 30), result.steps
@@ -179,7 +181,7 @@ def create_and_retire(server: str) -> Row:
                 "WHERE i.inhparent = 'logs'::regclass"
             ).fetchall()
         }
-        assert partitions.partition_name("logs", today + timedelta(days=29), "daily") in names
+        assert partition_name("logs", today + timedelta(days=29), "daily") in names
     return Row("create 30 days ahead + retire 30", kronos, baseline, "pg_partman run_maintenance")
 
 
@@ -193,7 +195,7 @@ def count_partitions(conn: psycopg.Connection[Any]) -> int:
 
 
 def copy_rows(server: str, rows: int) -> Row:
-    today = partitions.floor_time(datetime.now(UTC), "daily")
+    today = floor_time(datetime.now(UTC), "daily")
     buffer = io.StringIO()
     step = 7 * 86400 / rows
     for i in range(rows):
@@ -316,7 +318,7 @@ def _figures(step: str, seconds: float, waits: list[float], **extra: Any) -> Ste
     )
 
 
-def _moved(result: partitions.RotationResult) -> tuple[int, int]:
+def _moved(result: RotationResult) -> tuple[int, int]:
     ok = [s for s in result.steps if s.ok]
     assert len(ok) == len(result.steps), result.failed
     return sum(s.rows_planned for s in ok), sum(s.rows_moved for s in ok)
@@ -324,13 +326,13 @@ def _moved(result: partitions.RotationResult) -> tuple[int, int]:
 
 def rescue_current(server: str, rows: int, loaded: bool) -> StepFigures:
     """Today's partition missing, ``rows`` of today in the default partition; rescue them."""
-    today = partitions.floor_time(datetime.now(UTC), "daily")
+    today = floor_time(datetime.now(UTC), "daily")
     base, origin = today + timedelta(hours=12), time.monotonic()
 
     def clock() -> datetime:
         return base + timedelta(seconds=time.monotonic() - origin)
 
-    name = partitions.partition_name("logs", today, "daily")
+    name = partition_name("logs", today, "daily")
     with fresh_database(server) as url, psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
         fill(conn, "logs", today, rows, timedelta(hours=12))
@@ -339,7 +341,7 @@ def rescue_current(server: str, rows: int, loaded: bool) -> StepFigures:
         load = Load(url, clock) if loaded else None
         with load or _nothing():
             started = time.monotonic()
-            result = partitions.rotate(conn, Settings(), clock())
+            result = rotate(conn, Settings(), clock())
             seconds = time.monotonic() - started
             end = time.monotonic()
         planned, moved = _moved(result)
@@ -371,7 +373,7 @@ def steps_under_load(server: str) -> list[StepFigures]:
     """A past range's rescue, partitions ahead, and retirement by drop, detach and archive."""
     import tempfile
 
-    today = partitions.floor_time(datetime.now(UTC), "daily")
+    today = floor_time(datetime.now(UTC), "daily")
     figures: list[StepFigures] = []
     for action in ("drop", "detach", "archive"):
         now = today + timedelta(days=35, hours=12)
@@ -385,15 +387,13 @@ def steps_under_load(server: str) -> list[StepFigures]:
             psycopg.connect(url, autocommit=True) as conn,
             tempfile.TemporaryDirectory() as directory,
         ):
-            partitions.rotate(
-                conn, policy(premake=40, retention=timedelta(0)), today - timedelta(days=5)
-            )
+            rotate(conn, policy(premake=40, retention=timedelta(0)), today - timedelta(days=5))
             for offset in range(1, 6):
                 fill(conn, "logs", today - timedelta(days=offset), 20_000)
             lost = today + timedelta(days=34)
             conn.execute(
                 sql.SQL("DROP TABLE {}").format(
-                    sql.Identifier(partitions.partition_name("logs", lost, "daily"))
+                    sql.Identifier(partition_name("logs", lost, "daily"))
                 )
             )
             fill(conn, "logs", lost, 100_000)
@@ -401,7 +401,7 @@ def steps_under_load(server: str) -> list[StepFigures]:
             settings = policy(retention_action=action, archive_directory=directory, premake=14)
             with Load(url, clock) as load:
                 started = time.monotonic()
-                result = partitions.rotate(conn, settings, clock())
+                result = rotate(conn, settings, clock())
                 total = time.monotonic() - started
             assert not result.failed, result.failed
             # each step's own window: when it started, how long it took (in order); one row
@@ -436,7 +436,7 @@ def steps_under_load(server: str) -> list[StepFigures]:
 
 def nightly_reader(server: str, hold: float = 8.0) -> tuple[StepFigures, list[str]]:
     """A transaction holds logs for ``hold`` seconds while a rotation needs exclusive locks."""
-    today = partitions.floor_time(datetime.now(UTC), "daily")
+    today = floor_time(datetime.now(UTC), "daily")
     now = today + timedelta(days=35, hours=12)
     origin = time.monotonic()
 
@@ -445,19 +445,17 @@ def nightly_reader(server: str, hold: float = 8.0) -> tuple[StepFigures, list[st
 
     messages: list[str] = []
     with fresh_database(server) as url, psycopg.connect(url, autocommit=True) as conn:
-        partitions.rotate(conn, policy(premake=40, retention=timedelta(0)), today)
+        rotate(conn, policy(premake=40, retention=timedelta(0)), today)
         lost = today + timedelta(days=34)
         conn.execute(
-            sql.SQL("DROP TABLE {}").format(
-                sql.Identifier(partitions.partition_name("logs", lost, "daily"))
-            )
+            sql.SQL("DROP TABLE {}").format(sql.Identifier(partition_name("logs", lost, "daily")))
         )
         fill(conn, "logs", lost, 100_000)
         with Load(url, clock) as load, psycopg.connect(url) as reader:
             reader.execute("SELECT count(*) FROM logs")  # the transaction stays open
             threading.Timer(hold, reader.rollback).start()
             started = time.monotonic()
-            result = partitions.rotate(conn, Settings(), clock(), notify=messages.append)
+            result = rotate(conn, Settings(), clock(), notify=messages.append)
             seconds = time.monotonic() - started
             end = time.monotonic()
         assert not result.failed, result.failed
@@ -476,7 +474,7 @@ def nightly_reader(server: str, hold: float = 8.0) -> tuple[StepFigures, list[st
 
 def idle_waits(server: str, seconds: float = 5.0) -> StepFigures:
     """The same load with no rotation running: what an insert waits anyway on this machine."""
-    today = partitions.floor_time(datetime.now(UTC), "daily")
+    today = floor_time(datetime.now(UTC), "daily")
     with fresh_database(server) as url, Load(url, lambda: today + timedelta(hours=12)) as load:
         started = time.monotonic()
         time.sleep(seconds)

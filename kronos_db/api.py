@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     from kronos_db.housekeeping import JobResult
     from kronos_db.maintenance import MaintenanceReport
     from kronos_db.migrations import MigrationResult, MigrationStatus
-    from kronos_db.partitions import PartitionStatus, RotationResult
+    from kronos_db.partitions.rotation import RotationResult
+    from kronos_db.partitions.status import PartitionStatus
     from kronos_db.queue import QueueStat
     from kronos_db.reports.health import HealthReport
     from kronos_db.schema import CheckReport
@@ -128,16 +129,16 @@ def rotate(
 ) -> RotationResult:
     """Create the partitions due, move default-partition rows, retire the old ones
     (``kronos-db partitions rotate``)."""
-    from kronos_db import partitions
+    from kronos_db.partitions import rotation
 
-    return partitions.rotate(source, settings, now, dry_run=dry_run)
+    return rotation.rotate(source, settings, now, dry_run=dry_run)
 
 
 def partition_status(source: Source, settings: Settings, *, now: datetime) -> PartitionStatus:
     """Every partition, coverage ahead and the next rotation (``kronos-db partitions status``)."""
-    from kronos_db import partitions
+    from kronos_db.partitions import status
 
-    return partitions.partition_status(source, settings, now)
+    return status.partition_status(source, settings, now)
 
 
 # --------------------------------------------------------------------------- housekeeping

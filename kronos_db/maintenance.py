@@ -32,10 +32,11 @@ from typing import Any, Literal
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from kronos_db import db, housekeeping, logs, partitions, queue, replication
+from kronos_db import db, housekeeping, logs, queue, replication
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError, PartitionError, UsageError
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
+from kronos_db.partitions.rotation import rotate
 
 JobRunner = Callable[
     [psycopg.Connection[Any], datetime, Settings, BatchOptions, ProgressCallback | None],
@@ -133,7 +134,7 @@ def _rotate_partitions(
     on_progress: ProgressCallback | None,
 ) -> JobResult:
     started = time.monotonic()
-    result = partitions.rotate(conn, settings, now, dry_run=options.dry_run, pacer=options.pacer)
+    result = rotate(conn, settings, now, dry_run=options.dry_run, pacer=options.pacer)
     if result.failed:
         raise PartitionError("; ".join(f"{step.partition}: {step.error}" for step in result.failed))
     done = [step for step in result.steps if step.ok]

@@ -23,17 +23,11 @@ from psycopg.rows import class_row
 
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.errors import UsageError
-from kronos_db.partitions.executor import (
-    Action,
-    Interval,
-    Policy,
-    StepResult,
-    _Rotation,
-    _Runner,
-    floor_time,
-    list_partitions,
-    parent_table,
-)
+from kronos_db.partitions.catalog import Policy, list_partitions, parent_table
+from kronos_db.partitions.executor import _Rotation
+from kronos_db.partitions.naming import Interval, floor_time
+from kronos_db.partitions.plan import Action
+from kronos_db.partitions.runner import StepResult, _Runner
 from kronos_db.resources import query
 
 # pg_partman 4.x: the interval text part_config holds, and its datetime_string (names)

@@ -31,10 +31,11 @@ from typing import Any
 
 import psycopg
 
-from kronos_db import db, migrations, partitions, roles
+from kronos_db import db, migrations, roles
 from kronos_db.config import Settings
 from kronos_db.errors import InsufficientPrivilegeError
 from kronos_db.migration_sql import checksum, sql_path
+from kronos_db.partitions.backend import kept_tables
 from kronos_db.resources import query
 
 SNAPSHOT_FILE = "head_schema.json"
@@ -233,7 +234,7 @@ def check(
     with db.connection(target) as conn:
         current = migrations.current_revisions(conn)
         actual = schema_facts(conn)
-        kept = partitions.kept_tables(conn, settings.partitions)
+        kept = kept_tables(conn, settings.partitions)
     expected = _head_facts(settings, target, reference, notify)
     differences = compare(expected, actual)
     notes += _grant_notes(other_grants(expected, actual), roles.load_mapping(settings).role_names)

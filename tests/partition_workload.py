@@ -22,8 +22,9 @@ from typing import Any
 
 import psycopg
 
-from kronos_db import partitions
 from kronos_db.config import Settings
+from kronos_db.partitions.rotation import rotate
+from kronos_db.partitions.status import partition_status
 
 INSERT = (
     'INSERT INTO logs (service_name, level, message, "timestamp") '
@@ -138,12 +139,12 @@ def _rotate_in_child(
     with psycopg.connect(url, autocommit=True, application_name="kronos-kill-test") as conn:
         ready.send(conn.info.backend_pid)
         now = base + timedelta(seconds=time.monotonic() - origin)
-        result = partitions.rotate(conn, settings, now)
+        result = rotate(conn, settings, now)
         ready.send([(s.kind, s.partition, s.ok, s.error) for s in result.steps])
 
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["partition_workload", "kronos_db.partitions"])
+_CONTEXT.set_forkserver_preload(["partition_workload", "kronos_db.partitions.rotation"])
 
 
 def rotate_and_kill(
@@ -195,7 +196,7 @@ def kill_then_finish(
         after = longest * (index + share * rng.random()) / kills
         interrupted += rotate_and_kill(url, settings, base, origin, after) is None
         with psycopg.connect(url, autocommit=True) as conn:
-            strays = partitions.partition_status(conn, Settings(), datetime.now(UTC)).strays
+            strays = partition_status(conn, Settings(), datetime.now(UTC)).strays
             assert strays == (), strays
     assert interrupted, "no kill landed inside a rotation"
     steps = rotate_and_kill(url, settings, base, origin, None)

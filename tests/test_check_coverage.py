@@ -16,8 +16,10 @@ import pytest
 from conftest import Database, run_cli, unique_name, url_for
 from psycopg import sql
 
-from kronos_db import partitions, partman, schema
+from kronos_db import partman, schema
 from kronos_db.config import PartitionSettings, Settings
+from kronos_db.partitions.naming import floor_time, partition_name
+from kronos_db.partitions.rotation import rotate
 
 
 @pytest.fixture
@@ -148,7 +150,7 @@ def test_kronos_dbs_own_partition_changes_are_said_not_drift(database: Database)
     """After `partitions rotate --retention-action detach` (a kept table, and one whose
     retirement is pending) and `partitions adopt` (pg_partman's template table), check is
     clean and says why; a table detached by hand is still drift."""
-    today = partitions.floor_time(datetime.now(UTC), "daily")
+    today = floor_time(datetime.now(UTC), "daily")
     settings = dataclasses.replace(
         Settings(), partitions=PartitionSettings(retention_action="detach")
     )
@@ -158,12 +160,12 @@ def test_kronos_dbs_own_partition_changes_are_said_not_drift(database: Database)
             " VALUES ('svc', 'INFO', 'old', %s)",
             (today + timedelta(minutes=1),),
         )
-        rotated = partitions.rotate(conn, settings, today + timedelta(days=45))
+        rotated = rotate(conn, settings, today + timedelta(days=45))
         assert not rotated.failed, rotated.failed
         conn.execute("CREATE SCHEMA partman")
         conn.execute("CREATE EXTENSION pg_partman SCHEMA partman")
         assert partman.adopt(conn, settings).created
-    kept = partitions.partition_name("logs", today, "daily")
+    kept = partition_name("logs", today, "daily")
     report = schema.check(Settings(), database.target)
     assert report.differences == (), [d.describe() for d in report.differences]
     notes = "\n".join(report.notes)
@@ -174,7 +176,7 @@ def test_kronos_dbs_own_partition_changes_are_said_not_drift(database: Database)
     assert "note: table partman.template_public_logs" in result.stdout
     # the same kind of table, detached by a person: drift
     with database.connect() as conn:
-        day = partitions.partition_name("logs", today + timedelta(days=50), "daily")
+        day = partition_name("logs", today + timedelta(days=50), "daily")
         conn.execute(sql.SQL("ALTER TABLE logs DETACH PARTITION {}").format(sql.Identifier(day)))
     by_hand = [d.describe() for d in schema.check(Settings(), database.target).differences]
     assert by_hand == [f"table public.{day}: not defined by head (added by hand?)"]

@@ -15,9 +15,11 @@ import psycopg
 from conftest import Database, retry_on_eviction, unique_name, url_for
 from psycopg import sql
 
-from kronos_db import backups, partitions
+from kronos_db import backups
 from kronos_db.checks import Limits, Status
 from kronos_db.config import HealthSettings, PartitionSettings, Settings
+from kronos_db.partitions.rotation import rotate
+from kronos_db.partitions.status import partition_status
 from kronos_db.reports import kronos, snapshots
 from kronos_db.reports.health import health_report
 
@@ -122,7 +124,7 @@ def test_partitions_status_and_health_agree_on_another_hourly_table(
         partitions=PartitionSettings(table="ops.events", interval="hourly", retention=timedelta(0))
     )
     moment = now()
-    assert not partitions.rotate(conn, settings, moment).failed
+    assert not rotate(conn, settings, moment).failed
     config = tmp_path / "kronos.toml"
     config.write_text('[partitions]\ntable = "ops.events"\ninterval = "hourly"\n', "utf-8")
     common = ("--database-url", database.url, "--config", str(config))
@@ -173,7 +175,7 @@ def test_checks_that_cannot_know_say_unknown_with_the_grant(database: Database) 
         with psycopg.connect(url_for(database.name, user=role), autocommit=True) as monitor:
             moment = now()
             result = check(monitor, "log_partitions", settings, moment)
-            status = partitions.partition_status(monitor, settings, moment)
+            status = partition_status(monitor, settings, moment)
             assert (result.status, status.level) == (Status.UNKNOWN, Status.UNKNOWN)
             assert "cannot count the rows waiting in the default partition" in result.summary
             assert "GRANT SELECT ON public.logs_default" in result.hint

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from kronos_db import partitions
 from kronos_db.config import PartitionSettings, Settings, load_settings, section_types
 from kronos_db.errors import ConfigError, ExitCode
+from kronos_db.partitions.rotation import rotate
 
 
 def lock_timeout_keys() -> list[str]:
@@ -55,7 +55,7 @@ def test_the_library_refuses_a_zero_lock_timeout() -> None:
     with pytest.raises(
         ConfigError, match=re.escape("partitions.lock_timeout: must be at least 1ms")
     ):
-        partitions.rotate(None, settings, datetime.now(UTC))  # type: ignore[arg-type]
+        rotate(None, settings, datetime.now(UTC))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,12 @@ from conftest import Database
 from partition_workload import Workload, kill_then_finish
 from psycopg import sql
 
-from kronos_db import backups, partitions, partman
+from kronos_db import backups, partman
 from kronos_db.checks import Status
 from kronos_db.config import PartitionSettings, Settings
-from kronos_db.partitions import floor_time, partition_name
+from kronos_db.partitions.naming import floor_time, partition_name
+from kronos_db.partitions.rotation import rotate
+from kronos_db.partitions.status import partition_status
 
 TODAY = floor_time(datetime.now(UTC), "daily")
 
@@ -50,7 +52,7 @@ def count(conn: psycopg.Connection[Any], table: str) -> int:
 
 def strays(conn: psycopg.Connection[Any]) -> list[str]:
     """Plain tables named like partitions and not marked by kronos-db: none may ever appear."""
-    status = partitions.partition_status(conn, Settings(), datetime.now(UTC))
+    status = partition_status(conn, Settings(), datetime.now(UTC))
     return [stray.name for stray in status.strays]
 
 
@@ -90,7 +92,7 @@ def test_rescue_of_the_current_range_under_load_and_kills(database: Database, ba
         total = sum(count(conn, name) for name in today)
         assert total == planned + load.acknowledged
         assert strays(conn) == []
-        status = partitions.partition_status(conn, Settings(), clock())
+        status = partition_status(conn, Settings(), clock())
         assert status.level is Status.OK, status.problems
 
 
@@ -115,9 +117,7 @@ def test_past_rescue_and_retirement_under_load_and_kills(
     lost_day = floor_time(lost_day, "daily")
     with database.connect() as conn:
         # the partitions of the old days, and of now's days, made the usual way
-        partitions.rotate(
-            conn, policy(premake=60, retention=timedelta(0)), TODAY - timedelta(days=5)
-        )
+        rotate(conn, policy(premake=60, retention=timedelta(0)), TODAY - timedelta(days=5))
         for day in old_days:
             fill(conn, day, 3_000, timedelta(days=1))
         conn.execute(
@@ -192,7 +192,7 @@ def test_a_long_reader_never_makes_an_insert_wait_past_the_bound(database: Datab
     origin = time.monotonic()
     lost_day = floor_time(now - timedelta(days=2), "daily")
     with database.connect() as conn:
-        partitions.rotate(conn, policy(premake=40, retention=timedelta(0)), TODAY)
+        rotate(conn, policy(premake=40, retention=timedelta(0)), TODAY)
         conn.execute(
             sql.SQL("DROP TABLE {}").format(
                 sql.Identifier(partition_name("logs", lost_day, "daily"))
@@ -221,10 +221,10 @@ def test_a_long_reader_never_makes_an_insert_wait_past_the_bound(database: Datab
         reader.execute("SELECT count(*) FROM logs")  # and keeps its transaction open
         reader_pid = reader.info.backend_pid
         started = time.monotonic()
-        blocked = partitions.rotate(conn, settings, now, notify=messages.append)
+        blocked = rotate(conn, settings, now, notify=messages.append)
         assert time.monotonic() - started < 10
         reader.rollback()
-        done = partitions.rotate(conn, settings, now, notify=messages.append)
+        done = rotate(conn, settings, now, notify=messages.append)
         time.sleep(0.3)
     load.check()
     # the rescue and the retirement could not get their locks: exit 4, rolled back, said so

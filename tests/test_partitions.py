@@ -23,11 +23,14 @@ import pytest
 from conftest import REPO, Database, unique_name, url_for
 from psycopg import sql
 
-from kronos_db import backups, locks, partitions, partman, roles
+from kronos_db import backups, locks, partman, roles
 from kronos_db.checks import Status
 from kronos_db.config import PartitionSettings, SecuritySettings, Settings
 from kronos_db.errors import ConfigError
-from kronos_db.partitions import add_intervals, floor_time, partition_name
+from kronos_db.partitions.archive import archive_table
+from kronos_db.partitions.naming import add_intervals, floor_time, partition_name
+from kronos_db.partitions.rotation import lock_name, rotate
+from kronos_db.partitions.status import partition_status
 
 # the template is migrated at the real time: today (UTC) and 7 days ahead exist
 TODAY = floor_time(datetime.now(UTC), "daily")
@@ -109,17 +112,17 @@ def test_rotate_creates_and_retires_exactly_the_policy(
     assert names(conn) == original
 
     three_weeks = TODAY + timedelta(days=21, hours=5)
-    result = partitions.rotate(conn, settings, three_weeks)
+    result = rotate(conn, settings, three_weeks)
     assert not result.failed, result.failed
     assert result.backend == backend
     assert names(conn) == original | daily(TODAY + timedelta(days=21), 8)
-    again = partitions.rotate(conn, settings, three_weeks)
+    again = rotate(conn, settings, three_weeks)
     assert again.steps == ()
     assert not again.changed
 
     # two months on: everything whose whole range is older than 30 days goes
     later = TODAY + timedelta(days=60, hours=1)
-    result = partitions.rotate(conn, settings, later)
+    result = rotate(conn, settings, later)
     assert not result.failed, result.failed
     cutoff = later - timedelta(days=30)
     survivors = {
@@ -133,7 +136,7 @@ def test_rotate_creates_and_retires_exactly_the_policy(
     assert retired == (original | daily(TODAY + timedelta(days=21), 8)) - survivors
     for name in retired:
         assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
-    assert partitions.rotate(conn, settings, later).steps == ()
+    assert rotate(conn, settings, later).steps == ()
 
 
 def test_rows_in_the_default_partition_end_in_their_partition(
@@ -149,7 +152,7 @@ def test_rows_in_the_default_partition_end_in_their_partition(
     assert default_rows(conn) == len(stray)
 
     now = TODAY + timedelta(days=14, hours=2)  # day 12 is in the past, day 15 is ahead
-    result = partitions.rotate(conn, settings, now)
+    result = rotate(conn, settings, now)
     assert not result.failed, result.failed
     assert sum(step.rows_moved for step in result.steps) == len(stray)
     assert default_rows(conn) == 0
@@ -158,7 +161,7 @@ def test_rows_in_the_default_partition_end_in_their_partition(
     for table, moment, _id in rows:
         assert table == partition_name("logs", floor_time(moment, "daily"), "daily")
     assert len({(row[2], row[1]) for row in rows}) == len(rows)  # no row in two places
-    assert partitions.rotate(conn, settings, now).steps == ()
+    assert rotate(conn, settings, now).steps == ()
 
 
 def test_archive_writes_verifies_records_then_drops(
@@ -167,7 +170,7 @@ def test_archive_writes_verifies_records_then_drops(
     settings = policy(retention_action="archive", archive_directory=str(tmp_path))
     old = partition_name("logs", TODAY, "daily")
     insert(conn, *[TODAY + timedelta(minutes=i) for i in range(50)], message="line\nwith\ttab")
-    result = partitions.rotate(conn, settings, TODAY + timedelta(days=45))
+    result = rotate(conn, settings, TODAY + timedelta(days=45))
     assert not result.failed, result.failed
     step = next(s for s in result.steps if s.partition == old)
     assert step.archived_rows == 50
@@ -195,7 +198,7 @@ def test_detach_keeps_the_retired_partition_as_a_plain_table(
     settings = policy(retention_action="detach")
     old = partition_name("logs", TODAY, "daily")
     insert(conn, TODAY + timedelta(minutes=1))
-    result = partitions.rotate(conn, settings, TODAY + timedelta(days=45))
+    result = rotate(conn, settings, TODAY + timedelta(days=45))
     assert not result.failed, result.failed
     assert old not in names(conn)
     assert conn.execute(f"SELECT count(*) FROM {old}").fetchone() == (1,)
@@ -203,13 +206,13 @@ def test_detach_keeps_the_retired_partition_as_a_plain_table(
     assert note is not None
     assert "detached from public.logs" in note[0]
     # a detached table keeps its name, and the next run leaves it alone
-    assert partitions.rotate(conn, settings, TODAY + timedelta(days=45)).steps == ()
+    assert rotate(conn, settings, TODAY + timedelta(days=45)).steps == ()
 
 
 def test_the_library_also_takes_a_target(database: Database) -> None:
-    status = partitions.partition_status(database.target, Settings(), TODAY + timedelta(hours=1))
+    status = partition_status(database.target, Settings(), TODAY + timedelta(hours=1))
     assert status.level is Status.OK
-    result = partitions.rotate(database.target, Settings(), TODAY + timedelta(days=1, hours=1))
+    result = rotate(database.target, Settings(), TODAY + timedelta(days=1, hours=1))
     assert [step.kind for step in result.steps] == ["create"]
 
 
@@ -218,10 +221,10 @@ def test_a_held_lock_makes_rotate_do_nothing(
 ) -> None:
     with (
         database.connect() as other,
-        locks.try_advisory_lock(other, partitions.lock_name("public.logs")) as held,
+        locks.try_advisory_lock(other, lock_name("public.logs")) as held,
     ):
         assert held
-        result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=21))
+        result = rotate(conn, Settings(), TODAY + timedelta(days=21))
     assert result.skipped
     assert result.steps == ()
     assert names(conn) == daily(TODAY, 8)
@@ -262,7 +265,7 @@ def test_bounds_are_utc_whatever_the_session_time_zone(database: Database, backe
         assert conn.execute("SHOW timezone").fetchone() == ("Pacific/Chatham",)
         # a row ahead of now, beyond what exists: its partition is made with it
         insert(conn, TODAY + timedelta(days=21, hours=23, minutes=59))
-        result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=20, hours=23))
+        result = rotate(conn, Settings(), TODAY + timedelta(days=20, hours=23))
         assert not result.failed, result.failed
         conn.execute("SET timezone = 'UTC'")
         bounds = dict(
@@ -294,10 +297,10 @@ def test_a_guard_left_by_an_older_version_is_dropped_first(
     # and a row older than the retention sits in the default partition: left there, reported
     insert(conn, TODAY - timedelta(days=40))
     now = TODAY + timedelta(days=1, hours=1)
-    status = partitions.partition_status(conn, Settings(), now)
+    status = partition_status(conn, Settings(), now)
     assert status.level is Status.WARNING
     assert any("logs_default_kronos_attach_guard" in p for p in status.problems), status.problems
-    result = partitions.rotate(conn, Settings(), now)
+    result = rotate(conn, Settings(), now)
     assert not result.failed, result.failed
     assert [(s.kind, s.partition) for s in result.steps] == [
         ("unguard", "logs_default_kronos_attach_guard"),
@@ -316,7 +319,7 @@ def test_a_guard_left_by_an_older_version_is_dropped_first(
 
 def test_dry_run_prints_the_sql_and_runs_nothing(conn: psycopg.Connection[Any]) -> None:
     insert(conn, TODAY + timedelta(days=30))
-    result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=40), dry_run=True)
+    result = rotate(conn, Settings(), TODAY + timedelta(days=40), dry_run=True)
     text = "\n".join(result.statements)
     assert 'CREATE TABLE "public"."logs_p' in text
     assert "ATTACH PARTITION" in text
@@ -339,7 +342,7 @@ def test_lock_timeout_is_retried_then_reported_without_stopping_other_steps(
         # a long transaction reading the oldest partition: its DETACH must wait
         blocker.execute(f"SELECT count(*) FROM {partition_name('logs', TODAY, 'daily')}")
         started = time.monotonic()
-        result = partitions.rotate(conn, settings, TODAY + timedelta(days=31, hours=1))
+        result = rotate(conn, settings, TODAY + timedelta(days=31, hours=1))
         assert time.monotonic() - started < 10
         blocker.rollback()
     failed = {step.partition for step in result.failed}
@@ -361,7 +364,7 @@ def test_lock_timeout_is_retried_then_reported_without_stopping_other_steps(
     timer = threading.Timer(0.5, blocker.close)
     timer.start()
     try:
-        result = partitions.rotate(conn, settings, TODAY + timedelta(days=31, hours=1))
+        result = rotate(conn, settings, TODAY + timedelta(days=31, hours=1))
     finally:
         timer.join()
     assert not result.failed, result.failed
@@ -387,16 +390,16 @@ def test_an_interrupted_concurrent_detach_is_finalized(
     ).fetchone()
     assert pending == (True,)
     now = TODAY + timedelta(days=1, hours=1)
-    status = partitions.partition_status(conn, Settings(), now)
+    status = partition_status(conn, Settings(), now)
     assert status.level is Status.WARNING
     assert "interrupted concurrent detach" in status.problems[0]
-    result = partitions.rotate(conn, Settings(), now)
+    result = rotate(conn, Settings(), now)
     first = result.steps[0]
     assert (first.kind, first.partition, first.ok) == ("finalize", victim, True)
     assert not result.failed, result.failed
     assert conn.execute("SELECT to_regclass(%s)", (victim,)).fetchone() == (None,)
     # and with no default partition, retention detaches CONCURRENTLY
-    result = partitions.rotate(conn, Settings(), TODAY + timedelta(days=45))
+    result = rotate(conn, Settings(), TODAY + timedelta(days=45))
     assert not result.failed, result.failed
     assert any("DETACH PARTITION" in s and s.endswith("CONCURRENTLY") for s in result.statements)
     assert names(conn) == daily(TODAY + timedelta(days=45), 8)
@@ -406,13 +409,13 @@ def test_status_levels_follow_coverage_and_default_rows(
     conn: psycopg.Connection[Any], backend: str
 ) -> None:
     settings = Settings()
-    ok = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
+    ok = partition_status(conn, settings, TODAY + timedelta(hours=1))
     assert (ok.level, ok.exit_code, ok.partitions_ahead) == (Status.OK, 0, 7)
     assert ok.covered_until == TODAY + timedelta(days=8)
     assert ok.backend == backend
-    warning = partitions.partition_status(conn, settings, TODAY + timedelta(days=5, hours=1))
+    warning = partition_status(conn, settings, TODAY + timedelta(days=5, hours=1))
     assert (warning.level, warning.partitions_ahead) == (Status.WARNING, 2)
-    critical = partitions.partition_status(conn, settings, TODAY + timedelta(days=9))
+    critical = partition_status(conn, settings, TODAY + timedelta(days=9))
     assert (critical.level, critical.exit_code, critical.covered_until) == (
         Status.CRITICAL,
         2,
@@ -420,7 +423,7 @@ def test_status_levels_follow_coverage_and_default_rows(
     )
     assert [a.kind for a in critical.plan].count("create") == 8
     insert(conn, TODAY + timedelta(days=20))
-    stray = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
+    stray = partition_status(conn, settings, TODAY + timedelta(hours=1))
     assert (stray.level, stray.default_rows) == (Status.WARNING, 1)
 
 
@@ -473,7 +476,7 @@ def test_an_unfinished_archive_is_resumed(conn: psycopg.Connection[Any], tmp_pat
         f"COMMENT ON TABLE {old} IS 'kronos-db: retired from public.logs: archive pending'"
     )
     settings = policy(retention_action="archive", archive_directory=str(tmp_path))
-    result = partitions.rotate(conn, settings, TODAY + timedelta(hours=1))
+    result = rotate(conn, settings, TODAY + timedelta(hours=1))
     assert [(s.kind, s.partition, s.ok, s.archived_rows) for s in result.steps] == [
         ("resume", old, True, 1)
     ]
@@ -504,12 +507,12 @@ def test_every_interval_makes_contiguous_partman_named_partitions(
         conn.execute(f"DROP TABLE {name}")
     settings = policy(interval=interval, premake=premake, retention=timedelta(0))
     now = datetime(2027, 3, 3, 10, 30, tzinfo=UTC)
-    result = partitions.rotate(conn, settings, now)
+    result = rotate(conn, settings, now)
     assert not result.failed, result.failed
     assert sorted(names(conn)) == expected
-    status = partitions.partition_status(conn, settings, now)
+    status = partition_status(conn, settings, now)
     assert status.partitions_ahead == premake
-    assert partitions.rotate(conn, settings, now).steps == ()
+    assert rotate(conn, settings, now).steps == ()
 
 
 def test_partitions_get_the_role_mappings_privileges_not_the_parents(
@@ -524,7 +527,7 @@ def test_partitions_get_the_role_mappings_privileges_not_the_parents(
     try:
         conn.execute(sql.SQL("GRANT SELECT ON logs TO {}").format(sql.Identifier(viewer)))
         for days in (1, 9, 17):
-            result = partitions.rotate(conn, settings, TODAY + timedelta(days=days, hours=1))
+            result = rotate(conn, settings, TODAY + timedelta(days=days, hours=1))
             assert not result.failed, result.failed
             assert roles.check_roles(conn, settings).in_sync, roles.check_roles(conn, settings)
         newest = partition_name("logs", TODAY + timedelta(days=24), "daily")
@@ -559,7 +562,7 @@ def test_partition_grants_in_the_role_mapping_are_applied_and_checked(
     try:
         roles.apply_roles(conn, settings)
         assert roles.check_roles(conn, settings).in_sync
-        result = partitions.rotate(conn, settings, TODAY + timedelta(days=1, hours=1))
+        result = rotate(conn, settings, TODAY + timedelta(days=1, hours=1))
         assert not result.failed, result.failed
         assert roles.check_roles(conn, settings).in_sync
         newest = partition_name("logs", TODAY + timedelta(days=8), "daily")
@@ -598,7 +601,7 @@ def test_new_partitions_inherit_the_newest_partitions_storage_parameters(
     conn.execute(
         f"ALTER TABLE {newest} SET (autovacuum_vacuum_scale_factor = 0.01, fillfactor = 90)"
     )
-    partitions.rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
+    rotate(conn, Settings(), TODAY + timedelta(days=1, hours=1))
     created = partition_name("logs", TODAY + timedelta(days=8), "daily")
     options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (created,))
     assert options.fetchone() == (["autovacuum_vacuum_scale_factor=0.01", "fillfactor=90"],)
@@ -609,8 +612,8 @@ def test_status_and_rotate_leave_the_session_settings_as_they_were(
 ) -> None:
     conn.execute("SET statement_timeout = '7s'")
     conn.execute("SET lock_timeout = '3s'")
-    partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
-    partitions.rotate(conn, Settings(), TODAY + timedelta(days=40))
+    partition_status(conn, Settings(), TODAY + timedelta(hours=1))
+    rotate(conn, Settings(), TODAY + timedelta(days=40))
     assert conn.execute("SHOW statement_timeout").fetchone() == ("7s",)
     assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",)
 
@@ -642,7 +645,7 @@ def test_no_row_is_lost_while_services_write_into_the_range_being_attached(
     thread.start()
     try:
         time.sleep(0.2)
-        result = partitions.rotate(conn, policy(move_batch_size=100), TODAY + timedelta(hours=2))
+        result = rotate(conn, policy(move_batch_size=100), TODAY + timedelta(hours=2))
         time.sleep(0.2)
     finally:
         stop.set()
@@ -687,7 +690,7 @@ def test_an_archive_that_cannot_be_written_keeps_the_rows_for_the_next_run(
     assert partition_name("logs", TODAY + timedelta(days=52), "daily") in names(conn)
 
     settings = policy(retention_action="archive", archive_directory=str(tmp_path / "ok"))
-    result = partitions.rotate(conn, settings, TODAY + timedelta(days=45))
+    result = rotate(conn, settings, TODAY + timedelta(days=45))
     resumed = [s for s in result.steps if s.partition == old]
     assert [(s.kind, s.ok, s.archived_rows) for s in resumed] == [("resume", True, 10)]
     assert conn.execute("SELECT to_regclass(%s)", (old,)).fetchone() == (None,)
@@ -723,7 +726,7 @@ def test_a_stray_left_by_an_older_version_is_adopted_with_its_rows(
     )
     assert total_rows(conn) == 40  # 60 rows nobody sees
     now = TODAY + timedelta(hours=1)
-    status = partitions.partition_status(conn, Settings(), now)
+    status = partition_status(conn, Settings(), now)
     assert status.level is Status.WARNING
     assert [(s.name, s.rows, s.adoptable) for s in status.strays] == [(name, 60, True)]
     assert any(
@@ -731,7 +734,7 @@ def test_a_stray_left_by_an_older_version_is_adopted_with_its_rows(
         "`kronos-db partitions rotate` adopts it" in problem
         for problem in status.problems
     ), status.problems
-    result = partitions.rotate(conn, Settings(), now)
+    result = rotate(conn, Settings(), now)
     assert not result.failed, result.failed
     assert [(s.kind, s.partition, s.rows_moved, s.rows_planned) for s in result.steps] == [
         ("adopt", name, 40, 40)
@@ -739,8 +742,8 @@ def test_a_stray_left_by_an_older_version_is_adopted_with_its_rows(
     assert total_rows(conn) == 100
     assert default_rows(conn) == 0
     assert name in names(conn)
-    assert partitions.partition_status(conn, Settings(), now).level is Status.OK
-    assert partitions.rotate(conn, Settings(), now).steps == ()
+    assert partition_status(conn, Settings(), now).level is Status.OK
+    assert rotate(conn, Settings(), now).steps == ()
 
 
 def test_a_stray_that_cannot_be_adopted_is_reported_with_sql_that_keeps_its_rows(
@@ -757,23 +760,23 @@ def test_a_stray_that_cannot_be_adopted_is_reported_with_sql_that_keeps_its_rows
         "FROM generate_series(1, 5) AS i",
         (day,),
     )
-    status = partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
+    status = partition_status(conn, Settings(), TODAY + timedelta(hours=1))
     assert status.level is Status.WARNING
     (problem,) = [p for p in status.problems if "stray table" in p]
     assert "cannot be adopted (its columns differ from public.logs's)" in problem
     assert "drop" not in problem.lower()
     commands = problem.split("keep its rows with: ", 1)[1]
-    result = partitions.rotate(conn, Settings(), TODAY + timedelta(hours=1))
+    result = rotate(conn, Settings(), TODAY + timedelta(hours=1))
     assert not result.failed, result.failed
     assert any(f"cannot create {name}" in w for w in result.warnings), result.warnings
     for command in commands.split("; "):
         conn.execute(command)  # type: ignore[call-overload]
     assert total_rows(conn) == 5  # in the default partition now, visible
     assert conn.execute(f"SELECT count(*) FROM {name}_kept").fetchone() == (0,)
-    result = partitions.rotate(conn, Settings(), TODAY + timedelta(hours=1))
+    result = rotate(conn, Settings(), TODAY + timedelta(hours=1))
     assert not result.failed, result.failed
     assert conn.execute(f"SELECT count(*) FROM {name}").fetchone() == (5,)
-    status = partitions.partition_status(conn, Settings(), TODAY + timedelta(hours=1))
+    status = partition_status(conn, Settings(), TODAY + timedelta(hours=1))
     assert status.level is Status.OK, status.problems  # the emptied stray hides nothing
 
 
@@ -788,7 +791,7 @@ def test_an_archive_recorded_before_a_crash_is_not_recorded_again(
         f"COMMENT ON TABLE {old} IS 'kronos-db: retired from public.logs: archive pending'"
     )
     path = tmp_path / f"public.{old}.copy.gz"
-    assert partitions.archive_table(conn, sql.Identifier("public", old), path) == 20
+    assert archive_table(conn, sql.Identifier("public", old), path) == 20
     digest = backups.file_digest(path)
     backups.record_backup(
         conn,
@@ -799,9 +802,9 @@ def test_an_archive_recorded_before_a_crash_is_not_recorded_again(
         row_counts={f"public.{old}": 20},
     )
     settings = policy(retention_action="archive", archive_directory=str(tmp_path))
-    status = partitions.partition_status(conn, settings, TODAY + timedelta(hours=1))
+    status = partition_status(conn, settings, TODAY + timedelta(hours=1))
     assert any(f"finish retiring {old}: archive pending" in p for p in status.problems)
-    result = partitions.rotate(conn, settings, TODAY + timedelta(hours=1))
+    result = rotate(conn, settings, TODAY + timedelta(hours=1))
     assert [(s.kind, s.partition, s.ok, s.archived_rows) for s in result.steps] == [
         ("resume", old, True, 20)
     ]

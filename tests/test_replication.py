@@ -22,17 +22,10 @@ from conftest import run_cli
 from psycopg import sql
 from standby import StreamingPair, streaming_pair, wait_for
 
-from kronos_db import (
-    backups,
-    db,
-    housekeeping,
-    maintenance,
-    migrations,
-    partitions,
-    replication,
-)
+from kronos_db import backups, db, housekeeping, maintenance, migrations, replication
 from kronos_db.config import HealthSettings, Settings, load_settings
 from kronos_db.errors import KronosError
+from kronos_db.partitions.rotation import rotate
 from kronos_db.reports import health
 
 MB = 1024 * 1024
@@ -514,10 +507,10 @@ def test_partitions_rotate_skips_on_the_standby_and_paces_its_moves(
         return int(rows)
 
     with kronos_pair.replay_paused():
-        stopped = partitions.rotate(target, settings, datetime.now(UTC))
+        stopped = rotate(target, settings, datetime.now(UTC))
     (failed,) = [step for step in stopped.steps if not step.ok]
     assert "stopped: standby replica1 is" in (failed.error or ""), failed
     assert in_default() == 20_000  # the move rolled back with its transaction: nothing lost
-    moved = partitions.rotate(target, settings, datetime.now(UTC))
+    moved = rotate(target, settings, datetime.now(UTC))
     assert not moved.failed, moved.failed
     assert in_default() == 0

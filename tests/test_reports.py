@@ -341,8 +341,8 @@ def test_sequence_near_its_maximum_and_its_column_type(conn: psycopg.Connection[
 def test_log_partitions_reports_the_partitions_modules_verdict(
     conn: psycopg.Connection[Any],
 ) -> None:
-    from kronos_db import partitions
     from kronos_db.config import Settings
+    from kronos_db.partitions.status import partition_status
 
     result = check(conn, "log_partitions")
     assert result.status is Status.OK
@@ -353,7 +353,7 @@ def test_log_partitions_reports_the_partitions_modules_verdict(
         "VALUES ('auth', 'INFO', 'in a gap', now() + interval '20 days')"
     )
     result = check(conn, "log_partitions")
-    status = partitions.partition_status(conn, Settings(), now())
+    status = partition_status(conn, Settings(), now())
     assert (result.status, status.level) == (Status.WARNING, Status.WARNING)
     assert result.summary == "; ".join(status.problems)
     assert "1 row(s) wait in the default partition logs_default" in result.summary

@@ -28,7 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from kronos_db import baseline, db, locks, migrations, partitions, schema
+from kronos_db import baseline, db, locks, migrations, schema
 from kronos_db.adopt import catalog, rules, steps
 from kronos_db.adopt.catalog import LiveState
 from kronos_db.adopt.rules import Violation
@@ -40,6 +40,7 @@ from kronos_db.errors import (
     UsageError,
     translate_database_error,
 )
+from kronos_db.partitions.rotation import rotate as rotate_partitions
 from kronos_db.resources import query
 
 Notify = Callable[[str], None]
@@ -787,7 +788,7 @@ def apply(
     rotation_failed: tuple[Any, ...] = ()
     if rotate:
         notify("moving the old logs out of the default partition (partitions rotate)")
-        rotation = partitions.rotate(target, _draining(settings), now, notify=notify)
+        rotation = rotate_partitions(target, _draining(settings), now, notify=notify)
         rotation_steps, rotation_failed = rotation.steps, rotation.failed
     rotation_done = time.monotonic()
     report = schema.check(settings, target, notify=notify)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kronos_db import db, partitions
+from kronos_db import db
 from kronos_db.checks import CheckResult
 from kronos_db.cli.common import (
     ConfigOption,
@@ -28,6 +28,13 @@ from kronos_db.cli.common import (
 from kronos_db.cli.monitoring import OutputFormat, fail_unknown, write
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError
+from kronos_db.partitions import rotation
+from kronos_db.partitions.status import (
+    PartitionStatus,
+    coverage_thresholds,
+    partition_status,
+    status_outcome,
+)
 from kronos_db.reports import formats
 
 app = typer.Typer(
@@ -199,11 +206,11 @@ def status(
             retention_action=retention_action,
             backend=backend,
         )
-        partitions.coverage_thresholds(settings)[0].validate()
+        coverage_thresholds(settings)[0].validate()
         target = target_for(database_url, settings)
         database = target.dbname
         with db.connection(target) as conn:
-            result = partitions.partition_status(conn, settings, moment)
+            result = partition_status(conn, settings, moment)
     except KronosError as exc:
         fail_unknown(
             "PARTITIONS",
@@ -216,7 +223,7 @@ def status(
     check = CheckResult.of(
         "log_partitions",
         "Kronos: logs partitions",
-        partitions.status_outcome(result, settings),
+        status_outcome(result, settings),
         time.monotonic() - started,
     )
     if json:
@@ -275,7 +282,7 @@ def status(
     raise typer.Exit(result.exit_code)
 
 
-def _retention(result: partitions.PartitionStatus) -> str:
+def _retention(result: PartitionStatus) -> str:
     from kronos_db.durations import format_duration
 
     return format_duration(result.retention) if result.retention else "none"
@@ -331,7 +338,7 @@ def rotate(
     moment = parse_now(now)
     target = target_for(database_url, settings)
     with db.connection(target) as conn:
-        result = partitions.rotate(conn, settings, moment, dry_run=dry_run, notify=notify)
+        result = rotation.rotate(conn, settings, moment, dry_run=dry_run, notify=notify)
     if json:
         emit_json({**_plain(result), "exit_code": result.exit_code})
         raise typer.Exit(result.exit_code)

@@ -753,7 +753,7 @@ def kronos_command(
 
     Example: kronos-db report kronos
     """
-    from kronos_db import partitions
+    from kronos_db.partitions.status import PartitionStatus
     from kronos_db.reports import formats
 
     moment = parse_now(now)
@@ -768,7 +768,7 @@ def kronos_command(
         if result.hint and result.status.name != "OK":
             stdout.print(f"  hint: {result.hint}", markup=False)
         for row in result.data:
-            if isinstance(row, partitions.PartitionStatus):
+            if isinstance(row, PartitionStatus):
                 ranged = sum(1 for p in row.partitions if not p.is_default)
                 stdout.print(
                     f"logs: {ranged} partitions, covered until {when(row.covered_until)} "

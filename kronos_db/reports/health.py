@@ -2,7 +2,7 @@
 
 This module only collects. Each check is answered once, by the module that owns its question
 (:mod:`kronos_db.checks` says how): the report modules for the catalog and statistics checks,
-:mod:`kronos_db.replication`, :mod:`kronos_db.partitions`, :mod:`kronos_db.backups`,
+:mod:`kronos_db.replication`, :mod:`kronos_db.partitions.status`, :mod:`kronos_db.backups`,
 :mod:`kronos_db.housekeeping` and :mod:`kronos_db.queue` for the rest. ``partitions status`` and
 ``backup status`` give the very same answers, so no two commands can disagree.
 
@@ -197,7 +197,7 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "log_partitions",
         "Kronos: logs partitions",
-        "kronos_db.partitions",
+        "kronos_db.partitions.status",
         "check_partitions",
         "coverage_thresholds",
     ),

@@ -1,7 +1,7 @@
 """``report kronos``: the checks only a tool that knows the Kronos schema can make, collected.
 
 Each is answered by the module that owns its question, exactly as ``health`` reports it: the
-log partitions by :mod:`kronos_db.partitions` (coverage ahead, rows waiting in the default
+log partitions by :mod:`kronos_db.partitions.status` (coverage ahead, rows waiting in the default
 partition, strays, unfinished retirements), expired rows by :mod:`kronos_db.housekeeping`, the
 message queue's backlog by :mod:`kronos_db.queue`, the last usable backup by
 :mod:`kronos_db.backups`. Nothing is computed here.
