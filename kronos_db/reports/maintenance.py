@@ -349,7 +349,10 @@ def check_dead_tuples(ctx: Context) -> Outcome:
         if row.dead_tuples >= minimum and threshold.grade(row.dead_percent) is not Status.OK
     ]
     if not flagged:
-        top = max((row.dead_percent or 0.0 for row in rows), default=0.0)
+        # the figure judged: a table below the minimum is not judged, whatever its share
+        top = max(
+            (row.dead_percent or 0.0 for row in rows if row.dead_tuples >= minimum), default=0.0
+        )
         return Outcome(
             Status.OK,
             "no table with many dead tuples",
