@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kronos_db import db, locks, roles
+from kronos_db import db, locks, role_mapping, roles
 from kronos_db.config import Settings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import ConfigError, InsufficientPrivilegeError
@@ -68,7 +68,7 @@ def bootstrap(
     dry_run: bool = False,
 ) -> BootstrapResult:
     """Create what needs a superuser; see the module's documentation."""
-    mapping = roles.load_mapping(settings)
+    mapping = role_mapping.load_mapping(settings)
     if mapping.owner is None:
         raise ConfigError(f"{mapping.source}: the mapping names no [toolkit.owner] role")
     created = db.create_database(target) if create_database and not dry_run else False

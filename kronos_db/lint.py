@@ -401,9 +401,9 @@ def lint_revisions(
 ) -> LintReport:
     """Lint the upgrade SQL of the tree's revisions (all, or those named), oldest first. With
     ``target``, live table sizes and write rates set the levels."""
-    from kronos_db import migrations
+    from kronos_db.migration_tree import MigrationTree  # Alembic: only when it lints a tree
 
-    tree = migrations.MigrationTree.from_settings(settings)
+    tree = MigrationTree.from_settings(settings)
     every = tree.revisions()
     released = released_checksums(tree.root)
     files = []
@@ -427,9 +427,9 @@ def lint_revisions(
 def unreleased(settings: Settings, revisions: Iterable[str]) -> list[str]:
     """The revisions among ``revisions`` whose upgrade SQL is not released (as listed in
     ``migrations/released.sha256``, checksum included)."""
-    from kronos_db import migrations
+    from kronos_db.migration_tree import MigrationTree  # Alembic: only when it lints a tree
 
-    tree = migrations.MigrationTree.from_settings(settings)
+    tree = MigrationTree.from_settings(settings)
     released = released_checksums(tree.root)
     wanted = set(revisions)
     found = []
@@ -453,9 +453,9 @@ def lint_files(
     settings: Settings, paths: Sequence[Path], *, target: db.Target | None = None
 ) -> LintReport:
     """Lint SQL files given by path (a revision's, or any migration script)."""
-    from kronos_db import migrations
+    from kronos_db.migration_tree import MigrationTree  # Alembic: only when it lints a tree
 
-    tree = migrations.MigrationTree.from_settings(settings)
+    tree = MigrationTree.from_settings(settings)
     released = released_checksums(tree.root)
     by_stem = {Path(s.path).stem: s.revision for s in tree.revisions()}
     files = []

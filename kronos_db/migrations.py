@@ -28,7 +28,6 @@ import random
 import re
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -38,7 +37,6 @@ from typing import Any
 import psycopg
 import sqlalchemy
 from alembic import command
-from alembic.config import Config
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
@@ -61,12 +59,18 @@ from kronos_db.errors import (
     UnsafeMigrationError,
 )
 from kronos_db.migration_sql import Direction, MigrationScript, checksum, sql_path
-from kronos_db.resources import is_installed_package, query, render_with_literals, resource_root
+from kronos_db.migration_tree import MigrationTree, _down_revisions, _relative
+from kronos_db.resources import query, render_with_literals
 
 logger = logging.getLogger(__name__)
 
+
 MIGRATION_LOCK = "migrations"
+
+
 MAX_RETRY_DELAY = 30.0
+
+
 # the tables of the Kronos schema (../shared/kronos-schema.md), in foreign key order
 KRONOS_TABLES = (
     "roles",
@@ -79,100 +83,13 @@ KRONOS_TABLES = (
     "message_queue",
     "backups",
 )
+
+
 Notify = Callable[[str], None]
 
 
 def _quiet(_message: str) -> None:
     pass
-
-
-# --------------------------------------------------------------------------- the tree
-
-
-@dataclasses.dataclass(frozen=True)
-class MigrationTree:
-    """A directory holding ``migrations/`` (Alembic) and ``sql/migrations/`` (the SQL pairs)."""
-
-    root: Path
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MigrationTree:
-        directory = settings.migrations.directory
-        return cls(Path(directory).resolve() if directory else resource_root())
-
-    @property
-    def migrations_dir(self) -> Path:
-        return self.root / "migrations"
-
-    @property
-    def sql_dir(self) -> Path:
-        return self.root / "sql" / "migrations"
-
-    def alembic_config(self, run: MigrationRun | None = None, *, stdout: Any = None) -> Config:
-        config = Config(stdout=stdout) if stdout is not None else Config()
-        config.set_main_option("script_location", str(self.migrations_dir).replace("%", "%%"))
-        config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
-        config.set_main_option("truncate_slug_length", "40")
-        config.attributes["kronos_run"] = run
-        return config
-
-    def script_directory(self) -> ScriptDirectory:
-        """Alembic's view of the tree, refused when two files claim one revision id.
-
-        Alembic only warns about a duplicate id and keeps the last file it read, so one revision
-        would silently hide the other; a parent that is missing would fail later, deep inside
-        an upgrade. Both are refused here, where every command loads the tree.
-        """
-        if not (self.migrations_dir / "env.py").is_file():
-            raise UnknownRevisionError(f"{self.migrations_dir}: not a migration tree (no env.py)")
-        script_dir = ScriptDirectory.from_config(self.alembic_config())
-        self._verify(script_dir)
-        return script_dir
-
-    def _verify(self, script_dir: ScriptDirectory) -> None:
-        files: dict[str, list[Path]] = defaultdict(list)
-        parents: dict[str, tuple[str, ...]] = {}
-        # Alembic's own loader (the revision map is built from it), so that exactly the files
-        # Alembic would read are checked
-        for script in script_dir._load_revisions():
-            files[script.revision].append(Path(script.path))
-            parents[script.revision] = _down_revisions(script)
-        for revision, paths in sorted(files.items()):
-            if len(paths) > 1:
-                shown = " and ".join(_relative(p, self.root) for p in sorted(paths))
-                raise MigrationTreeError(
-                    f"revision id {revision} is claimed by {shown}: one would hide the other. "
-                    f"Renumber the newer one after the latest revision (its file names, "
-                    f"`revision` and `down_revision`), or give it a new id and join the two "
-                    f"heads with `kronos-db merge`"
-                )
-        for revision, downs in sorted(parents.items()):
-            for down in downs:
-                if down not in files:
-                    raise MigrationTreeError(
-                        f"revision {revision} follows {down}, which is not in "
-                        f"{_relative(self.migrations_dir, self.root)}/versions"
-                    )
-
-    def ensure_writable(self) -> None:
-        """Refuse to write revisions into an installed package: they belong to a project tree."""
-        if self.root == resource_root() and is_installed_package():
-            raise MigrationTreeError(
-                f"{self.root} is the migration tree shipped inside the installed kronos-db "
-                "package: new revisions belong to your project's tree. Point "
-                "`[migrations] directory` in kronos.toml (or --config) at a directory holding "
-                "migrations/ and sql/migrations/"
-            )
-
-    def revisions(self) -> list[Script]:
-        """Every revision, oldest first."""
-        return list(reversed(list(self.script_directory().walk_revisions())))
-
-    def upgrade_sql(self, script: Script) -> Path:
-        return sql_path(script.path, "upgrade")
-
-
-# --------------------------------------------------------------------------- results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,9 +155,6 @@ class MigrationStatus:
     @property
     def up_to_date(self) -> bool:
         return not self.pending
-
-
-# ------------------------------------------------------------------ the Alembic environment
 
 
 @dataclasses.dataclass
@@ -459,21 +373,6 @@ def _checksum_problems(
     return problems
 
 
-def _down_revisions(script: Script) -> tuple[str, ...]:
-    down = script.down_revision
-    return (down,) if isinstance(down, str) else tuple(down or ())
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-# --------------------------------------------------------------------------- locking
-
-
 @contextmanager
 def migration_lock(
     settings: Settings, target: db.Target, notify: Notify = _quiet
@@ -527,9 +426,6 @@ class BlockerWatcher:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-# --------------------------------------------------------------------------- commands
 
 
 def _translate(exc: BaseException, target: db.Target) -> KronosError:
@@ -871,16 +767,18 @@ def downgrade(
     return _migrate(settings, target, revision, upgrade=False, drop_data=drop_data, notify=notify)
 
 
-# ------------------------------------------------------------------ destructive downgrades
-
 _DROP_TABLE = re.compile(
     r"^\s*DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?P<names>[^;]+?)\s*(?:CASCADE|RESTRICT)?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+
+
 _ALTER_TABLE = re.compile(
     r"^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?P<table>\"[^\"]+\"|[\w$.]+)\s+(?P<body>.*)$",
     re.IGNORECASE | re.DOTALL,
 )
+
+
 _DROP_COLUMN = re.compile(
     r"\bDROP\s+(?:COLUMN\s+)?(?:IF\s+EXISTS\s+)?(?P<column>\"[^\"]+\"|(?!CONSTRAINT\b)[\w$]+)",
     re.IGNORECASE,

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from kronos_db import roles
+from kronos_db import role_mapping
 from kronos_db.config import Settings
 from kronos_db.errors import ConfigError
 from kronos_db.resources import query
@@ -34,14 +34,16 @@ _CREATEDB = re.compile(r"permission denied to create database")
 BOOTSTRAP = "`kronos-db bootstrap` (once, as a superuser)"
 
 
-def _mapping(settings: Settings | None) -> roles.RoleMapping | None:
+def _mapping(settings: Settings | None) -> role_mapping.RoleMapping | None:
     try:
-        return roles.load_mapping(settings or Settings())
+        return role_mapping.load_mapping(settings or Settings())
     except ConfigError:
         return None
 
 
-def _toolkit_privileges(mapping: roles.RoleMapping | None, table: str) -> dict[str, set[str]]:
+def _toolkit_privileges(
+    mapping: role_mapping.RoleMapping | None, table: str
+) -> dict[str, set[str]]:
     """role kind -> the privileges the mapping gives that kronos-db role on ``table``."""
     return {
         role.kind: set(role.tables[table])
@@ -51,7 +53,7 @@ def _toolkit_privileges(mapping: roles.RoleMapping | None, table: str) -> dict[s
 
 
 def _relation(
-    conn: psycopg.Connection[Any], mapping: roles.RoleMapping | None, kind: str, name: str
+    conn: psycopg.Connection[Any], mapping: role_mapping.RoleMapping | None, kind: str, name: str
 ) -> str:
     user = conn.info.user
     row = conn.execute(query("privileges", "select_relation"), {"name": name}).fetchone()
@@ -87,7 +89,9 @@ def _relation(
     return f"{user} lacks {', '.join(missing)} on {qualified}: {grant}{who}"
 
 
-def _owner(conn: psycopg.Connection[Any], mapping: roles.RoleMapping | None, name: str) -> str:
+def _owner(
+    conn: psycopg.Connection[Any], mapping: role_mapping.RoleMapping | None, name: str
+) -> str:
     user = conn.info.user
     row = conn.execute(query("privileges", "select_relation"), {"name": name}).fetchone()
     owner = str(row[1]) if row else "its owner"
@@ -98,7 +102,9 @@ def _owner(conn: psycopg.Connection[Any], mapping: roles.RoleMapping | None, nam
     return f"only the owner of {name} ({owner}) and its members may do this: {fix}"
 
 
-def _schema(conn: psycopg.Connection[Any], mapping: roles.RoleMapping | None, name: str) -> str:
+def _schema(
+    conn: psycopg.Connection[Any], mapping: role_mapping.RoleMapping | None, name: str
+) -> str:
     user = conn.info.user
     missing = [
         privilege

@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from kronos_db import db, migrations, roles
+from kronos_db import db, migrations, role_mapping
 from kronos_db.config import Settings
 from kronos_db.errors import InsufficientPrivilegeError
 from kronos_db.migration_sql import checksum, sql_path
@@ -237,7 +237,9 @@ def check(
         kept = kept_tables(conn, settings.partitions)
     expected = _head_facts(settings, target, reference, notify)
     differences = compare(expected, actual)
-    notes += _grant_notes(other_grants(expected, actual), roles.load_mapping(settings).role_names)
+    notes += _grant_notes(
+        other_grants(expected, actual), role_mapping.load_mapping(settings).role_names
+    )
     leftovers = {_qualified(table.schema, table.name): table.why for table in kept}
     differences = [d for d in differences if not _belongs_to_table(d, set(leftovers), actual)]
     notes += [

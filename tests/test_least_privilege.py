@@ -20,7 +20,7 @@ import pytest
 from conftest import CliResult, Database, drop_roles, run_cli, unique_name, url_for
 from psycopg import sql
 
-from kronos_db import migrations, roles
+from kronos_db import migrations, role_mapping
 from kronos_db.config import SecuritySettings, Settings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -44,7 +44,9 @@ def prefix(empty_database: Database) -> Iterator[str]:
     name = unique_name("klp").replace("_", "") + "_"
     yield name
     settings = Settings(security=SecuritySettings(role_prefix=name))
-    drop_roles([empty_database.url], [*roles.load_mapping(settings).role_names, f"{name}weak"])
+    drop_roles(
+        [empty_database.url], [*role_mapping.load_mapping(settings).role_names, f"{name}weak"]
+    )
 
 
 def _as(user: str, database: Database, config: Path, *args: str) -> CliResult:
@@ -103,7 +105,7 @@ def test_bootstrap_then_each_command_as_its_role(
 ) -> None:
     config = tmp_path / "kronos.toml"
     config.write_text(f'[security]\nrole_prefix = "{prefix}"\n')
-    owner, maintenance, monitoring = (f"{prefix}{k}" for k in roles.TOOLKIT_ROLES)
+    owner, maintenance, monitoring = (f"{prefix}{k}" for k in role_mapping.TOOLKIT_ROLES)
     database = empty_database
 
     # a dry run says what it would do and writes nothing: no role, no table, no lease

@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO, Database, unique_name, url_for
 from psycopg import sql
 
-from kronos_db import backups, locks, partman, roles
+from kronos_db import backups, locks, partman, role_mapping, roles
 from kronos_db.checks import Status
 from kronos_db.config import PartitionSettings, SecuritySettings, Settings
 from kronos_db.errors import ConfigError
@@ -545,20 +545,20 @@ def test_partitions_get_the_role_mappings_privileges_not_the_parents(
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     log.execute(statement)  # type: ignore[arg-type]
     finally:
-        drop_roles(database, [viewer, *roles.load_mapping(settings).role_names])
+        drop_roles(database, [viewer, *role_mapping.load_mapping(settings).role_names])
 
 
 def test_partition_grants_in_the_role_mapping_are_applied_and_checked(
     conn: psycopg.Connection[Any], database: Database, tmp_path: Path
 ) -> None:
-    mapping = (roles.default_roles_file().read_text()).replace(
+    mapping = (role_mapping.default_roles_file().read_text()).replace(
         "grants = {}", 'grants = { log = ["select"] }'
     )
     (tmp_path / "roles.toml").write_text(mapping)
     prefix = unique_name("ktg").replace("_", "") + "_"
     security = SecuritySettings(role_prefix=prefix, roles_file=str(tmp_path / "roles.toml"))
     settings = dataclasses.replace(Settings(), security=security)
-    assert roles.load_mapping(settings).partitions.grants == {f"{prefix}log": ("SELECT",)}
+    assert role_mapping.load_mapping(settings).partitions.grants == {f"{prefix}log": ("SELECT",)}
     try:
         roles.apply_roles(conn, settings)
         assert roles.check_roles(conn, settings).in_sync
@@ -580,18 +580,20 @@ def test_partition_grants_in_the_role_mapping_are_applied_and_checked(
         drift = roles.check_roles(conn, settings).drift
         assert [(d.kind, d.target) for d in drift] == [("extra privilege", f"public.{newest}")]
     finally:
-        drop_roles(database, roles.load_mapping(settings).role_names)
+        drop_roles(database, role_mapping.load_mapping(settings).role_names)
 
 
 def test_a_role_mapping_with_bad_partition_grants_is_refused() -> None:
-    base = {"services": {name: {"tables": {}} for name in roles.SERVICES}}
+    base = {"services": {name: {"tables": {}} for name in role_mapping.SERVICES}}
     for partitions_section, message in (
         ({"grants": {"nobody": ["SELECT"]}}, "unknown service(s) nobody"),
         ({"grants": {"log": ["FLY"]}}, "partitions.grants.log: unknown privilege(s) FLY"),
         ({"owner": 3}, 'partitions.owner must be "parent" or a role name'),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
-            roles.parse_mapping({**base, "partitions": partitions_section}, "k_", "test.toml")
+            role_mapping.parse_mapping(
+                {**base, "partitions": partitions_section}, "k_", "test.toml"
+            )
 
 
 def test_new_partitions_inherit_the_newest_partitions_storage_parameters(

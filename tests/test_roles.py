@@ -13,7 +13,7 @@ import pytest
 from conftest import _janitor, drop_roles, unique_name, url_for
 from psycopg import errors as pg_errors
 
-from kronos_db import roles
+from kronos_db import role_mapping, roles
 from kronos_db.config import SecuritySettings, Settings
 from kronos_db.errors import ConfigError
 
@@ -42,7 +42,7 @@ def applied(
 
 def drop_mapping_roles(urls: list[str], settings: Settings) -> None:
     """Drop this test's roles (a unique prefix: never another run's)."""
-    drop_roles(urls, roles.load_mapping(settings).role_names)
+    drop_roles(urls, role_mapping.load_mapping(settings).role_names)
 
 
 def as_role(database: Any, role: str) -> psycopg.Connection[Any]:
@@ -223,18 +223,18 @@ def test_drift_is_reported_and_apply_revokes_it(
 
 def test_mapping_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown privilege"):
-        roles.parse_mapping(
+        role_mapping.parse_mapping(
             {
-                "services": {s: {"tables": {"logs": ["SELECT"]}} for s in roles.SERVICES}
+                "services": {s: {"tables": {"logs": ["SELECT"]}} for s in role_mapping.SERVICES}
                 | {"log": {"tables": {"logs": ["DROP"]}}}
             },
             "k_",
             "test",
         )
     with pytest.raises(ConfigError, match="unknown service"):
-        roles.parse_mapping({"services": {"billing": {}}}, "k_", "test")
-    shipped = roles.load_mapping(Settings())
-    assert [s.role for s in shipped.services] == [f"kronos_{s}" for s in roles.SERVICES]
+        role_mapping.parse_mapping({"services": {"billing": {}}}, "k_", "test")
+    shipped = role_mapping.load_mapping(Settings())
+    assert [s.role for s in shipped.services] == [f"kronos_{s}" for s in role_mapping.SERVICES]
     assert shipped.services[2].tables == {"logs": ("INSERT", "SELECT")}
 
 
@@ -283,8 +283,8 @@ def test_concurrent_apply_in_two_databases_sharing_the_roles(
 
 
 def test_toolkit_roles_in_the_mapping_are_validated() -> None:
-    shipped = tomllib.loads(roles.default_roles_file().read_text(encoding="utf-8"))
-    mapping = roles.parse_mapping(shipped, "k_", "test")
+    shipped = tomllib.loads(role_mapping.default_roles_file().read_text(encoding="utf-8"))
+    mapping = role_mapping.parse_mapping(shipped, "k_", "test")
     assert mapping.owner == "k_owner"
     assert mapping.toolkit_role("maintenance").member_of == ("k_owner",)  # type: ignore[union-attr]
     assert mapping.toolkit_role("monitoring").member_of == ("pg_monitor",)  # type: ignore[union-attr]
@@ -296,4 +296,4 @@ def test_toolkit_roles_in_the_mapping_are_validated() -> None:
         ({"monitoring": {"tables": {"sessions": ["READ"]}}}, "unknown privilege"),
     ):
         with pytest.raises(ConfigError, match=message):
-            roles.parse_mapping({**shipped, "toolkit": broken}, "k_", "test")
+            role_mapping.parse_mapping({**shipped, "toolkit": broken}, "k_", "test")

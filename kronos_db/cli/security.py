@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kronos_db import db, roles, security
+from kronos_db import db, role_mapping, roles, security
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
@@ -142,20 +142,23 @@ def roles_show(
     Example: kronos-db roles show
     """
     settings = settings_for(config)
-    mapping = roles.load_mapping(settings)
+    mapping = role_mapping.load_mapping(settings)
     if json:
         emit_json(mapping)
         return
     stdout.print(f"mapping: {mapping.source} (schema {mapping.schema})", markup=False)
     table = Table("role", "table", "privileges", "what for")
-    every: list[roles.ServiceRole | roles.ToolkitRole] = [*mapping.services, *mapping.toolkit]
+    every: list[role_mapping.ServiceRole | role_mapping.ToolkitRole] = [
+        *mapping.services,
+        *mapping.toolkit,
+    ]
     for role in every:
         extra = (
             [f"member of {', '.join(role.member_of)}"]
-            if isinstance(role, roles.ToolkitRole) and role.member_of
+            if isinstance(role, role_mapping.ToolkitRole) and role.member_of
             else []
         )
-        if isinstance(role, roles.ToolkitRole) and role.kind == "owner":
+        if isinstance(role, role_mapping.ToolkitRole) and role.kind == "owner":
             extra.append(f"owns every object of schema {mapping.schema}")
         rows = [(name, ", ".join(p)) for name, p in sorted(role.tables.items())]
         rows += [("", line) for line in extra] or ([] if rows else [("", "")])

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from kronos_db import roles
+from kronos_db import role_mapping
 from kronos_db.partitions.catalog import RETIRED_MARK, ParentTable
 from kronos_db.resources import query
 
@@ -108,7 +108,7 @@ def partition_privileges(
     conn: psycopg.Connection[Any],
     parent: ParentTable,
     name: str,
-    mapping: roles.PartitionPrivileges,
+    mapping: role_mapping.PartitionPrivileges,
 ) -> list[sql.Composed]:
     """What makes partition ``name`` owned and granted as the role mapping's [partitions] says.
 

@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import class_row
 
-from kronos_db import backups, db, logs, roles
+from kronos_db import backups, db, logs, role_mapping
 from kronos_db.config import Settings
 from kronos_db.errors import ArchiveError, KronosError, LockTimeoutError, UsageError
 from kronos_db.partitions.archive import archive_table, count_archive_rows
@@ -120,9 +120,9 @@ class _Rotation:
         return tuple(row[0]) if row and row[0] else ()
 
     @functools.cached_property
-    def privileges(self) -> roles.PartitionPrivileges:
+    def privileges(self) -> role_mapping.PartitionPrivileges:
         """The role mapping's [partitions]: owner and grants of every new partition."""
-        return roles.load_mapping(self.settings).partitions
+        return role_mapping.load_mapping(self.settings).partitions
 
     @functools.cached_property
     def default_oid(self) -> int | None:
