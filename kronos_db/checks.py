@@ -328,10 +328,9 @@ def answer_check(
         if ctx.conn.broken:
             raise  # the connection is gone: no later check can run either
         # an unexpected server error fails this check only; the others still run
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         outcome = Outcome(
             Status.UNKNOWN,
-            f"the check failed: {first_line}",
+            f"the check failed: {_first_line(exc)}",
             hint="report this as a kronos-db bug with the server version",
         )
     return CheckResult.of(name, title, outcome, time.monotonic() - started)

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
+from kronos_db import db
 from kronos_db.config import PartitionSettings, Settings
 from kronos_db.errors import UsageError
 from kronos_db.partitions.catalog import Policy, list_partitions, parent_table
@@ -215,7 +216,7 @@ class PartmanRotation(_Rotation):
     def utc(self, runner: _Runner) -> None:
         # pg_partman 4.x names and bounds partitions in the session's time zone
         if not self.dry_run:
-            runner.conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
+            db.set_local(runner.conn, {"TimeZone": "UTC"})
 
     def config_name(self) -> str:
         return f"{self.parent.schema}.{self.parent.name}"

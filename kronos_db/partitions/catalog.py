@@ -1,7 +1,7 @@
 """What the catalog says about a partitioned table: the table, its partitions, the rows waiting in
 its default partition, tables retired or left behind, and the policy ``[partitions]`` sets.
 
-Reads only; every read runs in a transaction with its settings LOCAL (:func:`scoped_settings`),
+Reads only; every read runs in a transaction with its settings LOCAL (``db.transaction_settings``),
 so it is correct through a transaction pooler.
 """
 
@@ -18,6 +18,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import class_row
 
+from kronos_db import db
 from kronos_db.config import PartitionSettings
 from kronos_db.durations import postgres_interval
 from kronos_db.errors import UsageError
@@ -148,22 +149,6 @@ class Policy:
     retention_action: Literal["drop", "detach", "archive"]
 
 
-@contextmanager
-def scoped_settings(conn: psycopg.Connection[Any], **settings: timedelta) -> Iterator[None]:
-    """A transaction (a savepoint inside one) with ``statement_timeout``-like settings LOCAL.
-
-    Nothing is set for the session: through a transaction pooler the next transaction may run
-    on another server connection, and a session setting would follow the wrong one.
-    """
-    with conn.transaction():
-        for name, value in settings.items():
-            conn.execute(
-                "SELECT set_config(%(name)s::text, %(value)s::text, true)",
-                {"name": name, "value": postgres_interval(value)},
-            )
-        yield
-
-
 def _catalog_scope(
     conn: psycopg.Connection[Any],
     settings: PartitionSettings,
@@ -171,10 +156,14 @@ def _catalog_scope(
     statement_timeout: timedelta | None = None,
     lock_timeout: timedelta | None = None,
 ) -> Any:
-    return scoped_settings(
+    # LOCAL, never for the session: through a transaction pooler the next transaction may run
+    # on another server connection, and a session setting would follow the wrong one
+    return db.transaction_settings(
         conn,
-        statement_timeout=statement_timeout or settings.statement_timeout,
-        lock_timeout=lock_timeout or settings.lock_timeout,
+        {
+            "statement_timeout": postgres_interval(statement_timeout or settings.statement_timeout),
+            "lock_timeout": postgres_interval(lock_timeout or settings.lock_timeout),
+        },
     )
 
 

@@ -176,22 +176,14 @@ class _Rotation:
                 else db.step_error(self.conn, exc, self.settings)
             )
             self.notify(f"{action.describe()}: failed: {error.message}")
-            return StepResult(
-                action.kind,
-                action.partition,
-                False,
-                action.describe(),
-                time.monotonic() - started,
-                runner.attempts,
-                rows_planned=action.rows_in_default,
-                error=error.message,
-                error_code=int(error.exit_code),
-                statements=tuple(runner.statements),
-            )
+            ok = False
+            extra = {"error": error.message, "error_code": int(error.exit_code)}
+        else:
+            ok = True
         return StepResult(
             action.kind,
             action.partition,
-            True,
+            ok,
             action.describe(),
             time.monotonic() - started,
             runner.attempts,

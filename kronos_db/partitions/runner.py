@@ -20,7 +20,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import class_row
 
-from kronos_db import batching, locks
+from kronos_db import batching, db, locks
 from kronos_db.config import PartitionSettings
 from kronos_db.durations import format_duration, postgres_interval
 from kronos_db.errors import LockTimeoutError, PartitionError
@@ -183,11 +183,9 @@ class _Runner:
             for name, value in settings.items():
                 self.record(f"SET LOCAL {name} = '{postgres_interval(value)}'")
             return
-        for name, value in settings.items():
-            self.conn.execute(
-                "SELECT set_config(%(name)s::text, %(value)s::text, true)",
-                {"name": name, "value": postgres_interval(value)},
-            )
+        db.set_local(
+            self.conn, {name: postgres_interval(value) for name, value in settings.items()}
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
