@@ -215,13 +215,18 @@ def _conninfo(conn: psycopg.Connection[Any]) -> str:
     return psycopg.conninfo.make_conninfo(**options)
 
 
-def _open(source: Source) -> psycopg.Connection[Any]:
-    """A connection of the lease's own, to the same database as ``source``."""
+def _opener(source: Source) -> Callable[[], psycopg.Connection[Any]]:
+    """How to open a connection of the lease's own, to the same database as ``source``.
+
+    Read from ``source`` now, while it is open: the caller's connection may be closed by the
+    time the lease is released (an interrupt closes a connection whose query it cancelled).
+    """
     if isinstance(source, db.Target):
-        return db.connect(source)
+        return lambda: db.connect(source)
+    conninfo = _conninfo(source)
     application = source.info.parameter_status("application_name") or "kronos-db"
-    return psycopg.connect(
-        _conninfo(source), autocommit=True, prepare_threshold=None, application_name=application
+    return lambda: psycopg.connect(
+        conninfo, autocommit=True, prepare_threshold=None, application_name=application
     )
 
 
@@ -248,6 +253,7 @@ class Lease:
         self.ttl = ttl
         self.lost = threading.Event()
         self._source = source
+        self._open = _opener(source)
         self._own = own
         self._own_lock = threading.Lock()
         self._stop = threading.Event()
@@ -268,7 +274,7 @@ class Lease:
         if self._own is None or self._own.closed or self._own.broken:
             if self._own is not None:
                 self._own.close()
-            self._own = _open(self._source)
+            self._own = self._open()
         return self._own
 
     def renew(self) -> bool:
@@ -397,7 +403,7 @@ def _acquire(
         raise ValueError("a lease needs a ttl longer than 0")
     borrowed = isinstance(source, psycopg.Connection) and _idle(source)
     try:
-        lease_conn = source if borrowed else _open(source)
+        lease_conn = source if borrowed else _opener(source)()
     except psycopg.Error as exc:
         raise _database_error(source, exc) from exc
     assert isinstance(lease_conn, psycopg.Connection)

@@ -22,6 +22,8 @@ import psycopg
 import pytest
 from conftest import REPO, Database, clean_environment, run_cli
 
+from kronos_db import locks
+
 NOW = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
 
 
@@ -100,11 +102,11 @@ def test_quiet_prints_only_errors(conn: psycopg.Connection[Any], database: Datab
 
 
 @contextlib.contextmanager
-def started(*args: str) -> Iterator[subprocess.Popen[str]]:
+def started(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "kronos_db", *args],
         cwd=REPO,
-        env=clean_environment(),
+        env=clean_environment(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -162,6 +164,54 @@ def test_an_interrupted_job_says_what_it_was_doing_and_what_it_left(
     (left,) = conn.execute("SELECT count(*) FROM sessions WHERE token LIKE 'op-%%'").fetchone()
     assert int(match.group(1)) == 40 - left  # what it says it did is what it did
     assert 0 < left < 40
+
+
+@pytest.mark.parametrize(("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_job_interrupted_inside_a_statement_says_one_line(
+    signal_number: int, code: int, conn: psycopg.Connection[Any], database: Database
+) -> None:
+    """The signal lands while a batch's statement waits on the server (here, for a lock): the
+    interrupted transaction's cleanup must not add lines of its own to the one that says it."""
+    expired_sessions(conn, 40)
+    conn.execute(
+        "INSERT INTO sessions (token, expires_at) SELECT 'ok-' || n, %(later)s"
+        " FROM generate_series(1, 4000) AS n",
+        {"later": NOW + timedelta(days=1)},
+    )
+    conn.execute("ANALYZE sessions")  # 40 of 4040 rows: a walk by key, one row a batch
+    args = ["expire", "sessions", "--batch-size", "1", "--pause", "50ms"]
+    args += ["--now", NOW.isoformat(), "--database-url", database.url]
+    with database.connect(autocommit=False) as blocker:
+        with started(*args, env={"KRONOS_HOUSEKEEPING_LOCK_TIMEOUT": "60s"}) as process:
+            deadline = time.monotonic() + 30
+            while conn.execute(
+                "SELECT count(*) FROM sessions WHERE token LIKE 'op-%%'"
+            ).fetchone() == (40,):
+                assert time.monotonic() < deadline, "the job never started deleting"
+                time.sleep(0.02)
+            blocker.execute("LOCK TABLE sessions IN SHARE MODE")  # the next DELETE waits
+            while conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'kronos-db' AND wait_event_type = 'Lock'"
+            ).fetchone() == (0,):
+                assert time.monotonic() < deadline, "the job's statement never waited"
+                time.sleep(0.02)
+            process.send_signal(signal_number)
+            _, stderr = process.communicate(timeout=30)
+        blocker.rollback()
+    assert process.returncode == code, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(
+        f"kronos-db: error: interrupted ({signal.Signals(signal_number).name}) during "
+        "expire-sessions"
+    ), lines[0]
+    assert "nothing half-done" in lines[0]
+    (left,) = conn.execute("SELECT count(*) FROM sessions WHERE token LIKE 'op-%%'").fetchone()
+    assert 0 < left < 40
+    # its connection was closed by the cancel; the lease was released on one of its own
+    lease = locks.holder(conn, "housekeeping:expire-sessions")
+    assert lease is not None and lease.released, lease
 
 
 def test_a_read_only_backup_directory_is_one_line_and_exit_1(database: Database) -> None:

@@ -356,6 +356,10 @@ def configure_logging(
     else:
         level = NOTICE
     logging.getLogger("kronos_db").setLevel(level)
+    # psycopg warns when it cleans up after an error or an interrupt (a rollback that failed, a
+    # cancelled query, a connection it closed): the command's own error line already says what
+    # happened and what it left, so those show from -v only
+    logging.getLogger("psycopg").setLevel(logging.WARNING if verbosity >= 1 else logging.ERROR)
 
 
 _cli_logger = logging.getLogger("kronos_db.cli")
