@@ -40,3 +40,24 @@ def test_an_ok_check_reports_no_figure_past_its_levels(conn: psycopg.Connection[
         if metric.grade() is not Status.OK
     ]
     assert contradictions == []
+
+
+def test_no_figure_is_graded_worse_than_its_check(conn: psycopg.Connection[Any]) -> None:
+    """With problems planted (a sequence near its end, a duplicate and an invalid index, an
+    expired session), each check is at least as bad as its figures say."""
+    from test_health_outputs import plant_problems
+
+    plant_problems(conn)
+    conn.execute(
+        "INSERT INTO sessions (token, expires_at) VALUES ('gone', now() - interval '1 day')"
+    )
+    report = health_report(conn, Settings(), now=datetime.now(UTC))
+    assert report.status is Status.CRITICAL
+    contradictions = [
+        (result.name, result.status.name, metric.name, metric.value, metric.grade().name)
+        for result in report.checks
+        if result.status is not Status.UNKNOWN
+        for metric in result.metrics
+        if metric.grade() > result.status
+    ]
+    assert contradictions == []
