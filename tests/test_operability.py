@@ -86,6 +86,15 @@ def test_verbose_says_each_step_with_its_duration_and_locks(
     )
     assert dump.code == 0, dump.output
     assert re.search(r"pg_dump \S+ to \S+\.partial: \d+ ms \(ACCESS SHARE on every", dump.stderr)
+    rotate = ("-v", "partitions", "rotate", "--now", NOW.isoformat())
+    rotated = run_cli(*rotate, "--database-url", empty_database.url)
+    assert rotated.code == 0, rotated.output
+    assert re.search(
+        r"create logs_p2030_01_15 .*: \d+ ms \(ACCESS SHARE on the parent", rotated.stderr
+    )
+    again = run_cli(*rotate, "--database-url", empty_database.url)
+    assert again.code == 0, again.output
+    assert "public.logs: nothing to do at 2030-01-15T12:00:00+00:00" in again.stderr
 
 
 def test_quiet_prints_only_errors(conn: psycopg.Connection[Any], database: Database) -> None:

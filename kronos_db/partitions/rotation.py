@@ -18,7 +18,7 @@ from kronos_db.config import Settings, require_lock_timeout
 from kronos_db.errors import UsageError
 from kronos_db.partitions.backend import resolve_policy
 from kronos_db.partitions.catalog import _catalog_scope, parent_table
-from kronos_db.partitions.executor import _Rotation
+from kronos_db.partitions.executor import _Rotation, logger
 from kronos_db.partitions.naming import _utc
 from kronos_db.partitions.plan import Action, plan_rotation
 from kronos_db.partitions.runner import (
@@ -156,6 +156,15 @@ def rotate(
         )
         steps = run_actions(rotation, plan.actions)
         steps += rotation.closing_steps()
+        if not steps:
+            logger.info(
+                "%s: nothing to do at %s: every partition ahead exists, none is past retention, %s",
+                parent.qualified,
+                now.isoformat(timespec="seconds"),
+                "no row waits in the default partition"
+                if plan.default_readable
+                else "and the default partition is not readable by this role (not planned)",
+            )
         return RotationResult(
             parent.qualified,
             policy.backend,
