@@ -95,6 +95,9 @@ def test_verbose_says_each_step_with_its_duration_and_locks(
     again = run_cli(*rotate, "--database-url", empty_database.url)
     assert again.code == 0, again.output
     assert "public.logs: nothing to do at 2030-01-15T12:00:00+00:00" in again.stderr
+    prune = ("backup", "prune", "--keep", "5", "--database-url", empty_database.url)
+    assert run_cli("-v", *prune).stderr == "kronos-db: nothing to prune\n"
+    assert run_cli(*prune).stderr == ""  # cron: nothing to say
 
 
 def test_quiet_prints_only_errors(conn: psycopg.Connection[Any], database: Database) -> None:

@@ -16,6 +16,7 @@ from kronos_db.cli.common import (
     DatabaseUrlOption,
     JsonOption,
     NowOption,
+    detail,
     duration_option,
     emit_json,
     human_size,
@@ -217,6 +218,8 @@ def prune(
     if not result.pruned:
         if stdout.is_terminal:
             stdout.print("nothing to prune")
+        else:
+            detail("nothing to prune")
         return
     for backup in result.pruned:
         created = f"{backup.created_at.astimezone(UTC):%Y-%m-%d %H:%M}"

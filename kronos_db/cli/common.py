@@ -184,6 +184,12 @@ def notify(message: str) -> None:
     _cli_logger.log(NOTICE, message)
 
 
+def detail(message: str) -> None:
+    """What -v adds (stderr): a step or a finding a cron run need not mention."""
+    ensure_logging()
+    _cli_logger.info(message)
+
+
 def warn(message: str) -> None:
     """A warning (stderr; --quiet hides it too: it shows errors only)."""
     ensure_logging()
