@@ -28,6 +28,10 @@ HEAVY = (
     "kronos_db.partitions",
     "kronos_db.security",
     "kronos_db.roles",
+    # the HTML page's charts (health --html) and the slow_queries check only
+    "kronos_db.reports.queries",
+    "kronos_db.reports.space",
+    "kronos_db.reports.snapshots",
     "kronos_db.cli.reports",
     "kronos_db.cli.backups",
     "kronos_db.cli.security",

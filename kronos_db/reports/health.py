@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -33,7 +33,11 @@ from kronos_db.checks import (
 )
 from kronos_db.config import Settings
 from kronos_db.errors import ReportUnavailableError, UsageError
-from kronos_db.reports import queries, space
+
+if TYPE_CHECKING:
+    # for the HTML page's charts only: imported when they are asked for (a check that needs
+    # them imports them itself), not by every Nagios run
+    from kronos_db.reports import queries, space
 
 __all__ = ["CHECKS", "CHECK_NAMES", "CheckResult", "HealthReport", "Status", "health_report"]
 
@@ -263,6 +267,8 @@ def health_report(
     largest: tuple[space.TableSize, ...] = ()
     slowest: tuple[queries.SlowQuery, ...] = ()
     if with_charts:
+        from kronos_db.reports import queries, space
+
         try:
             largest = tuple(space.largest_tables(conn, limits, limit=10))
         except ReportUnavailableError:
