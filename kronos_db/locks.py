@@ -356,10 +356,31 @@ def holder(conn: psycopg.Connection[Any], name: str) -> LockHolder | None:
 def _try_take(
     conn: psycopg.Connection[Any], name: str, owner: str, ttl: timedelta
 ) -> tuple[int | None, LockHolder | None]:
-    """One attempt: the fencing token when taken, else None and the current holder."""
+    """One attempt: the fencing token when taken, else None and the current holder.
+
+    The lease is usually free (cron runs do not overlap), so the taking comes first and the
+    holder is read only when it fails: one short transaction per job, not two. A holder that
+    is a dead process of this machine is taken over by a second taking naming it.
+    """
+    token = _take(conn, name, owner, ttl, dead_owner=None)
+    if token is not None:
+        return token, None
     current = holder(conn, name)
-    if current is not None and not current.free and not is_dead_here(current.process_key):
-        return None, current
+    if current is None or current.free or not is_dead_here(current.process_key):
+        return None, current  # a live run holds it (or it was freed a moment ago: next poll)
+    token = _take(conn, name, owner, ttl, dead_owner=current.owner)
+    if token is None:
+        return None, holder(conn, name)
+    logger.warning(
+        "took over the %s lock from %s: that process no longer exists", name, current.describe()
+    )
+    return token, None
+
+
+def _take(
+    conn: psycopg.Connection[Any], name: str, owner: str, ttl: timedelta, *, dead_owner: str | None
+) -> int | None:
+    """The taking statement: the new fencing token, or None when the lease is not free."""
     params = {
         "name": name,
         "owner": owner,
@@ -369,25 +390,19 @@ def _try_take(
         "process_key": process_key(),
         "application_name": conn.info.parameter_status("application_name") or "",
         # a dead holder of this machine is taken over even before its lease expires
-        "dead_owner": current.owner if current is not None and not current.free else None,
+        "dead_owner": dead_owner,
     }
     try:
         with db.transaction_settings(conn, {"lock_timeout": ROW_LOCK_TIMEOUT}):
             row = conn.execute(query("locks", "take_lease"), params).fetchone()
     except pg_errors.UndefinedTable:
         ensure_lease_table(conn)
-        return _try_take(conn, name, owner, ttl)
+        return _take(conn, name, owner, ttl, dead_owner=dead_owner)
     except pg_errors.LockNotAvailable:
-        return None, holder(conn, name)  # a fencing transaction has the row right now
+        return None  # a fencing transaction has the row right now
     except pg_errors.InsufficientPrivilege as exc:
         raise _privilege_error(conn) from exc
-    if row is None:
-        return None, holder(conn, name)
-    if current is not None and not current.free:
-        logger.warning(
-            "took over the %s lock from %s: that process no longer exists", name, current.describe()
-        )
-    return int(row[0]), None
+    return int(row[0]) if row is not None else None
 
 
 def _acquire(
