@@ -38,17 +38,28 @@ HEAVY = (
 )
 
 
+# what the process had imported when it exited, whatever imported it: -X importtime misses the
+# modules importlib.import_module loads (health's checks, the CLI's commands)
+_REPORT_MODULES = """
+import atexit, runpy, sys
+def report():
+    sys.stderr.write("".join(f"module: {name}\\n" for name in sorted(sys.modules)))
+atexit.register(report)
+sys.argv = ["kronos-db", *sys.argv[1:]]
+runpy.run_module("kronos_db", run_name="__main__", alter_sys=True)
+"""
+
+
 def imported_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
-    """The modules a ``kronos-db`` process imported (``python -X importtime``)."""
-    result = run_process([sys.executable, "-X", "importtime", "-m", "kronos_db", *args], env=env)
+    """The modules a ``kronos-db`` process had imported when it exited."""
+    result = run_process([sys.executable, "-c", _REPORT_MODULES, *args], env=env)
     assert "Traceback" not in result.stderr, result.stderr
-    modules = set()
-    for line in result.stderr.splitlines():
-        if line.startswith("import time:") and line.count("|") == 2:
-            name = line.rsplit("|", 1)[1].strip()
-            if name != "package":
-                modules.add(name)
-    assert modules, result.stderr
+    modules = {
+        line.removeprefix("module: ")
+        for line in result.stderr.splitlines()
+        if line.startswith("module: ")
+    }
+    assert "kronos_db.cli" in modules, result.stderr
     return modules
 
 
@@ -65,6 +76,11 @@ def test_a_no_op_cron_command_imports_only_what_it_runs(database: Database) -> N
     modules = imported_by("health", "--check", "connections", "--database-url", database.url)
     assert "kronos_db.reports.health" in modules
     assert heavy_among(modules) == []
+    # every check: the partitions' status and pg_partman's policy, never the rotation's steps
+    modules = imported_by("health", "--database-url", database.url)
+    assert {"kronos_db.partitions.status", "kronos_db.partman"} <= modules
+    rotation = ("executor", "runner", "ddl", "archive", "rotation", "partman_rotation")
+    assert sorted(modules & {f"kronos_db.partitions.{name}" for name in rotation}) == []
 
 
 def test_completion_lists_the_commands_without_importing_them() -> None:

@@ -54,5 +54,7 @@ keeps the graph acyclic); this ``__init__`` imports nothing, so that importing o
 * :mod:`~kronos_db.partitions.ddl` — the DDL a step runs and the privileges of a new partition;
 * :mod:`~kronos_db.partitions.archive` — retention's archive files;
 * :mod:`~kronos_db.partitions.executor` — the steps of one rotation (:class:`_Rotation`);
+* :mod:`~kronos_db.partitions.partman_rotation` — the same on the pg_partman backend (apart, so
+  that ``status`` and ``health`` read pg_partman's policy without importing the executor);
 * :mod:`~kronos_db.partitions.rotation` — :func:`rotate`: the lease, the plan, the steps in order.
 """

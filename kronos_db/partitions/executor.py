@@ -1,6 +1,6 @@
 """The steps of one rotation of one table (:class:`_Rotation`): finalize and resume retirements,
 adopt strays, rescue the default partition's rows, create partitions, retire old ones. The
-native backend; :class:`kronos_db.partman.PartmanRotation` overrides creation.
+native backend; :class:`kronos_db.partitions.partman_rotation.PartmanRotation` overrides creation.
 
 Each step is one short transaction (or a few), resumable after a kill; see the package
 docstring for the promise and docs/partitions.md for the lock budget.

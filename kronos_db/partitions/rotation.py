@@ -20,6 +20,7 @@ from kronos_db.partitions.backend import resolve_policy
 from kronos_db.partitions.catalog import _catalog_scope, parent_table
 from kronos_db.partitions.executor import _Rotation, logger
 from kronos_db.partitions.naming import _utc
+from kronos_db.partitions.partman_rotation import PartmanRotation
 from kronos_db.partitions.plan import Action, plan_rotation
 from kronos_db.partitions.runner import (
     BatchSizer,
@@ -29,7 +30,6 @@ from kronos_db.partitions.runner import (
     _quiet,
     default_batch_sizer,
 )
-from kronos_db.partman import PartmanRotation
 
 
 @dataclasses.dataclass(frozen=True)
