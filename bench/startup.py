@@ -23,10 +23,12 @@ Two scratch databases, migrated to head and dropped afterwards:
   runs ``DELETE FROM sessions WHERE expires_at < now()``, the statement a plain expiry would
   be) and ``psql -c`` with that statement;
 * ``…_health`` with ``--partitions`` ``logs`` partitions (daily ones going back): ``kronos-db
-  health`` (every check) against the statements it runs, captured with their bound values by
-  running ``health_report()`` once in this process through a recording cursor and replayed by
-  one ``psql -X -f`` session (the floor: the same SQL, no Python). The library alone
-  (``health_report()`` on an open connection, in this process) is shown for reference.
+  health`` (every check; on its default two connections, and on one with
+  ``KRONOS_HEALTH_PARALLEL_CONNECTIONS=1``) against the statements it runs, captured with their
+  bound values by running ``health_report()`` once in this process, on one connection, through
+  a recording cursor, and replayed by one ``psql -X -f`` session (the floor: the same SQL, no
+  Python, one statement after another). The library alone (``health_report()`` on an open
+  connection, in this process, default settings) is shown for reference.
 
 Shell completion (a TAB: ``_KRONOS_DB_COMPLETE=complete_bash`` with ``COMP_WORDS`` and
 ``COMP_CWORD``, as bash's completion function sets them) runs the installed ``kronos-db``
@@ -39,6 +41,7 @@ Targets (issue 15): a no-op cron command ≤ 2x the Python floor in CPU and in w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import shutil
@@ -57,7 +60,7 @@ import psycopg
 from psycopg import ClientCursor
 
 from kronos_db import db, migrations
-from kronos_db.config import Settings
+from kronos_db.config import HealthSettings, Settings
 from kronos_db.reports.health import health_report
 
 FLOOR_STATEMENT = "DELETE FROM sessions WHERE expires_at < now()"
@@ -182,8 +185,10 @@ def add_partitions(url: str, wanted: int) -> int:
 def capture_health_sql(url: str, path: Path) -> int:
     """Run health once in process through a recording cursor; write what it ran to ``path``."""
     RecordingCursor.recorded = []
+    # one connection: the one that records (health's own extra connections would not)
+    serial = Settings(health=dataclasses.replace(HealthSettings(), parallel_connections=1))
     with psycopg.connect(url, autocommit=True, cursor_factory=RecordingCursor) as conn:
-        health_report(conn, Settings(), now=datetime.now(UTC))
+        health_report(conn, serial, now=datetime.now(UTC))
     statements = list(RecordingCursor.recorded)
     with path.open("w") as script:
         for statement in statements:
@@ -248,6 +253,12 @@ def contenders(cron_url: str, health_url: str, health_sql: Path, pycache: str) -
             ok_codes=(0, 1, 2, 3),
         ),
         Contender(
+            "kronos-db health on one connection (every check, N partitions)",
+            [*kronos, "health", "--database-url", health_url],
+            {**env, "KRONOS_HEALTH_PARALLEL_CONNECTIONS": "1"},
+            ok_codes=(0, 1, 2, 3),
+        ),
+        Contender(
             "psql -f <the SQL health ran>",
             [
                 psql,
@@ -308,11 +319,13 @@ def report(items: list[Contender], partitions: int, statements: int) -> bool:
             f"{ratio(item.median_cpu, psql_c.median_cpu)} |"
         )
     health = next(item for item in items if item.label.startswith("kronos-db health (every"))
+    serial = next(item for item in items if item.label.startswith("kronos-db health on one"))
     library = next(item for item in items if item.call is not None)
     print()
     print(
         f"health on {partitions:,} partitions ({statements} statements), wall / psql -f: "
-        f"process {ratio(health.median_wall, psql_f.median_wall)}, "
+        f"process {ratio(health.median_wall, psql_f.median_wall)} (on one connection "
+        f"{ratio(serial.median_wall, psql_f.median_wall)}), "
         f"library {ratio(library.median_wall, psql_f.median_wall)}; the Python floor plus the "
         f"library (what any Python process running these checks pays at least) "
         f"{ratio(floor.median_wall + library.median_wall, psql_f.median_wall)}"

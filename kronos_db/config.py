@@ -437,6 +437,13 @@ class HealthSettings:
         "lock_timeout of each check: a catalog query never queues behind a DDL lock.",
         lock_timeout=True,
     )
+    parallel_connections: int = setting(
+        2,
+        "How many connections health answers its checks on at once (1: one check after "
+        "another on one connection); the extra ones go to the same server, and health falls "
+        "back to fewer when the server or the role refuses them.",
+        minimum=1,
+    )
     connections_warning: float = setting(
         70.0, "Connections in use, % of max_connections (minus reserved), for WARNING.", minimum=0
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -142,6 +142,33 @@ def connect(target: Target, *, autocommit: bool = True, **kwargs: Any) -> psycop
         return psycopg.connect(target.conninfo, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
         raise database_error(exc, target) from None
+
+
+def opener(
+    conn: psycopg.Connection[Any], *, same_server: bool = False
+) -> Callable[[], psycopg.Connection[Any]]:
+    """How to open another connection like ``conn`` (password and application name included).
+
+    Read from ``conn`` now, while it is open: the caller may need the other connection after
+    ``conn`` closed (an interrupt closes a connection whose query it cancelled).
+    ``same_server``: to the very server ``conn`` reached, not to whichever node of a
+    multi-host URL libpq would pick next (a standby's health must not ask the primary).
+    The connection opens in autocommit, without server-side prepared statements.
+    """
+    options = {
+        option.keyword.decode(): option.val.decode()
+        for option in conn.pgconn.info
+        if option.val is not None
+    }
+    options.pop("hostaddr", None)  # resolved from host; keep libpq's own resolution
+    if same_server:
+        options["host"], options["port"] = conn.info.host, str(conn.info.port)
+        options.pop("target_session_attrs", None)
+    conninfo = make_conninfo(**options)
+    application = conn.info.parameter_status("application_name") or "kronos-db"
+    return lambda: psycopg.connect(
+        conninfo, autocommit=True, prepare_threshold=None, application_name=application
+    )
 
 
 @contextmanager

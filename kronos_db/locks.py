@@ -204,30 +204,11 @@ def _idle(conn: psycopg.Connection[Any]) -> bool:
     )
 
 
-def _conninfo(conn: psycopg.Connection[Any]) -> str:
-    """The connection string ``conn`` was opened with, password included (libpq's PQconninfo)."""
-    options = {
-        option.keyword.decode(): option.val.decode()
-        for option in conn.pgconn.info
-        if option.val is not None
-    }
-    options.pop("hostaddr", None)  # resolved from host; keep libpq's own resolution
-    return psycopg.conninfo.make_conninfo(**options)
-
-
 def _opener(source: Source) -> Callable[[], psycopg.Connection[Any]]:
-    """How to open a connection of the lease's own, to the same database as ``source``.
-
-    Read from ``source`` now, while it is open: the caller's connection may be closed by the
-    time the lease is released (an interrupt closes a connection whose query it cancelled).
-    """
+    """How to open a connection of the lease's own, to the same database as ``source``."""
     if isinstance(source, db.Target):
         return lambda: db.connect(source)
-    conninfo = _conninfo(source)
-    application = source.info.parameter_status("application_name") or "kronos-db"
-    return lambda: psycopg.connect(
-        conninfo, autocommit=True, prepare_threshold=None, application_name=application
-    )
+    return db.opener(source)
 
 
 class Lease:
