@@ -304,31 +304,24 @@ def run_checks(checks: Sequence[Check], ctx: Context, connections: int) -> tuple
     """Each check's answer, in ``checks``' order, on up to ``connections`` connections at once.
 
     On a catalog of a thousand partitions health's queries take most of its time, one after
-    another; the server answers two or three at once as fast as one. The extra connections
-    (:func:`kronos_db.db.opener`, to the very server ``ctx.conn`` reached) are opened for the
-    report and closed after it; one that cannot be opened (``max_connections``, the role's
-    ``CONNECTION LIMIT``, a pooler's limit) leaves its share to the others, down to ``ctx.conn``
-    alone. Each thread takes the next check from one queue, so a slow check does not hold
-    others back.
+    another; the server answers two or three at once about as fast as one. The extra
+    connections (:func:`kronos_db.db.opener`, to the very server ``ctx.conn`` reached) are
+    opened by their threads while ``ctx.conn`` already answers, and closed with the report; one
+    that cannot be opened (``max_connections``, the role's ``CONNECTION LIMIT``, a pooler's
+    limit) leaves its share to the others, down to ``ctx.conn`` alone. Each connection takes
+    the next check from one queue, so a slow check does not hold others back.
     """
     wanted = min(connections, len(checks)) - 1
-    extra: list[psycopg.Connection[Any]] = []
-    if wanted > 0:
-        open_another = db.opener(ctx.conn, same_server=True)
-        for _ in range(wanted):
-            try:
-                extra.append(open_another())
-            except psycopg.Error as exc:  # the others, and ctx.conn, take its share
-                logger.debug("health: one connection fewer (%s)", str(exc).strip())
-                break
-    logger.debug("health: %d check(s) on %d connection(s)", len(checks), 1 + len(extra))
-    if not extra:
+    if wanted <= 0:
+        logger.debug("health: %d check(s) on 1 connection(s)", len(checks))
         return tuple(run_check(check, ctx) for check in checks)
+    open_another = db.opener(ctx.conn, same_server=True)
     pending: queue.SimpleQueue[tuple[int, Check]] = queue.SimpleQueue()
     for item in enumerate(checks):
         pending.put(item)
     results: list[CheckResult | None] = [None] * len(checks)
     failures: list[BaseException] = []
+    opened: list[psycopg.Connection[Any]] = []
 
     def answer(conn: psycopg.Connection[Any]) -> None:
         own = dataclasses.replace(ctx, conn=conn)
@@ -343,9 +336,19 @@ def run_checks(checks: Sequence[Check], ctx: Context, connections: int) -> tuple
                 failures.append(exc)
                 return
 
+    def extra() -> None:
+        try:
+            conn = open_another()
+        except psycopg.Error as exc:  # the others, and ctx.conn, take its share
+            logger.debug("health: one connection fewer (%s)", str(exc).strip())
+            return
+        opened.append(conn)
+        with conn:
+            answer(conn)
+
     threads = [
-        threading.Thread(target=answer, args=(conn,), name=f"kronos-health-{n}", daemon=True)
-        for n, conn in enumerate(extra, start=1)
+        threading.Thread(target=extra, name=f"kronos-health-{n}", daemon=True)
+        for n in range(1, wanted + 1)
     ]
     try:
         for thread in threads:
@@ -355,16 +358,14 @@ def run_checks(checks: Sequence[Check], ctx: Context, connections: int) -> tuple
             thread.join()
     except BaseException as exc:  # Ctrl-C while the others run: stop them where they are
         failures.append(exc)
-        for conn in extra:
+        for conn in list(opened):
             conn.cancel_safe(timeout=2)
         for thread in threads:
             thread.join(timeout=5)
         raise
-    finally:
-        for conn in extra:
-            conn.close()
     if failures:
         raise failures[0]
+    logger.debug("health: %d check(s) on %d connection(s)", len(checks), 1 + len(opened))
     done = [result for result in results if result is not None]
     assert len(done) == len(checks)
     return tuple(done)
