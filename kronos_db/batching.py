@@ -26,6 +26,7 @@ skipped, never waited on). :func:`run` is the loop itself, with a hook before ea
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import math
@@ -252,16 +253,30 @@ def _apply(
     lock_wait: timedelta | None,
 ) -> dict[str, Any]:
     """One batch statement in a transaction of its own; its one row, or ``{"rows": n}``."""
+    _committing.set(None)
     with (
         db.transaction_settings(conn, policy.settings(lock_wait=lock_wait)),
         conn.cursor(row_factory=dict_row) as cur,
     ):
         cur.execute(statement, dict(params))
-        if cur.description is None:  # a plain DELETE: its row count
-            return {"rows": cur.rowcount}
-        row = cur.fetchone()
-    assert row is not None
+        row = {"rows": cur.rowcount} if cur.description is None else cur.fetchone()
+        assert row is not None
+        # the COMMIT comes next: interrupted there, the batch may be done without our knowing
+        _committing.set(int(row.get("rows") or 0))
+    _committing.set(None)
     return row
+
+
+# the rows of the batch whose COMMIT is under way (None between batches): an interrupt that
+# lands in a COMMIT cannot tell whether the server committed it
+_committing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "kronos_batch_committing", default=None
+)
+
+
+def rows_being_committed() -> int | None:
+    """The rows of the batch an interrupt caught in its COMMIT (done or not: unknown)."""
+    return _committing.get()
 
 
 def _plain_or_skip_locked(

@@ -34,7 +34,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from kronos_db import batching, db, logs, replication
-from kronos_db.batching import BatchPolicy, ProgressCallback, Totals
+from kronos_db.batching import BatchPolicy, ProgressCallback, Totals, rows_being_committed
 from kronos_db.checks import (
     Context,
     Finding,
@@ -199,6 +199,16 @@ def count_rows(
     return {key: int(value) for key, value in row.items()}
 
 
+def interrupted_state(totals: Totals) -> str:
+    """What an interrupted job leaves, for its one line: the committed batches, and the one an
+    interrupt caught in its COMMIT (the server may have committed it: rows gone, not counted)."""
+    state = f"{totals.rows} rows done in {totals.batches} committed batches"
+    committing = rows_being_committed()
+    if committing:
+        state += f", and maybe the {committing} rows of the batch it was committing"
+    return f"{state}, nothing half-done; the next run carries on"
+
+
 def run_job(
     conn: psycopg.Connection[Any],
     job: str,
@@ -233,10 +243,7 @@ def run_job(
                 return JobResult(job, 0, 0, time.monotonic() - started, now, skipped=True)
             with logs.step(
                 job,
-                interrupted=lambda: (
-                    f"{totals.rows} rows done in {totals.batches} committed batches, nothing "
-                    "half-done; the next run carries on"
-                ),
+                interrupted=lambda: interrupted_state(totals),
                 locks=f"lease {lock_name(job)}, lock_timeout "
                 f"{format_duration(options.lock_timeout)}",
                 log=logger,
