@@ -113,6 +113,18 @@ def test_quiet_prints_only_errors(conn: psycopg.Connection[Any], database: Datab
     assert failed.stderr.startswith("kronos-db: error: ")
 
 
+def forty_expired_among_many(conn: psycopg.Connection[Any]) -> None:
+    """40 expired sessions of 4,040: expiry walks them by key, one row a batch with
+    --batch-size 1, so a signal finds it between or inside batches."""
+    expired_sessions(conn, 40)
+    conn.execute(
+        "INSERT INTO sessions (token, expires_at) SELECT 'ok-' || n, %(later)s"
+        " FROM generate_series(1, 4000) AS n",
+        {"later": NOW + timedelta(days=1)},
+    )
+    conn.execute("ANALYZE sessions")
+
+
 @contextlib.contextmanager
 def started(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
@@ -134,13 +146,7 @@ def started(*args: str, env: dict[str, str] | None = None) -> Iterator[subproces
 def test_an_interrupted_job_says_what_it_was_doing_and_what_it_left(
     signal_number: int, code: int, conn: psycopg.Connection[Any], database: Database
 ) -> None:
-    expired_sessions(conn, 40)
-    conn.execute(
-        "INSERT INTO sessions (token, expires_at) SELECT 'ok-' || n, %(later)s"
-        " FROM generate_series(1, 4000) AS n",
-        {"later": NOW + timedelta(days=1)},
-    )
-    conn.execute("ANALYZE sessions")  # 40 of 4040 rows: a walk by key, one row a batch
+    forty_expired_among_many(conn)
     with started(
         "expire",
         "sessions",
@@ -186,13 +192,7 @@ def test_a_job_interrupted_inside_a_statement_says_one_line(
 ) -> None:
     """The signal lands while a batch's statement waits on the server (here, for a lock): the
     interrupted transaction's cleanup must not add lines of its own to the one that says it."""
-    expired_sessions(conn, 40)
-    conn.execute(
-        "INSERT INTO sessions (token, expires_at) SELECT 'ok-' || n, %(later)s"
-        " FROM generate_series(1, 4000) AS n",
-        {"later": NOW + timedelta(days=1)},
-    )
-    conn.execute("ANALYZE sessions")  # 40 of 4040 rows: a walk by key, one row a batch
+    forty_expired_among_many(conn)
     args = ["expire", "sessions", "--batch-size", "1", "--pause", "50ms"]
     args += ["--now", NOW.isoformat(), "--database-url", database.url]
     with database.connect(autocommit=False) as blocker:
@@ -233,13 +233,7 @@ def test_a_job_interrupted_in_its_commit_says_that_batch_may_be_done(
 ) -> None:
     """A signal that lands in a COMMIT cannot know whether the server committed the batch: the
     line says so, with the batch's rows, rather than a count that may be one batch short."""
-    expired_sessions(conn, 40)
-    conn.execute(
-        "INSERT INTO sessions (token, expires_at) SELECT 'ok-' || n, %(later)s"
-        " FROM generate_series(1, 4000) AS n",
-        {"later": NOW + timedelta(days=1)},
-    )
-    conn.execute("ANALYZE sessions")  # 40 of 4040 rows: a walk by key, one row a batch
+    forty_expired_among_many(conn)
     # every COMMIT of a deletion takes 300 ms: a deferred trigger sleeps in it
     conn.execute(
         "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql"
