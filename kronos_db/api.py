@@ -144,11 +144,30 @@ def partition_status(source: Source, settings: Settings, *, now: datetime) -> Pa
 # --------------------------------------------------------------------------- housekeeping
 
 
-def _options(conn: psycopg.Connection[Any], settings: Settings, job: str, dry_run: bool) -> Any:
+def _job(
+    source: Source,
+    name: str,
+    settings: Settings,
+    now: datetime,
+    dry_run: bool,
+    on_progress: Progress | None,
+) -> JobResult:
+    """A job of ``maintain`` alone, as its command runs it: [housekeeping]'s batches,
+    [replication]'s standby rule and pacing, the settings the job reads."""
+    from kronos_db import maintenance
     from kronos_db.housekeeping import job_options
 
-    # as the command line: [housekeeping]'s batches, [replication]'s standby rule and pacing
-    return job_options(conn, settings, job, dry_run=dry_run)
+    return _on_connection(
+        source,
+        lambda conn: maintenance.run_job(
+            conn,
+            name,
+            settings,
+            now,
+            job_options(conn, settings, name, dry_run=dry_run),
+            on_progress,
+        ),
+    )
 
 
 def expire_sessions(
@@ -161,18 +180,7 @@ def expire_sessions(
 ) -> JobResult:
     """Delete the expired sessions, and those idle longer than ``session_idle_timeout``
     (``kronos-db expire sessions``)."""
-    from kronos_db import housekeeping
-
-    return _on_connection(
-        source,
-        lambda conn: housekeeping.expire_sessions(
-            conn,
-            now,
-            idle_timeout=settings.housekeeping.session_idle_timeout,
-            options=_options(conn, settings, "expire-sessions", dry_run),
-            on_progress=on_progress,
-        ),
-    )
+    return _job(source, "expire-sessions", settings, now, dry_run, on_progress)
 
 
 def expire_cache(
@@ -184,17 +192,7 @@ def expire_cache(
     on_progress: Progress | None = None,
 ) -> JobResult:
     """Delete the expired cache rows (``kronos-db expire cache``)."""
-    from kronos_db import housekeeping
-
-    return _on_connection(
-        source,
-        lambda conn: housekeeping.expire_cache(
-            conn,
-            now,
-            options=_options(conn, settings, "expire-cache", dry_run),
-            on_progress=on_progress,
-        ),
-    )
+    return _job(source, "expire-cache", settings, now, dry_run, on_progress)
 
 
 def reset_rate_limits(
@@ -206,18 +204,7 @@ def reset_rate_limits(
     on_progress: Progress | None = None,
 ) -> JobResult:
     """Set the counters whose window has passed back to 0 (``kronos-db ratelimits reset``)."""
-    from kronos_db import housekeeping
-
-    return _on_connection(
-        source,
-        lambda conn: housekeeping.reset_rate_limits(
-            conn,
-            now,
-            older_than=settings.housekeeping.ratelimit_window,
-            options=_options(conn, settings, "reset-ratelimits", dry_run),
-            on_progress=on_progress,
-        ),
-    )
+    return _job(source, "reset-ratelimits", settings, now, dry_run, on_progress)
 
 
 def queue_stats(
@@ -244,19 +231,7 @@ def requeue_stuck(
 ) -> JobResult:
     """Put messages stuck in processing back to pending, or to failed at the retry limit
     (``kronos-db queue requeue-stuck``)."""
-    from kronos_db import queue
-
-    return _on_connection(
-        source,
-        lambda conn: queue.requeue_stuck(
-            conn,
-            now,
-            older_than=settings.housekeeping.stuck_after,
-            max_attempts=settings.housekeeping.max_attempts,
-            options=_options(conn, settings, "requeue-stuck", dry_run),
-            on_progress=on_progress,
-        ),
-    )
+    return _job(source, "requeue-stuck", settings, now, dry_run, on_progress)
 
 
 def purge_processed(
@@ -268,18 +243,7 @@ def purge_processed(
     on_progress: Progress | None = None,
 ) -> JobResult:
     """Delete the messages processed more than ``purge_after`` ago (``kronos-db queue purge``)."""
-    from kronos_db import queue
-
-    return _on_connection(
-        source,
-        lambda conn: queue.purge_processed(
-            conn,
-            now,
-            older_than=settings.housekeeping.purge_after,
-            options=_options(conn, settings, "purge-processed", dry_run),
-            on_progress=on_progress,
-        ),
-    )
+    return _job(source, "purge-processed", settings, now, dry_run, on_progress)
 
 
 def maintain(

@@ -36,7 +36,6 @@ from kronos_db import db, housekeeping, logs, queue, replication
 from kronos_db.config import Settings
 from kronos_db.errors import KronosError, PartitionError, UsageError
 from kronos_db.housekeeping import BatchOptions, JobResult, ProgressCallback, check_now
-from kronos_db.partitions.rotation import rotate
 
 JobRunner = Callable[
     [psycopg.Connection[Any], datetime, Settings, BatchOptions, ProgressCallback | None],
@@ -133,6 +132,9 @@ def _rotate_partitions(
     options: BatchOptions,
     on_progress: ProgressCallback | None,
 ) -> JobResult:
+    # the rotation's modules only when it runs: `expire sessions` goes through run_job too
+    from kronos_db.partitions.rotation import rotate
+
     started = time.monotonic()
     result = rotate(conn, settings, now, dry_run=options.dry_run, pacer=options.pacer)
     if result.failed:
@@ -176,6 +178,20 @@ JOBS: tuple[MaintenanceJob, ...] = (
 
 def job_names() -> tuple[str, ...]:
     return tuple(job.name for job in JOBS)
+
+
+def run_job(
+    conn: psycopg.Connection[Any],
+    name: str,
+    settings: Settings,
+    now: datetime,
+    options: BatchOptions,
+    on_progress: ProgressCallback | None = None,
+) -> JobResult:
+    """One job of :data:`JOBS`, with the settings it reads: the one place that says which
+    (``maintain``, the single commands and :mod:`kronos_db.api` all come here)."""
+    (job,) = (job for job in JOBS if job.name == name)
+    return job.run(conn, now, settings, options, on_progress)
 
 
 JobStatus = Literal["ok", "skipped", "failed"]

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kronos_db import db, housekeeping, queue
+from kronos_db import db, housekeeping, maintenance, queue
 from kronos_db.cli.common import (
     ConfigOption,
     DatabaseUrlOption,
@@ -187,12 +187,8 @@ def expire_sessions(
             "expire sessions",
             json,
             dry_run,
-            lambda options, progress: housekeeping.expire_sessions(
-                conn,
-                moment,
-                idle_timeout=settings.housekeeping.session_idle_timeout,
-                options=options,
-                on_progress=progress,
+            lambda options, progress: maintenance.run_job(
+                conn, "expire-sessions", settings, moment, options, progress
             ),
             _options(conn, settings, "expire-sessions", dry_run),
         )
@@ -220,8 +216,8 @@ def expire_cache(
             "expire cache",
             json,
             dry_run,
-            lambda options, progress: housekeeping.expire_cache(
-                conn, moment, options=options, on_progress=progress
+            lambda options, progress: maintenance.run_job(
+                conn, "expire-cache", settings, moment, options, progress
             ),
             _options(conn, settings, "expire-cache", dry_run),
         )
@@ -335,19 +331,13 @@ def queue_requeue_stuck(
         max_attempts=(max_attempts, "option --max-attempts"),
     )
     moment = parse_now(now)
-    hk = settings.housekeeping
     with _connection(database_url, settings) as conn:
         _run_job(
             "requeue stuck messages",
             json,
             dry_run,
-            lambda options, progress: queue.requeue_stuck(
-                conn,
-                moment,
-                older_than=hk.stuck_after,
-                max_attempts=hk.max_attempts,
-                options=options,
-                on_progress=progress,
+            lambda options, progress: maintenance.run_job(
+                conn, "requeue-stuck", settings, moment, options, progress
             ),
             _options(conn, settings, "requeue-stuck", dry_run),
         )
@@ -387,12 +377,8 @@ def queue_purge(
             "purge processed messages",
             json,
             dry_run,
-            lambda options, progress: queue.purge_processed(
-                conn,
-                moment,
-                older_than=settings.housekeeping.purge_after,
-                options=options,
-                on_progress=progress,
+            lambda options, progress: maintenance.run_job(
+                conn, "purge-processed", settings, moment, options, progress
             ),
             _options(conn, settings, "purge-processed", dry_run),
         )
@@ -436,12 +422,8 @@ def ratelimits_reset(
             "reset rate limits",
             json,
             dry_run,
-            lambda options, progress: housekeeping.reset_rate_limits(
-                conn,
-                moment,
-                older_than=settings.housekeeping.ratelimit_window,
-                options=options,
-                on_progress=progress,
+            lambda options, progress: maintenance.run_job(
+                conn, "reset-ratelimits", settings, moment, options, progress
             ),
             _options(conn, settings, "reset-ratelimits", dry_run),
         )
